@@ -1,0 +1,344 @@
+"""The shared Flax Transformer every objective trains.
+
+The objective decides what the model computes through `ModelInputs`: the
+attention pattern (segments plus an attention order), which positions get
+vocabulary logits, and whether a permutation-LM query stream runs beside the
+content stream. The model itself knows nothing about objectives.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from models import masks
+from models.config import ModelConfig
+
+Array = jax.Array
+
+
+@struct.dataclass
+class ModelInputs:
+  """What one forward pass needs; every array is [batch, length] unless noted.
+
+  tokens, positions, segment_ids (0 = padding): the packed input windows.
+  token_types: BERT's sentence A/B ids, used when the model has token types.
+  attn_order: query i sees key j (same segment) iff attn_order[j] <= attn_order[i];
+    None means bidirectional, unless `causal` is set (left-to-right).
+  predict_index: [batch, P] positions that get vocabulary logits (None = all, unless
+    compute_logits is False, e.g. for a sentence-level loss alone).
+  query_index: [batch, P] positions whose query stream runs (permutation LM); the
+    logits then come from the query stream at these positions.
+  """
+
+  tokens: Array
+  positions: Array
+  segment_ids: Array
+  token_types: Array | None = None
+  attn_order: Array | None = None
+  predict_index: Array | None = None
+  query_index: Array | None = None
+  causal: bool = struct.field(pytree_node=False, default=False)
+  compute_logits: bool = struct.field(pytree_node=False, default=True)
+
+
+@struct.dataclass
+class ModelOutputs:
+  """hidden: [batch, length, embed] final content states; logits: [batch, P, vocab]
+  (or [batch, length, vocab]) in float32; sentence_logits: [batch, classes]."""
+
+  hidden: Array
+  logits: Array | None = None
+  sentence_logits: Array | None = None
+
+
+def _dense_init(config: ModelConfig):
+  return nn.initializers.normal(stddev=config.init_std)
+
+
+def sinusoidal_embedding(positions: Array, dim: int) -> Array:
+  """The original Transformer's sin/cos position encoding, [..., dim]."""
+  half = dim // 2
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) * 2.0 / dim))
+  angles = positions[..., None].astype(jnp.float32) * inv_freq
+  emb = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, [(0, 0)] * (emb.ndim - 1) + [(0, 1)])
+  return emb
+
+
+def apply_rotary(x: Array, positions: Array) -> Array:
+  """Rotary position embedding (RoFormer) on [batch, length, heads, head_dim]."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions[:, :, None, None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def _attention_implementation(config: ModelConfig) -> str | None:
+  if config.attention_impl != 'auto':
+    return config.attention_impl
+  if jax.default_backend() == 'gpu' and config.dtype in ('bfloat16', 'float16'):
+    return 'cudnn'
+  return 'xla'
+
+
+class Attention(nn.Module):
+  """Multi-head attention whose keys/values are computed once and shared by all query streams."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, queries, kv_input, kv_positions):
+    """queries: list of (x [B, Q, D], positions [B, Q], mask [B, 1, Q, K]); returns a list."""
+    cfg = self.config
+    dense = functools.partial(
+        nn.DenseGeneral, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+    )
+    heads = (cfg.num_heads, cfg.resolved_head_dim)
+    proj_init = nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'heads', 'kv'))
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv'))
+    query_proj = dense(features=heads, kernel_init=proj_init, bias_init=bias_init, name='query')
+    key = dense(features=heads, kernel_init=proj_init, bias_init=bias_init, name='key')(kv_input)
+    value = dense(features=heads, kernel_init=proj_init, bias_init=bias_init, name='value')(kv_input)
+    out_proj = dense(
+        features=cfg.embed_dim, axis=(-2, -1),
+        kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+        name='out',
+    )
+    if cfg.position == 'rotary':
+      key = apply_rotary(key, kv_positions)
+    key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
+    value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
+    implementation = _attention_implementation(cfg)
+    outputs = []
+    for x, positions, mask in queries:
+      query = query_proj(x)
+      if cfg.position == 'rotary':
+        query = apply_rotary(query, positions)
+      query = nn.with_logical_constraint(query, ('batch', 'length', 'heads', 'kv'))
+      attended = jax.nn.dot_product_attention(
+          query, key, value, mask=mask, implementation=implementation)
+      outputs.append(out_proj(attended))
+    return outputs
+
+
+class Mlp(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic):
+    cfg = self.config
+    hidden = nn.Dense(
+        cfg.mlp_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'mlp')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('mlp',)), name='wi')(x)
+    hidden = nn.gelu(hidden)
+    hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
+    hidden = nn.Dropout(cfg.dropout)(hidden, deterministic=deterministic)
+    return nn.Dense(
+        cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('mlp', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name='wo')(hidden)
+
+
+def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)), name=name)
+
+
+class Block(nn.Module):
+  """One Transformer layer; the query stream (if any) shares every weight with the content stream."""
+
+  config: ModelConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, carry, positions, content_mask, query_positions, query_mask):
+    cfg = self.config
+    content, query = carry
+    attention = Attention(cfg, name='attention')
+    mlp = Mlp(cfg, name='mlp')
+    attention_norm = _layer_norm(cfg, 'attention_norm')
+    mlp_norm = _layer_norm(cfg, 'mlp_norm')
+    dropout = nn.Dropout(cfg.dropout)
+    streams = [content] if query is None else [content, query]
+
+    if cfg.norm == 'pre':
+      kv_input = attention_norm(content)
+      normed = [kv_input] + [attention_norm(s) for s in streams[1:]]
+    else:
+      kv_input = content
+      normed = streams
+    stream_positions = [positions, query_positions]
+    stream_masks = [content_mask, query_mask]
+    attended = attention(
+        [(x, stream_positions[i], stream_masks[i]) for i, x in enumerate(normed)],
+        kv_input, positions)
+
+    new_streams = []
+    for stream, update in zip(streams, attended):
+      update = dropout(update, deterministic=self.deterministic)
+      if cfg.norm == 'pre':
+        stream = stream + update
+        stream = stream + dropout(mlp(mlp_norm(stream), self.deterministic),
+                                  deterministic=self.deterministic)
+      else:
+        stream = attention_norm(stream + update)
+        stream = mlp_norm(stream + dropout(mlp(stream, self.deterministic),
+                                           deterministic=self.deterministic))
+      new_streams.append(nn.with_logical_constraint(stream, ('batch', 'length', 'embed')))
+    if query is None:
+      return (new_streams[0], None), None
+    return (new_streams[0], new_streams[1]), None
+
+
+def _gather(x: Array, index: Array) -> Array:
+  """x[b, index[b, p]] for x [B, T, ...] and index [B, P]."""
+  return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+class Transformer(nn.Module):
+  """Token/position/type embeddings, a stack of blocks, tied LM head, optional pooler head."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, inputs: ModelInputs, *, train: bool = False,
+               token_embeddings: Array | None = None) -> ModelOutputs:
+    """Runs the model; `token_embeddings` [B, T, D] replaces the token lookup (for tests of leaks)."""
+    cfg = self.config
+    deterministic = not train
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+        embedding_init=nn.with_logical_partitioning(_dense_init(cfg), ('vocab', 'embed')),
+        name='token_embed')
+    x = embed(inputs.tokens) if token_embeddings is None else token_embeddings.astype(cfg.compute_dtype)
+    position_embed = None
+    if cfg.position == 'learned':
+      position_embed = nn.Embed(
+          cfg.max_len, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+          embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
+          name='position_embed')
+    position_term = self._position_term(inputs.positions, position_embed)
+    if position_term is not None:
+      x = x + position_term
+    if cfg.num_token_types:
+      if inputs.token_types is None:
+        raise ValueError('This model has token types (config.model.num_token_types > 0) '
+                         'but the objective gave no token_types.')
+      x = x + nn.Embed(
+          cfg.num_token_types, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+          embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
+          name='token_type_embed')(inputs.token_types)
+    if cfg.norm == 'post':
+      x = _layer_norm(cfg, 'embed_norm')(x)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+
+    segments = inputs.segment_ids
+    order = inputs.attn_order
+    if inputs.causal:
+      order = masks.causal_order(segments)
+    content_mask = masks.attention_mask(segments, segments, order, order)
+
+    query, query_positions, query_mask = None, None, None
+    if inputs.query_index is not None:
+      if not cfg.two_stream or order is None:
+        raise ValueError('A query stream needs config.model.two_stream=True and an attention order.')
+      query_positions = _gather(inputs.positions, inputs.query_index)
+      start = self.param('query_start', nn.with_logical_partitioning(_dense_init(cfg), ('embed',)),
+                         (cfg.embed_dim,), jnp.float32)
+      query = jnp.broadcast_to(start.astype(cfg.compute_dtype),
+                               query_positions.shape + (cfg.embed_dim,))
+      query_term = self._position_term(query_positions, position_embed)
+      if query_term is not None:
+        query = query + query_term
+      query_mask = masks.attention_mask(
+          _gather(segments, inputs.query_index), segments,
+          _gather(order, inputs.query_index), order, strict=True)
+
+    block = Block
+    if cfg.remat != 'none':
+      policy = None if cfg.remat == 'full' else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+      block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
+    carry = (x, query)
+    if cfg.scan_layers:
+      stack = nn.scan(
+          block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+          in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})
+      carry, _ = stack(cfg, deterministic, name='layers')(
+          carry, inputs.positions, content_mask, query_positions, query_mask)
+    else:
+      for i in range(cfg.num_layers):
+        carry, _ = block(cfg, deterministic, name=f'layers_{i}')(
+            carry, inputs.positions, content_mask, query_positions, query_mask)
+    hidden, query = carry
+    if cfg.norm == 'pre':
+      final_norm = _layer_norm(cfg, 'final_norm')
+      hidden = final_norm(hidden)
+      if query is not None:
+        query = final_norm(query)
+
+    logits = None
+    if query is not None:
+      logits = self._logits(query, embed)
+    elif inputs.predict_index is not None:
+      logits = self._logits(_gather(hidden, inputs.predict_index), embed)
+    elif inputs.compute_logits:
+      logits = self._logits(hidden, embed)
+
+    sentence_logits = None
+    if cfg.num_sentence_classes:
+      pooled = nn.tanh(nn.Dense(
+          cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', None)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+          name='pooler')(hidden[:, 0]))
+      sentence_logits = nn.Dense(
+          cfg.num_sentence_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), (None, None)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+          name='sentence_classifier')(pooled)
+    return ModelOutputs(hidden=hidden, logits=logits, sentence_logits=sentence_logits)
+
+  def _position_term(self, positions: Array, position_embed: nn.Embed | None) -> Array | None:
+    cfg = self.config
+    if cfg.position == 'learned':
+      return position_embed(positions)
+    if cfg.position == 'sinusoidal':
+      return sinusoidal_embedding(positions, cfg.embed_dim).astype(cfg.compute_dtype)
+    return None  # rotary acts inside attention
+
+  def _logits(self, hidden: Array, embed: nn.Embed) -> Array:
+    cfg = self.config
+    if cfg.lm_transform:
+      hidden = nn.gelu(nn.Dense(
+          cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', None)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+          name='lm_transform')(hidden))
+      hidden = _layer_norm(cfg, 'lm_transform_norm')(hidden)
+    if cfg.tie_embeddings:
+      logits = embed.attend(hidden)
+    else:
+      logits = nn.DenseGeneral(
+          cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=jnp.float32, use_bias=False,
+          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'vocab')),
+          name='lm_head')(hidden)
+    bias = self.param('lm_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
+                      (cfg.vocab_size,), jnp.float32)
+    logits = logits.astype(jnp.float32) + bias
+    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
