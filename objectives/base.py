@@ -24,7 +24,8 @@ Array = jax.Array
 Batch = Mapping[str, Array]
 Metrics = dict[str, tuple[Array, Array]]
 
-DATA_FORMATS = ('packed', 'sentence_pairs')
+# 'any' means the objective works on whatever its partners read (MLM on windows or pairs).
+DATA_FORMATS = ('packed', 'sentence_pairs', 'sentence_order_pairs', 'any')
 
 
 class Objective(Protocol):
@@ -83,8 +84,8 @@ class WeightedObjectives:
   parts: tuple[tuple[str, float, Any], ...]
 
   def __post_init__(self):
-    formats = {part.data_format for _, _, part in self.parts}
-    if len(formats) != 1:
+    formats = {part.data_format for _, _, part in self.parts} - {'any'}
+    if len(formats) > 1:
       names = ', '.join(f'{name}: {part.data_format}' for name, _, part in self.parts)
       raise ValueError(f'config.objective mixes data formats ({names}); combine only objectives '
                        'that read the same examples.')
@@ -95,7 +96,8 @@ class WeightedObjectives:
 
   @property
   def data_format(self) -> str:
-    return self.parts[0][2].data_format
+    formats = {part.data_format for _, _, part in self.parts} - {'any'}
+    return formats.pop() if formats else 'packed'
 
   def model_overrides(self) -> dict[str, Any]:
     merged: dict[str, Any] = {}

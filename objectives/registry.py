@@ -12,18 +12,30 @@ import pkgutil
 from typing import Any, Callable, Mapping
 
 _FACTORIES: dict[str, Callable[..., Any]] = {}
+_DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
-def register(name: str):
-  """Decorator: `@register('clm') def make(settings, *, vocab, seq_len) -> Objective`."""
+def register(name: str, defaults: Mapping[str, Any] | None = None):
+  """Decorator: `@register('mlm', defaults={...}) def make(settings, *, vocab, seq_len)`.
+
+  `defaults` become the config section `config.<name>`, so every setting can be
+  overridden from the command line (`--config.mlm.mask_rate=0.2`).
+  """
 
   def wrap(factory):
     if name in _FACTORIES and _FACTORIES[name] is not factory:
       raise ValueError(f'Objective {name!r} is registered twice.')
     _FACTORIES[name] = factory
+    _DEFAULTS[name] = dict(defaults or {})
     return factory
 
   return wrap
+
+
+def defaults(name: str) -> dict[str, Any]:
+  """The default settings of objective `name` (its config section)."""
+  get_factory(name)
+  return dict(_DEFAULTS[name])
 
 
 def _import_all() -> None:

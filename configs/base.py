@@ -1,0 +1,131 @@
+"""Defaults shared by every objective's config, and the model/size presets.
+
+Objective configs call `get_config(objective, preset)` and change what differs.
+Every key here may be overridden from the command line: `--config.model.num_layers=4`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import ml_collections
+
+from objectives import registry
+
+# Model shapes; the CPU preset `tiny` is what the README's first command trains.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    'tiny': dict(num_layers=2, embed_dim=128, num_heads=4, mlp_dim=512),
+    'small': dict(num_layers=4, embed_dim=256, num_heads=4, mlp_dim=1024),
+    'base': dict(num_layers=12, embed_dim=768, num_heads=12, mlp_dim=3072),
+    'large': dict(num_layers=24, embed_dim=1024, num_heads=16, mlp_dim=4096),
+}
+
+# Run shapes that go with the model presets: batch, sequence, steps, learning rate.
+RUN_PRESETS: dict[str, dict[str, Any]] = {
+    'tiny': dict(batch_size=16, seq_len=128, total_steps=300, learning_rate=3e-3, warmup_steps=30,
+                 vocab_size=4000, eval_every=100, eval_steps=8, log_every=20,
+                 checkpoint_every=100),
+    'small': dict(batch_size=32, seq_len=256, total_steps=5000, learning_rate=1e-3,
+                  warmup_steps=200, vocab_size=8000, eval_every=500, eval_steps=20, log_every=50,
+                  checkpoint_every=1000),
+    'base': dict(batch_size=256, seq_len=512, total_steps=100_000, learning_rate=6e-4,
+                 warmup_steps=2000, vocab_size=32000, eval_every=2000, eval_steps=50,
+                 log_every=100, checkpoint_every=2000),
+}
+
+
+def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny',
+               **run: Any) -> ml_collections.ConfigDict:
+  """The full default config for `objective` (a name or name -> weight) at a size preset."""
+  if preset not in MODEL_PRESETS or preset not in RUN_PRESETS:
+    raise ValueError(f'Unknown preset {preset!r}: choose from {sorted(RUN_PRESETS)}.')
+  shape = dict(RUN_PRESETS[preset], **run)
+  config = ml_collections.ConfigDict()
+  config.objective = objective if isinstance(objective, str) else dict(objective)
+  config.seed = 0
+  config.total_steps = shape['total_steps']
+  config.batch_size = shape['batch_size']  # global, in sequences
+  config.seq_len = shape['seq_len']
+  config.log_every = shape['log_every']
+  config.eval_every = shape['eval_every']
+  config.eval_steps = shape['eval_steps']  # validation batches per evaluation
+  config.checkpoint_every = shape['checkpoint_every']
+  config.keep_checkpoints = 3
+  config.resume = True  # continue from the workdir's latest checkpoint
+  config.allow_config_change = False  # resume even if the saved config differs
+
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=shape['learning_rate'],
+      warmup_steps=shape['warmup_steps'],
+      end_learning_rate_ratio=0.1,  # cosine decays to this fraction of the peak
+      b1=0.9, b2=0.95, eps=1e-8,
+      weight_decay=0.1,  # decoupled (AdamW); never applied to norms, biases or embeddings' bias
+      grad_clip_norm=1.0,
+  ))
+
+  config.model = ml_collections.ConfigDict(dict(
+      vocab_size=0,  # 0: the tokenizer's size
+      max_len=max(512, shape['seq_len']),
+      head_dim=0,
+      position='learned',
+      norm='pre',
+      num_token_types=0,
+      dropout=0.0,
+      dtype='float32',
+      scan_layers=True,
+      remat='none',
+      attention_impl='auto',
+      tie_embeddings=True,
+      lm_transform=False,
+      layer_norm_eps=1e-6,
+      init_std=0.02,
+      **MODEL_PRESETS[preset],
+  ))
+
+  config.data = ml_collections.ConfigDict(dict(
+      source='builtin',  # builtin (standard-library docstrings) | text (local files) | tfds
+      tfds_name='',  # e.g. 'c4/en:3.1.0' with source=tfds
+      text_field='text',
+      data_dir='',  # '' = the local cache; may be gs://... for tfds
+      train_files='',  # comma-separated globs with source=text
+      validation_files='',
+      train_split='train',
+      validation_split='validation',
+      builtin_max_files=0,  # 0 = the whole standard library
+      min_doc_chars=200,
+      tokenizer='',  # path to a SentencePiece .model; '' trains one on the training split
+      vocab_size=shape['vocab_size'],
+      tokenizer_max_chars=5_000_000,
+      shuffle=True,
+  ))
+
+  # Mesh axes sizes; -1 takes the devices left over. Rules map logical axis names of
+  # parameters and activations onto mesh axes (size-1 axes shard nothing).
+  config.mesh = ml_collections.ConfigDict(dict(
+      data=-1, fsdp=1, tensor=1,
+      rules=(
+          ('batch', ('data', 'fsdp')),
+          ('length', None),
+          ('embed', 'fsdp'),
+          ('heads', 'tensor'),
+          ('kv', None),
+          ('mlp', 'tensor'),
+          ('vocab', 'tensor'),
+          ('layers', None),
+      ),
+  ))
+
+  # What to do when the loss or gradients are not finite: skip the update (and count it),
+  # and stop with an error after `max_consecutive` such steps in a row.
+  config.nonfinite = ml_collections.ConfigDict(dict(policy='skip', max_consecutive=10))
+
+  names = [config.objective] if isinstance(config.objective, str) else list(config.objective)
+  for name in names:
+    config[name] = ml_collections.ConfigDict(registry.defaults(name))
+  return config
+
+
+def model_preset(name: str) -> dict[str, Any]:
+  if name not in MODEL_PRESETS:
+    raise ValueError(f'Unknown model preset {name!r}: choose from {sorted(MODEL_PRESETS)}.')
+  return dict(MODEL_PRESETS[name])

@@ -1,0 +1,17 @@
+"""Causal language modeling (GPT). Presets: tiny (CPU, default), small, gpt2_small (124M)."""
+
+from configs import base
+
+
+def get_config(preset: str = 'tiny'):
+  preset = preset or 'tiny'
+  if preset == 'gpt2_small':
+    config = base.get_config('clm', 'base', batch_size=32, seq_len=1024, learning_rate=6e-4)
+    config.model.update(max_len=1024, position='learned', norm='pre', dropout=0.0,
+                        dtype='bfloat16')
+    config.data.vocab_size = 32000
+    return config
+  config = base.get_config('clm', preset)
+  if preset == 'tiny':
+    config.model.max_len = config.seq_len
+  return config

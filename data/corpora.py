@@ -1,0 +1,382 @@
+"""Document corpora as random-access sequences of str, built once with tfds into array_record.
+
+Three sources share one path: the standard library's docstrings (offline, built in), a
+user's local text files, and any registered TFDS text dataset. Each is prepared by a tfds
+builder in array_record format and read back through `as_data_source`, which needs no
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import re
+import sys
+import sysconfig
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+CACHE_ENV = 'PRETRAINING_OBJECTIVES_CACHE'
+DEFAULT_CACHE_ROOT = '~/.cache/pretraining-objectives'
+VALIDATION_FRACTION = 0.03
+SPLITS = ('train', 'validation')
+
+# Parts of the stdlib that are tests, vendored code, demos or generated tables rather than
+# documented library code.
+_SKIPPED_DIRS = frozenset({
+    'site-packages', 'dist-packages', '__pycache__', 'test', 'tests', 'idle_test', 'idlelib',
+    'lib2to3', 'turtledemo', 'ensurepip', 'pydoc_data'})
+_VERSION_PATTERN = re.compile(r'^\d+(\.\d+){2}$')
+
+
+def cache_root() -> str:
+  """Root of every cache this package writes: `$PRETRAINING_OBJECTIVES_CACHE` or ~/.cache/..."""
+  return os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_ROOT)
+
+
+def data_dir_for(data_config: ml_collections.ConfigDict) -> str:
+  """The tfds data_dir: `config.data.data_dir`, or `<cache root>/tfds` when empty."""
+  return data_config.data_dir or os.path.join(cache_root(), 'tfds')
+
+
+def in_validation(key: str, fraction: float = VALIDATION_FRACTION) -> bool:
+  """Stable train/validation assignment of a document by a hash of its identity."""
+  digest = hashlib.sha256(key.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2**64 < fraction
+
+
+class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder of documents with one `text` feature, defined outside any tfds package."""
+
+  DESCRIPTION = ''
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> None:
+    # No checksums or metadata files live next to this code; without this tfds inspects
+    # package resources, which needs `importlib_resources`, to look for them.
+    return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+
+  def _generate_examples(self, items):
+    for key, text in items:
+      yield key, {'text': text}
+
+
+def _split_assigned(items: Iterator[tuple[str, str]], fraction: float) -> dict[str, list]:
+  """Splits (key, text) pairs into train/validation lists by hash of the key."""
+  splits = {'train': [], 'validation': []}
+  for key, text in items:
+    splits['validation' if in_validation(key, fraction) else 'train'].append((key, text))
+  return splits
+
+
+# ------------------------------------------------------------------------------------------
+# Standard-library docstrings.
+
+
+def stdlib_files(max_files: int = 0) -> list[str]:
+  """Sorted .py files of the running interpreter's stdlib, minus tests and vendored code."""
+  root = sysconfig.get_paths()['stdlib']
+  files = []
+  for directory, subdirs, names in os.walk(root):
+    subdirs[:] = sorted(d for d in subdirs
+                        if d not in _SKIPPED_DIRS and not d.startswith(('config-', 'test_')))
+    files.extend(os.path.join(directory, n) for n in names
+                 if n.endswith('.py') and not n.startswith('test_'))
+  files.sort(key=lambda path: os.path.relpath(path, root))
+  return files[:max_files] if max_files > 0 else files
+
+
+def file_docstrings(path: str) -> Iterator[tuple[str, str]]:
+  """(qualified name, docstring) of a module and its classes and functions, by parsing only."""
+  with open(path, 'rb') as f:
+    source = f.read()
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      tree = ast.parse(source, filename=path)
+  except (SyntaxError, ValueError, UnicodeDecodeError):
+    return
+
+  def visit(node: ast.AST, prefix: str) -> Iterator[tuple[str, str]]:
+    for child in ast.iter_child_nodes(node):
+      if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        name = f'{prefix}{child.name}'
+        docstring = ast.get_docstring(child)
+        if docstring:
+          yield name, docstring
+        yield from visit(child, name + '.')
+      elif not isinstance(child, ast.expr):
+        yield from visit(child, prefix)  # Definitions nested in if/try/with blocks.
+
+  docstring = ast.get_docstring(tree)
+  if docstring:
+    yield '<module>', docstring
+  yield from visit(tree, '')
+
+
+class StdlibDocstringsConfig(tfds.core.BuilderConfig):
+  """Which stdlib files to read and which docstrings to keep; the name keys the cache."""
+
+  def __init__(self, *, max_files: int = 0, min_doc_chars: int = 200):
+    python = f'py{sys.version_info.major}{sys.version_info.minor}'
+    files = f'files{max_files}' if max_files > 0 else 'allfiles'
+    super().__init__(name=f'{python}_{files}_min{min_doc_chars}',
+                     description='Docstrings of the standard library, one document each.')
+    self.max_files = max_files
+    self.min_doc_chars = min_doc_chars
+
+
+class StdlibDocstrings(_TextBuilder):
+  """Docstrings of the running interpreter's stdlib: an offline corpus of real English prose."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Module, class and function docstrings, split 97/3 by hash.'}
+  BUILDER_CONFIG_CLASS = StdlibDocstringsConfig
+  DESCRIPTION = 'Docstrings of the Python standard library, parsed with ast.'
+
+  def __init__(self, *, max_files: int = 0, min_doc_chars: int = 200, **kwargs):
+    super().__init__(
+        config=StdlibDocstringsConfig(max_files=max_files, min_doc_chars=min_doc_chars), **kwargs)
+
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    config = self.builder_config
+    root = sysconfig.get_paths()['stdlib']
+    seen = set()
+
+    def documents() -> Iterator[tuple[str, str]]:
+      for path in stdlib_files(config.max_files):
+        relative = os.path.relpath(path, root)
+        for name, text in file_docstrings(path):
+          key = f'{relative}:{name}'
+          # Identical docstrings (re-exports, property setters) would leak across splits.
+          if len(text) >= config.min_doc_chars and key not in seen and text not in seen:
+            seen.update((key, text))
+            yield key, text
+
+    splits = _split_assigned(documents(), VALIDATION_FRACTION)
+    return {name: self._generate_examples(items) for name, items in splits.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Local text files.
+
+
+def resolve_globs(patterns: str, setting: str) -> list[str]:
+  """Sorted files matching comma-separated globs; a pattern matching nothing is an error."""
+  files = []
+  for pattern in (p.strip() for p in patterns.split(',')):
+    if not pattern:
+      continue
+    matches = sorted(m for m in glob.glob(os.path.expanduser(pattern), recursive=True)
+                     if os.path.isfile(m))
+    if not matches:
+      raise FileNotFoundError(f'{setting}: {pattern!r} matches no files; fix the glob or the path.')
+    files.extend(os.path.abspath(m) for m in matches)
+  return list(dict.fromkeys(files))
+
+
+def read_local_documents(path: str, text_field: str = 'text') -> Iterator[str]:
+  """Documents of one file: JSON lines' `text_field` for .jsonl/.json, else blank-line separated."""
+  with open(path, encoding='utf-8') as f:
+    if path.endswith(('.jsonl', '.json')):
+      for line_number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        record = json.loads(line)
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+          raise ValueError(f'{path}:{line_number}: no string field {text_field!r}; set '
+                           'config.data.text_field to the field holding the text.')
+        if record[text_field].strip():
+          yield record[text_field]
+    else:
+      for document in re.split(r'\n[ \t\r\f\v]*\n', f.read()):
+        if document.strip():
+          yield document.strip('\n')
+
+
+class LocalTextConfig(tfds.core.BuilderConfig):
+  """A set of local files; the name is a hash of the files, sizes and mtimes."""
+
+  def __init__(self, *, train_files: Sequence[str], validation_files: Sequence[str],
+               text_field: str = 'text'):
+    identity = [text_field] + [
+        [split, path, os.path.getsize(path), os.stat(path).st_mtime_ns]
+        for split, paths in (('train', train_files), ('validation', validation_files))
+        for path in paths]
+    digest = hashlib.sha256(json.dumps(identity).encode('utf-8')).hexdigest()[:16]
+    super().__init__(name=f'files_{digest}', description='Local text files.')
+    self.train_files = list(train_files)
+    self.validation_files = list(validation_files)
+    self.text_field = text_field
+
+
+class LocalText(_TextBuilder):
+  """A user's local text or JSON-lines files as train/validation documents."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Blank-line separated text and JSON lines.'}
+  BUILDER_CONFIG_CLASS = LocalTextConfig
+  DESCRIPTION = 'Local text files, one document per paragraph or JSON line.'
+
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    config = self.builder_config
+
+    def documents(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
+      for path in paths:
+        for index, text in enumerate(read_local_documents(path, config.text_field)):
+          yield f'{path}:{index}', text
+
+    if config.validation_files:
+      splits = {'train': documents(config.train_files),
+                'validation': documents(config.validation_files)}
+    else:
+      splits = _split_assigned(documents(config.train_files), VALIDATION_FRACTION)
+    return {name: self._generate_examples(items) for name, items in splits.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Loading.
+
+
+class DocumentSource(Sequence):
+  """Random-access documents as str, decoded from an array_record data source on access."""
+
+  def __init__(self, data_source: Sequence[Any], text_field: str, name: str):
+    self._source = data_source
+    self._field = text_field
+    self.name = name
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> str:
+    if not isinstance(index, (int,)) and not hasattr(index, '__index__'):
+      raise TypeError(f'DocumentSource indices must be integers, got {type(index).__name__}.')
+    index = int(index)
+    if index < 0:
+      index += len(self)
+    if not 0 <= index < len(self):
+      raise IndexError(f'document {index} out of range for {self.name} ({len(self)} documents).')
+    value = self._source[index][self._field]
+    return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+
+  def __repr__(self) -> str:
+    return f'DocumentSource({self.name}, {len(self)} documents)'
+
+
+@contextlib.contextmanager
+def _build_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive file lock so concurrent processes build a dataset once."""
+  if '://' in data_dir:  # Remote data_dirs are prepared elsewhere; nothing to lock.
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  lock_path = os.path.join(data_dir, f'.{name.replace("/", "_").replace(":", "_")}.lock')
+  with open(lock_path, 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder) -> None:
+  tfds.disable_progress_bar()
+  builder.download_and_prepare(file_format='array_record')
+
+
+def _tfds_builder(data_config: ml_collections.ConfigDict, data_dir: str):
+  """A registered tfds builder for `config.data.tfds_name`, checked before any download."""
+  name = data_config.tfds_name.strip()
+  if not name:
+    raise ValueError("config.data.tfds_name is empty; set it to a tfds dataset such as 'lm1b' "
+                     "when config.data.source is 'tfds'.")
+  base, _, rest = name.partition('/')
+  base = base.split(':')[0]
+  if '/' in name and ':' not in rest and _VERSION_PATTERN.match(rest):
+    name = f'{base}:{rest}'  # 'lm1b/1.1.1' means a version, not a config called '1.1.1'.
+  known = base in tfds.list_builders(with_community_datasets=False)
+  if not known and not ('://' not in data_dir and os.path.isdir(os.path.join(data_dir, base))):
+    raise ValueError(f'config.data.tfds_name={data_config.tfds_name!r} is not a registered tfds '
+                     'dataset; see tfds.list_builders() for the names.')
+  return tfds.builder(name, data_dir=data_dir)
+
+
+def _builder(data_config: ml_collections.ConfigDict, data_dir: str):
+  source = data_config.source
+  if source == 'builtin':
+    if data_config.builtin_max_files < 0 or data_config.min_doc_chars < 1:
+      raise ValueError('config.data.builtin_max_files must be >= 0 and config.data.min_doc_chars '
+                       '>= 1.')
+    return StdlibDocstrings(data_dir=data_dir, max_files=data_config.builtin_max_files,
+                            min_doc_chars=data_config.min_doc_chars)
+  if source == 'text':
+    if not data_config.train_files.strip():
+      raise ValueError("config.data.train_files is empty; set comma-separated globs of text or "
+                       ".jsonl files when config.data.source is 'text'.")
+    train = resolve_globs(data_config.train_files, 'config.data.train_files')
+    validation = (resolve_globs(data_config.validation_files, 'config.data.validation_files')
+                  if data_config.validation_files.strip() else [])
+    config = LocalTextConfig(train_files=train, validation_files=validation,
+                             text_field=data_config.text_field)
+    return LocalText(data_dir=data_dir, config=config)
+  if source == 'tfds':
+    return _tfds_builder(data_config, data_dir)
+  raise ValueError(f"config.data.source={source!r} is not one of 'builtin', 'text', 'tfds'.")
+
+
+def load_documents(data_config: ml_collections.ConfigDict, split: str) -> DocumentSource:
+  """The documents of `split` ('train' or 'validation'), building the corpus on first use.
+
+  For the 'tfds' source the split names come from `config.data.train_split` and
+  `config.data.validation_split` (tfds slicing such as 'train[:1%]' works); the builtin and
+  local text corpora always have 'train' and 'validation'.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
+  data_dir = data_dir_for(data_config)
+  builder = _builder(data_config, data_dir)
+  split_name = split
+  text_field = 'text'
+  if data_config.source == 'tfds':
+    split_name = data_config.train_split if split == 'train' else data_config.validation_split
+    text_field = data_config.text_field
+  # Builders constructed before another process finished would hold a stale DatasetInfo, so
+  # re-create the builder under the lock.
+  with _build_lock(data_dir, f'{builder.name}-{builder.builder_config.name if builder.builder_config else ""}'):
+    builder = _builder(data_config, data_dir)
+    _prepare(builder)
+  info = builder.info
+  if info.file_format is not None and info.file_format.value != 'array_record':
+    raise ValueError(f'{builder.name} in {data_dir} is stored as {info.file_format.value}, which '
+                     'cannot be read without TensorFlow; point config.data.data_dir at an empty '
+                     'directory so it is rebuilt as array_record.')
+  if text_field not in info.features:
+    raise ValueError(f'config.data.text_field={text_field!r} is not a feature of {builder.name} '
+                     f'(features: {", ".join(info.features)}).')
+  base_split = split_name.split('[')[0]
+  if base_split not in info.splits:
+    setting = 'train_split' if split == 'train' else 'validation_split'
+    raise ValueError(f'config.data.{setting}={split_name!r} is not a split of {builder.name} '
+                     f'(splits: {", ".join(info.splits)}).')
+  source = builder.as_data_source(split=split_name)
+  return DocumentSource(source, text_field, f'{builder.info.full_name}[{split_name}]')
