@@ -97,6 +97,7 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       vocab_size=shape['vocab_size'],
       tokenizer_max_chars=5_000_000,
       shuffle=True,
+      short_seq_prob=0.1,  # sentence pairs: chance of a shorter target length (BERT)
   ))
 
   # Mesh axes sizes; -1 takes the devices left over. Rules map logical axis names of

@@ -13,7 +13,9 @@ import contextlib
 import fcntl
 import glob
 import hashlib
+import importlib
 import json
+import logging
 import os
 import re
 import sys
@@ -48,10 +50,31 @@ def data_dir_for(data_config: ml_collections.ConfigDict) -> str:
   return data_config.data_dir or os.path.join(cache_root(), 'tfds')
 
 
+def _hash_fraction(key: str) -> float:
+  digest = hashlib.sha256(key.encode('utf-8')).digest()
+  return int.from_bytes(digest[:8], 'big') / 2**64
+
+
 def in_validation(key: str, fraction: float = VALIDATION_FRACTION) -> bool:
   """Stable train/validation assignment of a document by a hash of its identity."""
-  digest = hashlib.sha256(key.encode('utf-8')).digest()
-  return int.from_bytes(digest[:8], 'big') / 2**64 < fraction
+  return _hash_fraction(key) < fraction
+
+
+def _split_assigned(items: Iterator[tuple[str, str]], fraction: float,
+                    what: str) -> dict[str, list]:
+  """Splits (key, text) pairs into train/validation by hash of the key, neither empty.
+
+  A small corpus may hash nothing below `fraction`; then its lowest-hash document goes to
+  validation, so the choice stays a deterministic function of the keys.
+  """
+  items = [(_hash_fraction(key), key, text) for key, text in items]
+  if len(items) < 2:
+    raise ValueError(f'{what} has {len(items)} document(s); at least 2 are needed to carve a '
+                     'validation split.')
+  validation = [item for item in items if item[0] < fraction] or [min(items)]
+  chosen = {item[1] for item in validation}
+  train = [item for item in items if item[1] not in chosen]
+  return {'train': [item[1:] for item in train], 'validation': [item[1:] for item in validation]}
 
 
 class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -74,14 +97,6 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, items):
     for key, text in items:
       yield key, {'text': text}
-
-
-def _split_assigned(items: Iterator[tuple[str, str]], fraction: float) -> dict[str, list]:
-  """Splits (key, text) pairs into train/validation lists by hash of the key."""
-  splits = {'train': [], 'validation': []}
-  for key, text in items:
-    splits['validation' if in_validation(key, fraction) else 'train'].append((key, text))
-  return splits
 
 
 # ------------------------------------------------------------------------------------------
@@ -170,7 +185,9 @@ class StdlibDocstrings(_TextBuilder):
             seen.update((key, text))
             yield key, text
 
-    splits = _split_assigned(documents(), VALIDATION_FRACTION)
+    splits = _split_assigned(
+        documents(), VALIDATION_FRACTION,
+        f'The stdlib corpus (config.data.builtin_max_files={config.max_files})')
     return {name: self._generate_examples(items) for name, items in splits.items()}
 
 
@@ -206,9 +223,11 @@ def read_local_documents(path: str, text_field: str = 'text') -> Iterator[str]:
         if record[text_field].strip():
           yield record[text_field]
     else:
-      for document in re.split(r'\n[ \t\r\f\v]*\n', f.read()):
+      # Blank lines (possibly holding spaces) separate documents; a document keeps its
+      # first line's indentation but no surrounding blank lines or trailing whitespace.
+      for document in re.split(r'\n(?:[ \t\r\f\v]*\n)+', f.read()):
         if document.strip():
-          yield document.strip('\n')
+          yield re.sub(r'^(?:[ \t\r\f\v]*\n)+', '', document).rstrip()
 
 
 class LocalTextConfig(tfds.core.BuilderConfig):
@@ -246,10 +265,14 @@ class LocalText(_TextBuilder):
           yield f'{path}:{index}', text
 
     if config.validation_files:
-      splits = {'train': documents(config.train_files),
-                'validation': documents(config.validation_files)}
+      splits = {'train': list(documents(config.train_files)),
+                'validation': list(documents(config.validation_files))}
+      for name, setting in (('train', 'train_files'), ('validation', 'validation_files')):
+        if not splits[name]:
+          raise ValueError(f'config.data.{setting} holds no non-empty documents.')
     else:
-      splits = _split_assigned(documents(config.train_files), VALIDATION_FRACTION)
+      splits = _split_assigned(documents(config.train_files), VALIDATION_FRACTION,
+                               'config.data.train_files')
     return {name: self._generate_examples(items) for name, items in splits.items()}
 
 
@@ -314,11 +337,30 @@ def _tfds_builder(data_config: ml_collections.ConfigDict, data_dir: str):
   base = base.split(':')[0]
   if '/' in name and ':' not in rest and _VERSION_PATTERN.match(rest):
     name = f'{base}:{rest}'  # 'lm1b/1.1.1' means a version, not a config called '1.1.1'.
+  # tfds imports its legacy builder packages (c4, wikipedia, ...) lazily, and builder lookup
+  # does not trigger that import, so load the packages that hold text datasets first.
+  for package in ('text', 'summarization', 'question_answering', 'translate'):
+    with contextlib.suppress(ImportError):
+      importlib.import_module(f'tensorflow_datasets.{package}')
   known = base in tfds.list_builders(with_community_datasets=False)
   if not known and not ('://' not in data_dir and os.path.isdir(os.path.join(data_dir, base))):
     raise ValueError(f'config.data.tfds_name={data_config.tfds_name!r} is not a registered tfds '
                      'dataset; see tfds.list_builders() for the names.')
-  return tfds.builder(name, data_dir=data_dir)
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except (AssertionError, ValueError) as error:  # Unknown version or config of a known dataset.
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    raise ValueError(f'config.data.tfds_name={data_config.tfds_name!r}: {reason}') from error
+
+
+class _NoCustomConfigWarning(logging.Filter):
+  """Drops tfds' warning that a builder uses a config it does not list; ours all do."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'Using custom data configuration' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_NoCustomConfigWarning())
 
 
 def _builder(data_config: ml_collections.ConfigDict, data_dir: str):
@@ -336,6 +378,11 @@ def _builder(data_config: ml_collections.ConfigDict, data_dir: str):
     train = resolve_globs(data_config.train_files, 'config.data.train_files')
     validation = (resolve_globs(data_config.validation_files, 'config.data.validation_files')
                   if data_config.validation_files.strip() else [])
+    # A validation file that a broad train glob also matches is held out of training.
+    train = [path for path in train if path not in set(validation)]
+    if not train:
+      raise ValueError('config.data.train_files matches only validation files; narrow '
+                       'config.data.validation_files or widen config.data.train_files.')
     config = LocalTextConfig(train_files=train, validation_files=validation,
                              text_field=data_config.text_field)
     return LocalText(data_dir=data_dir, config=config)

@@ -8,7 +8,6 @@ content stream. The model itself knows nothing about objectives.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -91,6 +90,28 @@ def _attention_implementation(config: ModelConfig) -> str | None:
   return 'xla'
 
 
+class Projection(nn.Module):
+  """x @ kernel + bias over named axes, with logical axis names on both parameters."""
+
+  features: tuple[int, ...]
+  contract: int  # number of trailing input axes to contract
+  kernel_axes: tuple[str | None, ...]
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    in_shape = x.shape[x.ndim - self.contract:]
+    kernel = self.param('kernel', nn.with_logical_partitioning(_dense_init(cfg), self.kernel_axes),
+                        in_shape + self.features, jnp.float32)
+    bias = self.param('bias', nn.with_logical_partitioning(
+        nn.initializers.zeros, self.kernel_axes[self.contract:]), self.features, jnp.float32)
+    dims = (tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract)))
+    y = jax.lax.dot_general(x.astype(cfg.compute_dtype), kernel.astype(cfg.compute_dtype),
+                            (dims, ((), ())))
+    return y + bias.astype(cfg.compute_dtype)
+
+
 class Attention(nn.Module):
   """Multi-head attention whose keys/values are computed once and shared by all query streams."""
 
@@ -100,21 +121,12 @@ class Attention(nn.Module):
   def __call__(self, queries, kv_input, kv_positions):
     """queries: list of (x [B, Q, D], positions [B, Q], mask [B, 1, Q, K]); returns a list."""
     cfg = self.config
-    dense = functools.partial(
-        nn.DenseGeneral, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-    )
     heads = (cfg.num_heads, cfg.resolved_head_dim)
-    proj_init = nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'heads', 'kv'))
-    bias_init = nn.with_logical_partitioning(nn.initializers.zeros, ('heads', 'kv'))
-    query_proj = dense(features=heads, kernel_init=proj_init, bias_init=bias_init, name='query')
-    key = dense(features=heads, kernel_init=proj_init, bias_init=bias_init, name='key')(kv_input)
-    value = dense(features=heads, kernel_init=proj_init, bias_init=bias_init, name='value')(kv_input)
-    out_proj = dense(
-        features=cfg.embed_dim, axis=(-2, -1),
-        kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
-        name='out',
-    )
+    in_axes = ('embed', 'heads', 'kv')
+    query_proj = Projection(heads, 1, in_axes, cfg, name='query')
+    key = Projection(heads, 1, in_axes, cfg, name='key')(kv_input)
+    value = Projection(heads, 1, in_axes, cfg, name='value')(kv_input)
+    out_proj = Projection((cfg.embed_dim,), 2, ('heads', 'kv', 'embed'), cfg, name='out')
     if cfg.position == 'rotary':
       key = apply_rotary(key, kv_positions)
     key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
@@ -334,10 +346,9 @@ class Transformer(nn.Module):
     if cfg.tie_embeddings:
       logits = embed.attend(hidden)
     else:
-      logits = nn.DenseGeneral(
-          cfg.vocab_size, dtype=cfg.compute_dtype, param_dtype=jnp.float32, use_bias=False,
-          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'vocab')),
-          name='lm_head')(hidden)
+      kernel = self.param('lm_head', nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'vocab')),
+                          (cfg.embed_dim, cfg.vocab_size), jnp.float32)
+      logits = hidden @ kernel.astype(cfg.compute_dtype)
     bias = self.param('lm_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                       (cfg.vocab_size,), jnp.float32)
     logits = logits.astype(jnp.float32) + bias

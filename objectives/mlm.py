@@ -1,0 +1,248 @@
+"""Masked language modeling (BERT), with whole-word (BERT wwm) and span (SpanBERT) masking.
+
+Per sequence a budget of num_to_predict = min(max_predictions, max(1, round(n * mask_rate)))
+tokens is chosen among the n real tokens (segment id > 0, not special). The chosen tokens
+become [MASK] (mask_token_rate), a random ordinary id (random_token_rate) or stay unchanged,
+and the model predicts the originals at those positions only.
+
+Units:
+  token: single tokens, uniformly without replacement (BERT).
+  word: whole words, in random order, each taken if it still fits in the budget (BERT wwm).
+  span: SpanBERT spans measured in words: lengths from a geometric(span_p) restricted to
+    1..span_max and renormalised, anchored at a random free word. Spans never touch (a gap of
+    at least one unmasked word), so each masked run is exactly one sampled span; a span stops
+    early at a special token, a document boundary or the end of the budget.
+A word is a word-start piece plus the non-start pieces after it; it never crosses a special
+token or a document (segment) boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from data.vocab import Vocab
+from objectives import base
+from objectives.registry import register
+
+Array = jax.Array
+
+UNITS = ('token', 'word', 'span')
+DEFAULTS = dict(
+    mask_rate=0.15,
+    max_predictions=0,  # 0: ceil(seq_len * mask_rate)
+    mask_token_rate=0.8,
+    random_token_rate=0.1,  # the rest of the chosen tokens stay unchanged
+    unit='token',  # token | word | span
+    span_p=0.2,  # SpanBERT's geometric parameter (unit=span)
+    span_max=10,  # longest span in words (unit=span)
+)
+
+
+def span_length_probs(p: float, max_len: int) -> np.ndarray:
+  """P(length = 1..max_len) for a geometric(p) length restricted to [1, max_len] (SpanBERT)."""
+  lengths = np.arange(1, max_len + 1)
+  probs = p * (1.0 - p) ** (lengths - 1)
+  return probs / probs.sum()
+
+
+def mask_candidates(tokens: Array, segment_ids: Array, is_special: Array) -> Array:
+  """True on real (non-padding), non-special tokens: the only ones MLM may choose."""
+  return (segment_ids > 0) & ~is_special[tokens]
+
+
+def prediction_budget(candidates: Array, mask_rate: float, max_predictions: int) -> Array:
+  """BERT's num_to_predict for one sequence: min(max_predictions, max(1, round(n * rate)))."""
+  count = candidates.sum()
+  wanted = jnp.maximum(1, jnp.round(count * mask_rate).astype(jnp.int32))
+  return jnp.where(count > 0, jnp.minimum(wanted, max_predictions), 0).astype(jnp.int32)
+
+
+def select_tokens(rng: Array, candidates: Array, budget: Array, max_predictions: int) -> Array:
+  """`budget` candidate positions of one sequence [T], uniformly without replacement."""
+  length = candidates.shape[0]
+  score = jnp.where(candidates, jax.random.uniform(rng, (length,)), -1.0)
+  _, top = jax.lax.top_k(score, max_predictions)
+  take = jnp.arange(max_predictions) < budget
+  return jnp.zeros(length, jnp.bool_).at[jnp.where(take, top, length)].set(True, mode='drop')
+
+
+def word_ids(tokens: Array, candidates: Array, segment_ids: Array,
+             word_start: Array) -> tuple[Array, Array]:
+  """Word index of each candidate token of one sequence (T where not a candidate) and,
+  per word, whether it directly continues the previous word's run (no special or document
+  boundary between them)."""
+  length = tokens.shape[0]
+  previous_candidate = jnp.pad(candidates[:-1], (1, 0))
+  previous_segment = jnp.pad(segment_ids[:-1], (1, 0), constant_values=-1)
+  continues_run = previous_candidate & (previous_segment == segment_ids)
+  starts = candidates & (word_start[tokens] | ~continues_run)
+  ids = jnp.where(candidates, jnp.cumsum(starts) - 1, length)
+  linked = jnp.zeros(length, jnp.bool_).at[jnp.where(starts, ids, length)].set(
+      continues_run, mode='drop')
+  return ids, linked
+
+
+def select_words(rng: Array, ids: Array, linked: Array, budget: Array, max_predictions: int,
+                 span_probs: np.ndarray | None) -> Array:
+  """Chooses words (span_probs None) or spans of words until the token budget is spent.
+
+  Each step picks a uniformly random free word that fits in the remaining budget (for
+  words this equals BERT wwm's shuffled order with skipping) and, for spans, extends it
+  over the sampled number of following words of the same run. Returns a per-word bool [T].
+  """
+  length = ids.shape[0]
+  sizes = jnp.zeros(length, jnp.int32).at[ids].add(1, mode='drop')
+  valid = sizes > 0
+  linked_next = jnp.pad(linked[1:], (0, 1))
+  index = jnp.arange(length)
+  spans = span_probs is not None
+  log_probs = jnp.log(jnp.asarray(span_probs if spans else [1.0], jnp.float32))
+
+  def step(key, state):
+    chosen, used = state
+    length_key, anchor_key = jax.random.split(key)
+    remaining = budget - used
+    touches_next = linked_next & jnp.pad(chosen[1:], (0, 1))
+    free = valid & ~chosen
+    eligible = free & (sizes <= remaining)
+    if spans:
+      touches_previous = linked & jnp.pad(chosen[:-1], (1, 0))
+      eligible &= ~touches_previous & ~touches_next
+      free &= ~touches_next
+    score = jnp.where(eligible, jax.random.uniform(anchor_key, (length,)), -1.0)
+    anchor = jnp.argmax(score)
+    words = jax.random.categorical(length_key, log_probs) + 1
+    offset = index - anchor
+    window = (offset >= 0) & (offset < words) & (score[anchor] >= 0)
+    contiguous = free & ((offset == 0) | linked)
+    run = window & (jnp.cumsum(window & ~contiguous) == 0)
+    take = run & (jnp.cumsum(jnp.where(run, sizes, 0)) <= remaining)
+    return chosen | take, used + jnp.where(take, sizes, 0).sum()
+
+  keys = jax.random.split(rng, max_predictions)
+  chosen, _ = jax.lax.fori_loop(
+      0, max_predictions, lambda i, state: step(keys[i], state),
+      (jnp.zeros(length, jnp.bool_), jnp.zeros((), jnp.int32)))
+  return chosen
+
+
+def prediction_slots(selected: Array, max_predictions: int) -> tuple[Array, Array]:
+  """predict_index [B, P] listing the selected positions in order (padding -> 0) and weights."""
+  batch, length = selected.shape
+  slot = jnp.where(selected, jnp.cumsum(selected, axis=-1) - 1, max_predictions)
+  rows = jnp.broadcast_to(jnp.arange(batch)[:, None], (batch, length))
+  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  index = jnp.zeros((batch, max_predictions), jnp.int32).at[rows, slot].set(positions, mode='drop')
+  weights = jnp.arange(max_predictions)[None, :] < selected.sum(axis=-1, keepdims=True)
+  return index, weights.astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedLM:
+  """BERT's masked LM on whatever examples its partners read; see the module docstring."""
+
+  vocab: Vocab
+  mask_rate: float
+  max_predictions: int
+  mask_token_rate: float
+  random_token_rate: float
+  unit: str
+  span_p: float
+  span_max: int
+  data_format: str = 'any'
+
+  def model_overrides(self) -> dict[str, Any]:
+    return {}
+
+  def select(self, rng: Array, tokens: Array, segment_ids: Array) -> Array:
+    """The positions [B, T] to predict, at most max_predictions per sequence."""
+    is_special = jnp.asarray(self.vocab.is_special)
+    word_start = jnp.asarray(self.vocab.word_start)
+    span_probs = span_length_probs(self.span_p, self.span_max) if self.unit == 'span' else None
+
+    def one(key, tokens, segment_ids):
+      candidates = mask_candidates(tokens, segment_ids, is_special)
+      budget = prediction_budget(candidates, self.mask_rate, self.max_predictions)
+      if self.unit == 'token':
+        return select_tokens(key, candidates, budget, self.max_predictions)
+      ids, linked = word_ids(tokens, candidates, segment_ids, word_start)
+      chosen = select_words(key, ids, linked, budget, self.max_predictions, span_probs)
+      return candidates & chosen[jnp.minimum(ids, ids.shape[0] - 1)]
+
+    keys = jax.random.split(rng, tokens.shape[0])
+    return jax.vmap(one)(keys, tokens, segment_ids)
+
+  def corrupt(self, rng: Array, tokens: Array, selected: Array) -> Array:
+    """Replaces selected tokens by [MASK], a random ordinary id or themselves (80/10/10)."""
+    choice_key, id_key = jax.random.split(rng)
+    draw = jax.random.uniform(choice_key, tokens.shape)
+    ordinary = jnp.asarray(self.vocab.ordinary_ids)
+    random_ids = ordinary[jax.random.randint(id_key, tokens.shape, 0, ordinary.shape[0])]
+    masked = selected & (draw < self.mask_token_rate)
+    randomised = selected & ~masked & (draw < self.mask_token_rate + self.random_token_rate)
+    corrupted = jnp.where(masked, self.vocab.mask_id, tokens)
+    return jnp.where(randomised, random_ids, corrupted).astype(tokens.dtype)
+
+  def prepare(self, rng: Array, batch: base.Batch, inputs):
+    del batch  # the inputs carry the tokens, possibly edited by objectives before this one
+    select_key, corrupt_key = jax.random.split(rng)
+    tokens = inputs.tokens
+    selected = self.select(select_key, tokens, inputs.segment_ids)
+    index, weights = prediction_slots(selected, self.max_predictions)
+    targets = jnp.where(weights > 0, jnp.take_along_axis(tokens, index, axis=1), 0)
+    inputs = inputs.replace(tokens=self.corrupt(corrupt_key, tokens, selected),
+                            attn_order=None, causal=False, predict_index=index)
+    return inputs, {'targets': targets, 'weights': weights}
+
+  def loss(self, outputs, targets):
+    return base.token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])
+
+
+@register('mlm', defaults=DEFAULTS)
+def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> MaskedLM:
+  """Validates config.mlm and builds the objective."""
+  values = dict(DEFAULTS)
+  given = dict(settings) if settings else {}
+  unknown = sorted(set(given) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f'Unknown setting config.mlm.{unknown[0]}: known settings are {sorted(DEFAULTS)}.')
+  values.update(given)
+  rate = float(values['mask_rate'])
+  if not 0.0 < rate < 1.0:
+    raise ValueError(f'config.mlm.mask_rate must be in (0, 1), got {rate}.')
+  max_predictions = int(values['max_predictions'])
+  if max_predictions < 0 or max_predictions > seq_len:
+    raise ValueError(f'config.mlm.max_predictions must be in [0, seq_len={seq_len}] '
+                     f'(0 = auto), got {max_predictions}.')
+  if max_predictions == 0:
+    max_predictions = max(1, math.ceil(seq_len * rate - 1e-9))
+  mask_token_rate = float(values['mask_token_rate'])
+  random_token_rate = float(values['random_token_rate'])
+  if min(mask_token_rate, random_token_rate) < 0 or mask_token_rate + random_token_rate > 1.0:
+    raise ValueError('config.mlm.mask_token_rate and config.mlm.random_token_rate must be '
+                     f'non-negative and sum to at most 1, got {mask_token_rate} + '
+                     f'{random_token_rate}.')
+  if vocab.mask_id < 0:
+    raise ValueError('config.objective includes mlm but the vocabulary has no mask token '
+                     '(mask_id < 0): use a tokenizer with a [MASK] piece.')
+  if random_token_rate > 0 and vocab.ordinary_ids.size == 0:
+    raise ValueError('config.mlm.random_token_rate > 0 needs ordinary (non-special) ids in '
+                     'the vocabulary.')
+  unit = values['unit']
+  if unit not in UNITS:
+    raise ValueError(f'config.mlm.unit must be one of {UNITS}, got {unit!r}.')
+  span_p = float(values['span_p'])
+  if not 0.0 < span_p <= 1.0:
+    raise ValueError(f'config.mlm.span_p must be in (0, 1], got {span_p}.')
+  span_max = int(values['span_max'])
+  if span_max < 1:
+    raise ValueError(f'config.mlm.span_max must be at least 1, got {span_max}.')
+  return MaskedLM(vocab=vocab, mask_rate=rate, max_predictions=max_predictions,
+                  mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
+                  unit=unit, span_p=span_p, span_max=span_max)

@@ -1,0 +1,124 @@
+"""Config validation that runs before any data is read or anything is compiled.
+
+Every failure is a one-line ValueError that names the setting and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from typing import Any, Mapping
+
+import ml_collections
+
+from configs import base
+from objectives import registry
+
+# Settings that may change between a run and its resumption.
+RESUMABLE_CHANGES = ('total_steps', 'log_every', 'eval_every', 'eval_steps', 'checkpoint_every',
+                     'keep_checkpoints', 'resume', 'allow_config_change', 'mesh', 'data.data_dir',
+                     'distributed', 'nonfinite')
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, (ml_collections.ConfigDict, dict)):
+    out = {}
+    for key in tree.keys():
+      out.update(_flatten(tree[key], f'{prefix}{key}.'))
+    if not out and prefix:
+      out[prefix[:-1]] = {}
+    return out
+  return {prefix[:-1]: tree}
+
+
+def objective_names(objective: Any) -> list[str]:
+  if isinstance(objective, str):
+    return [objective]
+  if isinstance(objective, (Mapping, ml_collections.ConfigDict)):
+    return list(objective.keys())
+  raise ValueError(f'config.objective must be a name or a dict name -> weight, got {objective!r}.')
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+  """Rejects settings the defaults do not have (typos), suggesting the closest known one."""
+  names = objective_names(config.objective)
+  for name in names:
+    registry.get_factory(name)  # unknown objective: one-line error listing the known ones
+  reference = base.get_config(config.objective if isinstance(config.objective, str)
+                              else dict(config.objective))
+  known = set(_flatten(reference))
+  known_prefixes = {k.rsplit('.', 1)[0] for k in known if '.' in k}
+  for key in _flatten(config):
+    top = key.split('.')[0]
+    if top == 'objective' or key in known or key in known_prefixes:
+      continue
+    if top == 'mesh' and key.startswith('mesh.rules'):
+      continue
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f' (did you mean config.{close[0]}?)' if close else ''
+    raise ValueError(f'Unknown setting config.{key}{hint}: remove it or fix its name.')
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Numbers that cannot work, caught before any data is read."""
+  positive = ['total_steps', 'batch_size', 'seq_len', 'log_every', 'eval_every',
+              'checkpoint_every', 'keep_checkpoints']
+  for key in positive:
+    if int(config[key]) <= 0:
+      raise ValueError(f'config.{key} must be positive, got {config[key]}.')
+  if config.eval_steps < 0:
+    raise ValueError('config.eval_steps must be >= 0 (0 skips evaluation).')
+  if config.model.position == 'learned' and config.seq_len > config.model.max_len:
+    raise ValueError(f'config.seq_len={config.seq_len} exceeds the {config.model.max_len} learned '
+                     'positions: raise config.model.max_len or lower config.seq_len.')
+  if config.data.source not in ('builtin', 'text', 'tfds'):
+    raise ValueError(f'config.data.source must be builtin, text or tfds, got {config.data.source!r}.')
+  if config.data.source == 'tfds' and not config.data.tfds_name:
+    raise ValueError('config.data.source=tfds needs config.data.tfds_name, e.g. "c4/en:3.1.0".')
+  if config.data.source == 'text' and not config.data.train_files:
+    raise ValueError('config.data.source=text needs config.data.train_files (comma-separated globs).')
+  if config.data.tokenizer and not os.path.exists(config.data.tokenizer):
+    raise FileNotFoundError(f'config.data.tokenizer={config.data.tokenizer} does not exist: give '
+                            'the path of a SentencePiece .model, or "" to train one.')
+  if config.nonfinite.policy not in ('skip', 'stop'):
+    raise ValueError(f'config.nonfinite.policy must be "skip" or "stop", got '
+                     f'{config.nonfinite.policy!r}.')
+  if config.optimizer.learning_rate <= 0:
+    raise ValueError('config.optimizer.learning_rate must be positive.')
+
+
+def check_batch(config: ml_collections.ConfigDict, data_parallel: int, process_count: int) -> None:
+  for divisor, what in ((data_parallel, f'the {data_parallel}-way data-parallel mesh (data x fsdp)'),
+                        (process_count, f'the {process_count} processes')):
+    if config.batch_size % divisor:
+      raise ValueError(f'config.batch_size={config.batch_size} does not divide over {what}: '
+                       f'use a multiple of {divisor}.')
+
+
+def check_vocab(config: ml_collections.ConfigDict, tokenizer_size: int) -> int:
+  """The model's vocabulary size: the tokenizer's, which config.model.vocab_size must match."""
+  if config.model.vocab_size and config.model.vocab_size != tokenizer_size:
+    raise ValueError(f'config.model.vocab_size={config.model.vocab_size} does not match the '
+                     f'tokenizer\'s {tokenizer_size} pieces: set config.model.vocab_size=0 (use the '
+                     'tokenizer\'s) or use a matching tokenizer.')
+  return tokenizer_size
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume a workdir whose saved config differs in what shapes the run."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path) or config.allow_config_change:
+    return
+  with open(path, encoding='utf-8') as f:
+    saved = _flatten(json.load(f))
+  current = _flatten(json.loads(config.to_json()))
+
+  def relevant(key):
+    return not any(key == k or key.startswith(k + '.') for k in RESUMABLE_CHANGES)
+
+  for key in sorted(set(saved) | set(current)):
+    if relevant(key) and saved.get(key) != current.get(key):
+      raise ValueError(f'{workdir} holds a run with config.{key}={saved.get(key)!r} but this run '
+                       f'has {current.get(key)!r}: use a new --workdir, or pass '
+                       '--config.allow_config_change=True to resume anyway.')
