@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 import data.corpora as corpora
@@ -287,6 +287,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # keep the progress lines readable
   if _WORKDIR.value is None:
     print('train.py: error: --workdir is required (e.g. --workdir runs/clm).', file=sys.stderr)
     sys.exit(2)

@@ -124,5 +124,8 @@ class WeightedObjectives:
       part_loss, part_metrics = part.loss(outputs, part_targets)
       total = total + weight * part_loss
       metrics.update({f'{name}_{key}': value for key, value in part_metrics.items()})
-    metrics['loss'] = (total, jnp.ones((), jnp.float32))
+    if len(self.parts) == 1:
+      metrics['loss'] = metrics[f'{self.parts[0][0]}_loss']  # token-weighted, like the part's
+    else:
+      metrics['loss'] = (total, jnp.ones((), jnp.float32))
     return total, metrics

@@ -1,0 +1,32 @@
+"""BERT: masked LM plus next-sentence prediction on sentence pairs. Presets: tiny (CPU,
+default) and bert_base (110M, the original recipe at sequence length 128)."""
+
+from configs import base
+
+OBJECTIVE = {'mlm': 1.0, 'nsp': 1.0}
+
+# BERT's architecture on top of the shared Transformer: post-LN, learned positions,
+# sentence A/B embeddings and the dense + gelu + norm transform before the tied output.
+_ARCHITECTURE = dict(norm='post', position='learned', num_token_types=2, lm_transform=True)
+
+
+def get_config(preset: str = 'tiny'):
+  preset = preset or 'tiny'
+  if preset == 'bert_base':
+    # 1M steps of 256 x 128 tokens; BERT ran its last 10% at 512, which this single-length
+    # recipe leaves to a follow-up run (the 512 position table is already there).
+    config = base.get_config(OBJECTIVE, 'base', batch_size=256, seq_len=128,
+                             total_steps=1_000_000, learning_rate=1e-4, warmup_steps=10_000,
+                             vocab_size=30522)
+    config.model.update(max_len=512, dropout=0.1, layer_norm_eps=1e-12, **_ARCHITECTURE)
+    config.optimizer.update(b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.01,
+                            end_learning_rate_ratio=0.0, grad_clip_norm=1.0)
+    config.mlm.update(mask_rate=0.15, max_predictions=20, unit='token')
+  elif preset == 'tiny':
+    config = base.get_config(OBJECTIVE, 'tiny')
+    config.model.update(max_len=config.seq_len, **_ARCHITECTURE)
+    config.optimizer.update(b2=0.999, weight_decay=0.01)
+    config.mlm.update(mask_rate=0.15, max_predictions=0, unit='token')
+  else:
+    raise ValueError(f'Unknown preset {preset!r} for bert: choose tiny or bert_base.')
+  return config

@@ -1,0 +1,43 @@
+"""Shared test setup: CPU only, a private cache, and a small training config."""
+
+from __future__ import annotations
+
+import os
+
+# Eight simulated CPU devices so mesh tests can shard; must precede importing jax.
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # pylint: disable=wrong-import-position
+
+TEST_CACHE_ENV = 'PRETRAINING_OBJECTIVES_CACHE'
+
+
+@pytest.fixture(scope='session')
+def shared_cache(tmp_path_factory):
+  """One corpus/tokenizer cache for the whole session, so builds happen once."""
+  path = tmp_path_factory.mktemp('cache')
+  return str(path)
+
+
+def small_run_config(config, cache: str, **overrides):
+  """Shrinks a config to a CPU test run over a few standard-library files."""
+  config.total_steps = 12
+  config.batch_size = 8
+  config.seq_len = 64
+  config.log_every = 4
+  config.eval_every = 6
+  config.eval_steps = 2
+  config.checkpoint_every = 6
+  config.optimizer.warmup_steps = 2
+  config.optimizer.learning_rate = 3e-3
+  config.model.update(num_layers=2, embed_dim=64, num_heads=2, mlp_dim=128, max_len=64)
+  config.data.update(builtin_max_files=120, vocab_size=600, data_dir=os.path.join(cache, 'tfds'))
+  config.mesh.data = 1
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config

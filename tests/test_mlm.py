@@ -1,0 +1,220 @@
+"""Masked LM: selection rates, the 80/10/10 split, word and span units, the loss and its errors."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data.vocab import toy_vocab
+from models.transformer import ModelOutputs
+from objectives import base, mlm, registry
+
+VOCAB = toy_vocab(64)
+SPECIAL = 7  # ids below are special in the toy vocabulary
+
+
+def _batch(seed: int, batch: int = 256, length: int = 64) -> dict[str, np.ndarray]:
+  """Two documents per row, with [CLS]/[SEP] inside and padding of random length at the end."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(SPECIAL, VOCAB.size, (batch, length)).astype(np.int32)
+  segments = np.ones((batch, length), np.int32)
+  positions = np.tile(np.arange(length, dtype=np.int32), (batch, 1))
+  for row in range(batch):
+    split, end = rng.integers(10, length // 2), rng.integers(length // 2 + 5, length + 1)
+    segments[row, split:] = 2
+    positions[row, split:] -= split
+    segments[row, end:] = 0
+    tokens[row, end:] = VOCAB.pad_id
+    positions[row, end:] = 0
+    tokens[row, [0, split - 1]] = [VOCAB.cls_id, VOCAB.sep_id]
+  return {'tokens': tokens, 'segment_ids': segments, 'positions': positions}
+
+
+def _objective(seq_len: int = 64, **settings):
+  return registry.build('mlm', lambda name: settings, vocab=VOCAB, seq_len=seq_len)
+
+
+def _prepare(objective, batch, seed):
+  inputs, targets = jax.jit(objective.prepare)(jax.random.key(seed), batch)
+  index = np.asarray(inputs.predict_index)
+  weights = np.asarray(targets[0]['weights'])
+  selected = np.zeros(batch['tokens'].shape, bool)
+  for row in range(index.shape[0]):
+    selected[row, index[row][weights[row] > 0]] = True
+  return inputs, targets[0], selected
+
+
+def _candidates(batch):
+  return (batch['segment_ids'] > 0) & ~VOCAB.is_special[batch['tokens']]
+
+
+def _words(tokens, candidates, segments):
+  """Lists of positions of each word, by the documented rule, in numpy."""
+  words, current = [], []
+  for t in range(len(tokens)):
+    continues = t > 0 and candidates[t - 1] and segments[t - 1] == segments[t]
+    if candidates[t] and (VOCAB.word_start[tokens[t]] or not continues):
+      if current:
+        words.append(current)
+      current = [t]
+    elif candidates[t]:
+      current.append(t)
+    elif current:
+      words.append(current)
+      current = []
+  if current:
+    words.append(current)
+  return words
+
+
+def test_token_budget_is_berts_num_to_predict_and_fraction_matches_rate():
+  objective = _objective()
+  assert objective.parts[0][2].max_predictions == 10  # ceil(64 * 0.15)
+  batch = _batch(0)
+  _, targets, selected = _prepare(objective, batch, 0)
+  candidates = _candidates(batch)
+  counts = candidates.sum(1)
+  expected = np.minimum(10, np.maximum(1, np.round(counts * 0.15)))
+  np.testing.assert_array_equal(selected.sum(1), expected)
+  assert not (selected & ~candidates).any()  # never padding or special tokens
+  assert abs(selected.sum() / candidates.sum() - 0.15) < 0.01
+  # Targets are the original tokens at the predicted positions.
+  np.testing.assert_array_equal(targets['weights'].sum(1), expected)
+
+
+def test_max_predictions_caps_every_sequence():
+  batch = _batch(1)
+  _, _, selected = _prepare(_objective(mask_rate=0.5, max_predictions=3), batch, 1)
+  assert selected.sum(1).max() == 3 and selected.sum(1).min() == 3
+
+
+def test_eighty_ten_ten_split():
+  objective = _objective()
+  batch = _batch(2, batch=512)
+  masked = replaced = kept = 0
+  for seed in range(4):
+    inputs, targets, selected = _prepare(objective, batch, seed)
+    new, old = np.asarray(inputs.tokens), batch['tokens']
+    np.testing.assert_array_equal(new[~selected], old[~selected])  # nothing else changes
+    chosen_new, chosen_old = new[selected], old[selected]
+    masked += (chosen_new == VOCAB.mask_id).sum()
+    replaced += ((chosen_new != VOCAB.mask_id) & (chosen_new != chosen_old)).sum()
+    kept += (chosen_new == chosen_old).sum()
+    assert not VOCAB.is_special[chosen_new[chosen_new != VOCAB.mask_id]].any()
+  total = masked + replaced + kept
+  ordinary = VOCAB.size - SPECIAL
+  assert total > 14000
+  assert abs(masked / total - 0.8) < 0.015
+  assert abs(replaced / total - 0.1 * (1 - 1 / ordinary)) < 0.01  # a random id may equal the old
+  assert abs(kept / total - 0.1 * (1 + 1 / ordinary)) < 0.01
+
+
+def test_whole_word_masking_masks_every_piece():
+  objective = _objective(unit='word')
+  batch = _batch(3)
+  _, _, selected = _prepare(objective, batch, 3)
+  candidates = _candidates(batch)
+  multi_piece = 0
+  for row in range(batch['tokens'].shape[0]):
+    words = _words(batch['tokens'][row], candidates[row], batch['segment_ids'][row])
+    for word in words:
+      assert selected[row, word].all() or not selected[row, word].any()
+      multi_piece += len(word) > 1 and selected[row, word].all()
+  assert multi_piece > 100
+  assert not (selected & ~candidates).any()
+  budget = np.minimum(10, np.maximum(1, np.round(candidates.sum(1) * 0.15)))
+  assert (selected.sum(1) <= budget).all()
+  assert abs(selected.sum() / candidates.sum() - 0.15) < 0.015
+
+
+def test_span_lengths_follow_the_clipped_geometric():
+  """Spans sampled on a long run of one-piece words, budget never binding: the run lengths
+  are the sampled lengths, up to rare collisions at the sequence end."""
+  length, spans, rows = 1024, 5, 2000
+  probs = mlm.span_length_probs(0.2, 10)
+  expected_mean = (np.arange(1, 11) * probs).sum()
+  assert abs(expected_mean - 3.797) < 1e-3
+  ids = jnp.arange(length)
+  linked = jnp.arange(length) > 0
+  chosen = jax.jit(jax.vmap(lambda key: mlm.select_words(key, ids, linked, length, spans, probs)))(
+      jax.random.split(jax.random.key(4), rows))
+  chosen = np.asarray(chosen).astype(np.int8)
+  edges = np.diff(np.pad(chosen, ((0, 0), (1, 1))), axis=1)
+  runs = (np.nonzero(edges == -1)[1] - np.nonzero(edges == 1)[1])
+  assert len(runs) == rows * spans  # spans never touch
+  histogram = np.bincount(runs, minlength=11)[1:11] / len(runs)
+  assert np.abs(histogram - probs).max() < 0.015
+  assert abs(runs.mean() - expected_mean) < 0.1
+
+
+def test_span_masking_in_prepare_keeps_whole_words_and_the_rate():
+  objective = _objective(seq_len=128, unit='span')
+  batch = _batch(5, batch=256, length=128)
+  _, _, selected = _prepare(objective, batch, 5)
+  candidates = _candidates(batch)
+  assert not (selected & ~candidates).any()
+  budget = np.minimum(20, np.maximum(1, np.round(candidates.sum(1) * 0.15)))
+  assert (selected.sum(1) <= budget).all()
+  assert abs(selected.sum() / candidates.sum() - 0.15) < 0.02
+  for row in range(32):
+    for word in _words(batch['tokens'][row], candidates[row], batch['segment_ids'][row]):
+      assert selected[row, word].all() or not selected[row, word].any()
+
+
+def test_loss_matches_numpy_and_has_zero_gradient_at_unselected_slots():
+  objective = _objective()
+  rng = np.random.default_rng(6)
+  logits = rng.normal(size=(4, 10, VOCAB.size)).astype(np.float32) * 3
+  targets = rng.integers(0, VOCAB.size, (4, 10)).astype(np.int32)
+  weights = (rng.random((4, 10)) < 0.6).astype(np.float32)
+  top = logits.max(-1, keepdims=True)
+  log_probs = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+  picked = np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+  expected = -(picked * weights).sum() / weights.sum()
+
+  def loss_of(logits):
+    outputs = ModelOutputs(hidden=jnp.zeros((4, 64, 8)), logits=logits)
+    return objective.loss(outputs, ({'targets': targets, 'weights': weights},))
+
+  loss, metrics = loss_of(jnp.asarray(logits))
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert float(base.metric_value(*metrics['mlm_loss'])) == pytest.approx(expected, rel=1e-5)
+  assert float(metrics['mlm_loss'][1]) == weights.sum()
+  grad = np.asarray(jax.grad(lambda x: loss_of(x)[0])(jnp.asarray(logits)))
+  assert (grad[weights == 0] == 0).all()
+  assert (np.abs(grad[weights > 0]).sum(-1) > 0).all()
+
+
+def test_prepare_sets_bidirectional_attention_and_pads_slots_with_zero():
+  batch = _batch(7, batch=8)
+  inputs, targets, _ = _prepare(_objective(max_predictions=30), batch, 7)
+  assert inputs.attn_order is None and not inputs.causal
+  weights = np.asarray(targets['weights'])
+  assert (np.asarray(inputs.predict_index)[weights == 0] == 0).all()
+  assert (np.asarray(targets['targets'])[weights == 0] == 0).all()
+  index = np.asarray(inputs.predict_index)
+  picked = np.take_along_axis(batch['tokens'], index, 1)
+  np.testing.assert_array_equal(np.asarray(targets['targets'])[weights > 0], picked[weights > 0])
+
+
+@pytest.mark.parametrize('settings, message', [
+    ({'mask_rate': 0.0}, 'mask_rate'),
+    ({'mask_rate': 1.0}, 'mask_rate'),
+    ({'max_predictions': 65}, 'max_predictions'),
+    ({'mask_token_rate': 0.8, 'random_token_rate': 0.3}, 'random_token_rate'),
+    ({'unit': 'sentence'}, 'unit'),
+    ({'span_p': 0.0}, 'span_p'),
+    ({'mask_ratio': 0.1}, 'mask_ratio'),
+])
+def test_bad_settings_raise_one_line_errors(settings, message):
+  with pytest.raises(ValueError, match=message) as error:
+    _objective(**settings)
+  assert '\n' not in str(error.value)
+
+
+def test_vocab_without_mask_token_is_rejected():
+  vocab = dataclasses.replace(VOCAB, mask_id=-1)
+  with pytest.raises(ValueError, match='mask'):
+    registry.build('mlm', lambda name: {}, vocab=vocab, seq_len=64)
