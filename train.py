@@ -244,6 +244,11 @@ def train(run: Run) -> dict[str, float]:
           interval_start = time.time()
         if step % config.checkpoint_every == 0 or step == config.total_steps:
           save(step)
+        if step == config.pause_at_step:
+          if step % config.checkpoint_every:
+            save(step, force=True)
+          progress.message(f'Paused at step {step} (config.pause_at_step); run again to continue.')
+          break
         if preempted['signal'] is not None:
           if step % config.checkpoint_every:
             save(step, force=True)

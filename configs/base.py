@@ -51,6 +51,7 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
   config.eval_steps = shape['eval_steps']  # validation batches per evaluation
   config.checkpoint_every = shape['checkpoint_every']
   config.keep_checkpoints = 3
+  config.pause_at_step = 0  # > 0: checkpoint and return at this step (time-sliced jobs)
   config.resume = True  # continue from the workdir's latest checkpoint
   config.allow_config_change = False  # resume even if the saved config differs
 

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from collections.abc import Iterable
 
 import ml_collections
@@ -102,9 +103,15 @@ def train_model(texts: list[str], vocab_size: int, log_path: str | None = None) 
   model = io.BytesIO()
   spm.set_random_generator_seed(_TRAINER_SEED)
   with open(log_path or os.devnull, 'w') as log:
+    # SentencePiece redirects the stderr file descriptor for its log; that needs a real one.
+    try:
+      sys.stderr.fileno()
+      log_args = {'logstream': log}
+    except (AttributeError, OSError, ValueError):
+      log_args = {}
     spm.SentencePieceTrainer.Train(
-        sentence_iterator=iter(texts), model_writer=model, logstream=log,
-        vocab_size=vocab_size, num_threads=os.cpu_count() or 1, **TRAINER_SETTINGS)
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+        num_threads=os.cpu_count() or 1, **log_args, **TRAINER_SETTINGS)
   return model.getvalue()
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from data.vocab import Vocab
+from models.transformer import ModelInputs, ModelOutputs
 from objectives import base
 from objectives.registry import register
 
@@ -95,10 +96,11 @@ def sample_targets(rng: Array, candidates: Array, num_predict: int,
 def factorisation_ranks(rng: Array, index: Array, weights: Array, length: int) -> Array:
   """Rank of each position [length] in a sampled factorisation order: 0 for the context,
   1..n for the n weighted targets in a uniformly random order."""
-  keys = jnp.where(weights > 0, jax.random.uniform(rng, weights.shape), -1.0)
-  slot_rank = jnp.argsort(jnp.argsort(keys)) + 1 - (weights.shape[0] - weights.sum()).astype(
-      jnp.int32)
-  slot_rank = jnp.where(weights > 0, slot_rank, 0).astype(jnp.int32)
+  weighted = weights > 0
+  keys = jnp.where(weighted, jax.random.uniform(rng, weights.shape), -1.0)  # spares sort first
+  spares = weights.shape[0] - weighted.sum()
+  slot_rank = jnp.argsort(jnp.argsort(keys)) + 1 - spares
+  slot_rank = jnp.where(weighted, slot_rank, 0).astype(jnp.int32)
   return jnp.zeros(length, jnp.int32).at[index].set(slot_rank)
 
 
@@ -139,7 +141,9 @@ class PermutationLM:
   def model_overrides(self) -> dict[str, Any]:
     return {'two_stream': True}
 
-  def prepare(self, rng: Array, batch: base.Batch, inputs):
+  def prepare(self, rng: Array, batch: base.Batch,
+              inputs: ModelInputs) -> tuple[ModelInputs, dict[str, Array]]:
+    """Samples targets and a factorisation order per sequence; turns on the query stream."""
     tokens, segment_ids = batch['tokens'], batch['segment_ids']
     rngs = jax.random.split(rng, tokens.shape[0])
     is_special = jnp.asarray(self.vocab.is_special)
@@ -149,7 +153,8 @@ class PermutationLM:
     targets = {'targets': jnp.take_along_axis(tokens, index, axis=1), 'weights': weights}
     return inputs.replace(attn_order=ranks, query_index=index, causal=False), targets
 
-  def loss(self, outputs, targets):
+  def loss(self, outputs: ModelOutputs, targets: dict[str, Array]) -> tuple[Array, base.Metrics]:
+    """Cross-entropy of the query stream's logits at the weighted targets."""
     return base.token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])
 
 
@@ -173,15 +178,16 @@ def resolve_num_predict(settings: Mapping[str, Any], seq_len: int) -> int:
 
 
 @register('plm', defaults=DEFAULTS)
-def make(settings, *, vocab: Vocab, seq_len: int) -> PermutationLM:
+def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> PermutationLM:
+  """Validates config.plm against seq_len and builds the objective."""
   settings = dict(DEFAULTS, **dict(settings or {}))
   unknown = sorted(set(settings) - set(DEFAULTS))
   if unknown:
     raise ValueError(f'Unknown setting config.plm.{unknown[0]}: known are {sorted(DEFAULTS)}.')
-  for key, kinds in (('k', (int, float)), ('num_predict', (int,)), ('max_span', (int,))):
+  for key, kinds, kind in (('k', (int, float), 'a number'), ('num_predict', int, 'an integer'),
+                           ('max_span', int, 'an integer')):
     if not isinstance(settings[key], kinds) or isinstance(settings[key], bool):
-      raise ValueError(f'config.plm.{key} must be a number of type {kinds[-1].__name__}, got '
-                       f'{settings[key]!r}.')
+      raise ValueError(f'config.plm.{key} must be {kind}, got {settings[key]!r}.')
   num_predict = resolve_num_predict(settings, seq_len)
   max_span = int(settings['max_span'])
   if not 1 <= max_span <= min(num_predict, seq_len):

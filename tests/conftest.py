@@ -33,7 +33,6 @@ def small_run_config(config, cache: str, **overrides):
   config.optimizer.learning_rate = 3e-3
   config.model.update(num_layers=2, embed_dim=64, num_heads=2, mlp_dim=128, max_len=64)
   config.data.update(builtin_max_files=120, vocab_size=600, data_dir=os.path.join(cache, 'tfds'))
-  config.mesh.data = 1
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split('.')

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,11 +104,12 @@ def test_param_count_and_stable_names(scan):
   variables = Transformer(config).init(jax.random.key(0), inputs)
   params = jax.tree.leaves(variables['params'])
   assert sum(p.size for p in params) == config.param_count()
-  flat = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
-  names = {'/'.join(str(getattr(k, 'key', k)) for k in path) for path, _ in flat}
+  flat = jax.tree_util.tree_flatten_with_path(nn.unbox(variables['params']))[0]
+  names = {'/'.join(str(k.key) for k in path) for path, _ in flat}
   layer = 'layers' if scan else 'layers_0'
-  assert f'{layer}/mlp/wi/kernel/value' in names
-  assert f'{layer}/attention/query/kernel/value' in names
+  assert f'{layer}/mlp/wi/kernel' in names
+  assert f'{layer}/attention/query/kernel' in names
+  assert 'token_embed/embedding' in names
 
 
 def test_bf16_compute_keeps_float32_params_and_logits():

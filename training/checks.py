@@ -17,7 +17,7 @@ from objectives import registry
 
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('total_steps', 'log_every', 'eval_every', 'eval_steps', 'checkpoint_every',
-                     'keep_checkpoints', 'resume', 'allow_config_change', 'mesh', 'data.data_dir',
+                     'keep_checkpoints', 'resume', 'pause_at_step', 'allow_config_change', 'mesh', 'data.data_dir',
                      'distributed', 'nonfinite')
 
 

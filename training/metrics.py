@@ -72,10 +72,14 @@ class MetricWriter:
 class Progress:
   """Prints `step | loss | tokens/s | ETA` lines for people watching the run."""
 
-  def __init__(self, total_steps: int, enabled: bool = True, stream=sys.stdout):
+  def __init__(self, total_steps: int, enabled: bool = True, stream=None):
     self.total_steps = total_steps
     self.enabled = enabled
-    self.stream = stream
+    self._stream = stream
+
+  @property
+  def stream(self):
+    return self._stream or sys.stdout
 
   def train(self, step: int, values: Mapping[str, float], tokens_per_sec: float,
             seconds_per_step: float) -> None:
