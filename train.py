@@ -23,7 +23,7 @@ from data import pipeline
 from data import tokenizer as tokenizer_lib
 from models.config import ModelConfig
 from objectives import registry
-from training import checks, flops, mesh as mesh_lib
+from training import checks, distributed, flops, mesh as mesh_lib
 from training import metrics as metrics_lib
 
 PREEMPTED_EXIT_CODE = 143  # what a process stopped by SIGTERM conventionally returns
@@ -66,6 +66,7 @@ def setup(config, workdir: str) -> Run:
 
   checks.check_keys(config)
   checks.check_values(config)
+  distributed.maybe_initialize(config.distributed)
   mesh = mesh_lib.make_mesh(config.mesh)
   checks.check_batch(config, mesh_lib.data_parallel_size(mesh), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
@@ -88,6 +89,10 @@ def setup(config, workdir: str) -> Run:
   train_iter = pipeline.make_iterator(config, objective.data_format, 'train', tokenizer,
                                       train_docs, **iterator_args)
   eval_docs = corpora.load_documents(config.data, 'validation') if config.eval_steps else None
+  if eval_docs is not None and len(eval_docs) < jax.process_count():
+    raise ValueError(f'The validation split of config.data.source={config.data.source!r} has '
+                     f'{len(eval_docs)} documents, fewer than the processes: add validation data '
+                     'or set config.eval_steps=0.')
 
   def make_eval_iter():
     return pipeline.make_iterator(config, objective.data_format, 'validation', tokenizer,

@@ -117,6 +117,10 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       ),
   ))
 
+  # Several processes (hosts): explicit coordinator, or auto-detected on Cloud TPU / SLURM.
+  config.distributed = ml_collections.ConfigDict(dict(
+      auto=True, coordinator_address='', num_processes=0, process_id=-1))
+
   # What to do when the loss or gradients are not finite: skip the update (and count it),
   # and stop with an error after `max_consecutive` such steps in a row.
   config.nonfinite = ml_collections.ConfigDict(dict(policy='skip', max_consecutive=10))

@@ -41,13 +41,17 @@ def example_batch(data_format: str, batch_size: int, seq_len: int) -> dict[str, 
 def make_iterator(config, data_format: str, split: str, tokenizer: tokenizer_lib.Tokenizer,
                   documents: corpora.DocumentSource, *, local_batch_size: int,
                   process_index: int, process_count: int) -> ExampleIterator:
-  """The training (endless, shuffled) or validation (one fixed pass) iterator for this process."""
+  """This process's endless iterator: shuffled for training, in a fixed order for validation.
+
+  Validation repeats too, so every process yields the same number of eval batches
+  (config.eval_steps) even when their shards differ in length.
+  """
   train = split == 'train'
   common = dict(
       documents=documents, tokenize=tokenizer.encode, seq_len=config.seq_len,
       local_batch_size=local_batch_size, process_index=process_index,
       process_count=process_count, seed=config.seed, shuffle=train and config.data.shuffle,
-      repeat=train)
+      repeat=True)
   if data_format == 'packed':
     return packing.PackedIterator(vocab=tokenizer.vocab, **common)
   if data_format in ('sentence_pairs', 'sentence_order_pairs'):

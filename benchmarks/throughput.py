@@ -1,0 +1,111 @@
+"""Training-step throughput per objective on random tokens: tokens/s, step time and MFU.
+
+  python -m benchmarks.throughput --config configs/clm.py:gpt2_small --steps 20
+  python -m benchmarks.throughput --config configs/bert.py:bert_base --config.batch_size=64
+
+Random tokens and no host pipeline: this measures the jitted step alone. The FLOP count
+includes only the logits each objective really computes; MFU uses the datasheet bf16 peak.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from data import pipeline
+from data.vocab import Vocab
+from models.config import ModelConfig
+from models.transformer import Transformer
+from objectives import registry
+from training import checks, flops, mesh as mesh_lib, optim, state as state_lib, step as step_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py:tiny', 'Config to benchmark.')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile step).')
+
+
+def synthetic_vocab(size: int) -> Vocab:
+  """Ids 0..6 special (pad, unk, bos, eos, cls, sep, mask), every other id a word start."""
+  is_special = np.zeros(size, np.bool_)
+  is_special[:7] = True
+  word_start = np.zeros(size, np.bool_)
+  word_start[7::2] = True
+  return Vocab(size, 0, 1, 2, 3, 4, 5, 6, is_special, word_start)
+
+
+def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng) -> dict:
+  example = pipeline.example_batch(data_format, batch, seq_len)
+  example['tokens'] = rng.integers(7, vocab, size=(batch, seq_len), dtype=np.int32)
+  if 'next_sentence_label' in example:
+    example['token_types'][:, seq_len // 2:] = 1
+    example['next_sentence_label'] = rng.integers(0, 2, size=(batch,), dtype=np.int32)
+  return example
+
+
+def benchmark(config, steps: int) -> dict[str, float]:
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  checks.check_keys(config)
+  vocab_size = config.model.vocab_size or config.data.vocab_size
+  vocab = synthetic_vocab(vocab_size)
+  objective = registry.build(config.objective, lambda name: config.get(name, {}), vocab=vocab,
+                             seq_len=config.seq_len)
+  values = dict(config.model, vocab_size=vocab_size)
+  model_config = ModelConfig.from_config(values, **objective.model_overrides())
+  model = Transformer(model_config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.logical_rules(config.mesh)
+  tx = optim.make_optimizer(config.optimizer, config.total_steps)
+  example = pipeline.example_batch(objective.data_format, 2, config.seq_len)
+
+  def init_params(key):
+    inputs, _ = objective.prepare(key, example)
+    return model.init({'params': key, 'dropout': key}, inputs)['params']
+
+  state, shardings = state_lib.sharded_init(init_params, tx, mesh, rules, jax.random.key(0))
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  train_step = jax.jit(step_lib.make_train_step(
+      model, objective, 0, optim.learning_rate_schedule(config.optimizer, config.total_steps)),
+      in_shardings=(shardings, batch_sharding), donate_argnums=(0,))
+  rng = np.random.default_rng(0)
+  batches = [jax.device_put(random_batch(objective.data_format, config.batch_size,
+                                         config.seq_len, vocab_size, rng), batch_sharding)
+             for _ in range(2)]
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    start = time.perf_counter()
+    state, metrics = train_step(state, batches[0])
+    jax.block_until_ready(metrics)
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(steps):
+      state, metrics = train_step(state, batches[i % 2])
+    jax.block_until_ready(metrics)
+    step_time = (time.perf_counter() - start) / steps
+
+  import train  # pylint: disable=import-outside-toplevel
+  flops_per_step = config.batch_size * train._flops_per_sequence(objective, model_config, config)  # pylint: disable=protected-access
+  peak = flops.peak_flops_per_device()
+  result = {'tokens_per_sec': config.batch_size * config.seq_len / step_time,
+            'step_time_ms': 1000 * step_time, 'compile_s': compile_seconds,
+            'tflops_per_sec': flops_per_step / step_time / 1e12,
+            'params_m': sum(x.size for x in jax.tree.leaves(state.params)) / 1e6}
+  if peak:
+    result['mfu'] = flops_per_step / step_time / (peak * jax.device_count())
+  return result
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  result = benchmark(config, _STEPS.value)
+  device = jax.devices()[0]
+  print(f'{config.objective} | {device.device_kind} x{jax.device_count()} | batch '
+        f'{config.batch_size} x seq {config.seq_len} | ' +
+        ' | '.join(f'{k} {v:,.3f}' for k, v in result.items()))
+
+
+if __name__ == '__main__':
+  app.run(main)

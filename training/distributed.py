@@ -1,0 +1,36 @@
+"""Joining a multi-process run with jax.distributed before any device is touched."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+# Environments where jax.distributed.initialize() finds the coordinator by itself.
+_AUTO_ENVIRONMENTS = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE')
+
+
+def _slurm_multi_task() -> bool:
+  return int(os.environ.get('SLURM_NTASKS', '1')) > 1
+
+
+def maybe_initialize(dist_config: Any) -> bool:
+  """Initialises jax.distributed when the config or the environment says the run spans processes.
+
+  Explicit settings (config.distributed.coordinator_address, num_processes, process_id) win;
+  otherwise Cloud TPU pods, SLURM with several tasks and Open MPI are auto-detected.
+  Returns whether initialisation happened.
+  """
+  if dist_config.coordinator_address:
+    if dist_config.num_processes < 1 or dist_config.process_id < 0:
+      raise ValueError('config.distributed.coordinator_address needs num_processes >= 1 and '
+                       'process_id >= 0 (or leave all three unset for auto-detection).')
+    jax.distributed.initialize(coordinator_address=dist_config.coordinator_address,
+                               num_processes=dist_config.num_processes,
+                               process_id=dist_config.process_id)
+    return True
+  if dist_config.auto and (_slurm_multi_task() or any(k in os.environ for k in _AUTO_ENVIRONMENTS)):
+    jax.distributed.initialize()
+    return True
+  return False
