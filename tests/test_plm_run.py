@@ -4,7 +4,7 @@ import json
 import math
 import os
 
-import conftest
+from tests import conftest
 import train
 from configs import plm
 

@@ -1,0 +1,234 @@
+"""Failure handling end to end: killed runs, preemption, cut-off checkpoints, NaNs, bad disks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import train
+from configs import base as base_config
+from objectives import clm as clm_objective
+from objectives import registry
+from tests.conftest import small_run_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NAN_OBJECTIVE = 'reliability_test_nan'
+STEPS = 8
+
+
+@pytest.fixture(autouse=True)
+def private_cache(shared_cache, monkeypatch):
+  monkeypatch.setenv('PRETRAINING_OBJECTIVES_CACHE', shared_cache)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def train_losses(workdir):
+  """step -> loss of the last train record of that step; also checks repeats agree."""
+  losses = {}
+  for record in read_metrics(workdir):
+    if record['split'] != 'train':
+      continue
+    step = record['step']
+    if step in losses:
+      assert losses[step] == record['loss'], f'step {step} logged twice with different losses'
+    losses[step] = record['loss']
+  return losses
+
+
+def command(workdir, cache, **overrides):
+  """A tiny CLM run of train.py on the command line."""
+  settings = {'total_steps': STEPS, 'batch_size': 8, 'seq_len': 64, 'log_every': 1,
+              'eval_steps': 0, 'checkpoint_every': 2, 'optimizer.warmup_steps': 2,
+              'optimizer.learning_rate': 3e-3, 'model.num_layers': 2, 'model.embed_dim': 64,
+              'model.num_heads': 2, 'model.mlp_dim': 128, 'model.max_len': 64,
+              'data.builtin_max_files': 120, 'data.vocab_size': 600,
+              'data.data_dir': os.path.join(cache, 'tfds')}
+  settings.update(overrides)
+  return ([sys.executable, 'train.py', '--config', 'configs/clm.py:tiny', '--workdir', workdir] +
+          [f'--config.{key}={value}' for key, value in settings.items()])
+
+
+def environment(cache):
+  env = dict(os.environ, PRETRAINING_OBJECTIVES_CACHE=cache)
+  env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+  env.setdefault('JAX_PLATFORMS', 'cpu')
+  return env
+
+
+def run_to_end(workdir, cache, **overrides):
+  done = subprocess.run(command(workdir, cache, **overrides), cwd=REPO, env=environment(cache),
+                        capture_output=True, text=True, timeout=180)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
+def last_logged_step(workdir):
+  try:
+    records = read_metrics(workdir)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return 0
+  return max((r['step'] for r in records if r['split'] == 'train'), default=0)
+
+
+def start_and_signal(workdir, cache, signum, at_step, **overrides):
+  """Starts a run, sends `signum` once `at_step` is logged; returns (returncode, stdout)."""
+  process = subprocess.Popen(command(workdir, cache, **overrides), cwd=REPO,
+                             env=environment(cache), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.time() + 150
+    while last_logged_step(workdir) < at_step:
+      assert process.poll() is None, 'the run ended before it could be signalled'
+      assert time.time() < deadline, 'the run did not reach the step in time'
+      time.sleep(0.02)
+    os.kill(process.pid, signum)
+    output, _ = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  return process.returncode, output
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, shared_cache):
+  """A run of STEPS steps, never stopped, logging every step."""
+  workdir = str(tmp_path_factory.mktemp('whole') / 'run')
+  run_to_end(workdir, shared_cache)
+  return workdir
+
+
+def test_resume_after_sigkill_is_bitwise_exact(tmp_path, shared_cache, uninterrupted):
+  whole = train_losses(uninterrupted)
+  assert sorted(whole) == list(range(1, STEPS + 1))
+  workdir = str(tmp_path / 'killed')
+  returncode, _ = start_and_signal(workdir, shared_cache, signal.SIGKILL, at_step=5)
+  assert returncode == -signal.SIGKILL
+  before = train_losses(workdir)
+  assert max(before) < STEPS, 'the run finished before the kill'
+  done = run_to_end(workdir, shared_cache)
+  assert 'Resumed from' in done.stdout
+  parts = train_losses(workdir)
+  assert parts == whole  # exact float equality, every step
+  for step, loss in before.items():
+    assert whole[step] == loss
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path, shared_cache):
+  workdir = str(tmp_path / 'preempted')
+  total = 40
+  returncode, output = start_and_signal(workdir, shared_cache, signal.SIGTERM, at_step=3,
+                                        total_steps=total, checkpoint_every=100)
+  assert returncode == train.PREEMPTED_EXIT_CODE, output[-3000:]
+  assert 'Stopped by SIGTERM after step' in output
+  stopped_at = int(output.split('Stopped by SIGTERM after step ')[1].split(':')[0])
+  assert 3 <= stopped_at < total
+  checkpoints = os.listdir(os.path.join(workdir, 'checkpoints'))
+  assert str(stopped_at) in checkpoints, checkpoints
+  assert last_logged_step(workdir) == stopped_at
+  done = run_to_end(workdir, shared_cache, total_steps=total, checkpoint_every=100)
+  assert f'Resumed from {workdir} at step {stopped_at}.' in done.stdout
+  steps = [r['step'] for r in read_metrics(workdir) if r['split'] == 'train']
+  assert steps == list(range(1, total + 1))
+  assert str(total) in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def test_partial_checkpoint_is_ignored(tmp_path, shared_cache, uninterrupted):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  assert str(STEPS) in os.listdir(checkpoints)
+  # What orbax leaves behind when a write is cut off: `<step>.orbax-checkpoint-tmp-<timestamp>`.
+  partial = os.path.join(checkpoints, f'{STEPS + 2}.orbax-checkpoint-tmp-1700000000000000')
+  os.makedirs(os.path.join(partial, 'state'))
+  with open(os.path.join(partial, 'state', '_METADATA'), 'w', encoding='utf-8') as f:
+    f.write('{"tree_metadata": {')  # cut off mid-write
+  done = run_to_end(workdir, shared_cache, total_steps=STEPS + 4)
+  assert f'at step {STEPS}.' in done.stdout, done.stdout[-2000:]
+  steps = [r['step'] for r in read_metrics(workdir) if r['split'] == 'train']
+  assert steps == list(range(1, STEPS + 5))
+  assert str(STEPS + 4) in os.listdir(checkpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class NanLM(clm_objective.CausalLM):
+  """Causal LM whose loss is always NaN."""
+
+  def loss(self, outputs, targets):
+    loss, metrics = super().loss(outputs, targets)
+    return loss * np.float32(np.nan), metrics
+
+
+@registry.register(NAN_OBJECTIVE)
+def make_nan_objective(settings, *, vocab, seq_len):
+  del settings, vocab, seq_len
+  return NanLM()
+
+
+def nan_config(cache, **overrides):
+  config = base_config.get_config(NAN_OBJECTIVE, 'tiny')
+  settings = dict(total_steps=4, log_every=1, eval_steps=0, checkpoint_every=2)
+  settings.update(overrides)
+  return small_run_config(config, cache, **settings)
+
+
+def restored_params(workdir, step):
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  return ocp.StandardCheckpointer().restore(path)
+
+
+def test_nonfinite_updates_are_skipped_and_counted(tmp_path, shared_cache):
+  workdir = str(tmp_path / 'skip')
+  train.run(nan_config(shared_cache, **{'nonfinite.max_consecutive': 100}), workdir)
+  records = [r for r in read_metrics(workdir) if r['split'] == 'train']
+  assert [r['step'] for r in records] == [1, 2, 3, 4]
+  assert [r['nonfinite_steps'] for r in records] == [1, 2, 3, 4]
+  assert all('loss' not in r for r in records)  # a skipped step adds nothing to the averages
+  early, late = restored_params(workdir, 2), restored_params(workdir, 4)
+  assert int(early['step']) == 2 and int(late['step']) == 4
+  assert int(late['nonfinite_total']) == 4 and int(late['nonfinite_streak']) == 4
+  for a, b in zip(_leaves(early['params']), _leaves(late['params'])):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(_leaves(early['opt_state']), _leaves(late['opt_state'])):
+    np.testing.assert_array_equal(a, b)
+
+
+def _leaves(tree):
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize('overrides, step', [
+    ({'nonfinite.policy': 'stop'}, 1),
+    ({'nonfinite.policy': 'skip', 'nonfinite.max_consecutive': 3}, 3),
+])
+def test_nonfinite_stops_with_floating_point_error(tmp_path, shared_cache, overrides, step):
+  with pytest.raises(FloatingPointError, match=rf'up to step {step} '):
+    train.run(nan_config(shared_cache, total_steps=6, checkpoint_every=100, **overrides),
+              str(tmp_path / 'stop'))
+
+
+def test_unwritable_metrics_file_is_a_clear_oserror(tmp_path, shared_cache):
+  workdir = tmp_path / 'run'
+  (workdir / 'metrics.jsonl').mkdir(parents=True)
+  config = small_run_config(base_config.get_config('clm', 'tiny'), shared_cache, total_steps=1,
+                            log_every=1, eval_steps=0)
+  config.model.max_len = 64
+  with pytest.raises(OSError, match='metrics.jsonl'):
+    train.run(config, str(workdir))
