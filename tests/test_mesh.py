@@ -26,7 +26,7 @@ def mesh_config(shared_cache: str, mesh: tuple[int, int, int], **overrides):
   """A 4-step tiny CLM run whose sharded dimensions all divide by 8."""
   config = small_run_config(clm.get_config('tiny'), shared_cache, total_steps=STEPS, log_every=1,
                             eval_steps=0, checkpoint_every=100, **overrides)
-  config.model.update(num_layers=1, embed_dim=64, num_heads=8, mlp_dim=128)
+  config.model.update(embed_dim=64, num_heads=8, mlp_dim=128)
   config.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
   return config
 

@@ -22,7 +22,8 @@ from tests.conftest import small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN_OBJECTIVE = 'reliability_test_nan'
-STEPS = 8
+STEPS = 8  # where the runs stop (config.pause_at_step); all compile for TOTAL steps
+TOTAL = 12
 
 
 @pytest.fixture(autouse=True)
@@ -50,8 +51,8 @@ def train_losses(workdir):
 
 def command(workdir, cache, **overrides):
   """A tiny CLM run of train.py on the command line."""
-  settings = {'total_steps': STEPS, 'batch_size': 8, 'seq_len': 64, 'log_every': 1,
-              'eval_steps': 0, 'checkpoint_every': 2, 'optimizer.warmup_steps': 2,
+  settings = {'total_steps': TOTAL, 'pause_at_step': STEPS, 'batch_size': 8, 'seq_len': 64,
+              'log_every': 1, 'eval_steps': 0, 'checkpoint_every': 2, 'optimizer.warmup_steps': 2,
               'optimizer.learning_rate': 3e-3, 'model.num_layers': 2, 'model.embed_dim': 64,
               'model.num_heads': 2, 'model.mlp_dim': 128, 'model.max_len': 64,
               'data.builtin_max_files': 120, 'data.vocab_size': 600,
@@ -65,6 +66,10 @@ def environment(cache):
   env = dict(os.environ, PRETRAINING_OBJECTIVES_CACHE=cache)
   env.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
   env.setdefault('JAX_PLATFORMS', 'cpu')
+  # Runs of the same shapes reuse each other's compiled steps.
+  env.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(cache, 'xla'))
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+  env.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
   return env
 
 
@@ -105,7 +110,7 @@ def start_and_signal(workdir, cache, signum, at_step, **overrides):
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, shared_cache):
-  """A run of STEPS steps, never stopped, logging every step."""
+  """A run paused at STEPS, never interrupted, logging every step."""
   workdir = str(tmp_path_factory.mktemp('whole') / 'run')
   run_to_end(workdir, shared_cache)
   return workdir
@@ -129,9 +134,9 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, shared_cache, uninterru
 
 def test_sigterm_checkpoints_and_exits_143(tmp_path, shared_cache):
   workdir = str(tmp_path / 'preempted')
-  total = 40
+  total = TOTAL
   returncode, output = start_and_signal(workdir, shared_cache, signal.SIGTERM, at_step=3,
-                                        total_steps=total, checkpoint_every=100)
+                                        pause_at_step=0, checkpoint_every=100)
   assert returncode == train.PREEMPTED_EXIT_CODE, output[-3000:]
   assert 'Stopped by SIGTERM after step' in output
   stopped_at = int(output.split('Stopped by SIGTERM after step ')[1].split(':')[0])
@@ -139,7 +144,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, shared_cache):
   checkpoints = os.listdir(os.path.join(workdir, 'checkpoints'))
   assert str(stopped_at) in checkpoints, checkpoints
   assert last_logged_step(workdir) == stopped_at
-  done = run_to_end(workdir, shared_cache, total_steps=total, checkpoint_every=100)
+  done = run_to_end(workdir, shared_cache, pause_at_step=0, checkpoint_every=100)
   assert f'Resumed from {workdir} at step {stopped_at}.' in done.stdout
   steps = [r['step'] for r in read_metrics(workdir) if r['split'] == 'train']
   assert steps == list(range(1, total + 1))
@@ -156,11 +161,11 @@ def test_partial_checkpoint_is_ignored(tmp_path, shared_cache, uninterrupted):
   os.makedirs(os.path.join(partial, 'state'))
   with open(os.path.join(partial, 'state', '_METADATA'), 'w', encoding='utf-8') as f:
     f.write('{"tree_metadata": {')  # cut off mid-write
-  done = run_to_end(workdir, shared_cache, total_steps=STEPS + 4)
+  done = run_to_end(workdir, shared_cache, pause_at_step=0)
   assert f'at step {STEPS}.' in done.stdout, done.stdout[-2000:]
   steps = [r['step'] for r in read_metrics(workdir) if r['split'] == 'train']
-  assert steps == list(range(1, STEPS + 5))
-  assert str(STEPS + 4) in os.listdir(checkpoints)
+  assert steps == list(range(1, TOTAL + 1))
+  assert str(TOTAL) in os.listdir(checkpoints)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Command-line tools that drive train.py (sweep launching)."""
