@@ -122,7 +122,8 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       auto=True, coordinator_address='', num_processes=0, process_id=-1))
 
   # What to do when the loss or gradients are not finite: skip the update (and count it),
-  # and stop with an error after `max_consecutive` such steps in a row.
+  # and stop with an error after `max_consecutive` such steps in a row. The stop is checked at
+  # logging steps (no per-step host sync); skipped updates never touch the parameters.
   config.nonfinite = ml_collections.ConfigDict(dict(policy='skip', max_consecutive=10))
 
   names = [config.objective] if isinstance(config.objective, str) else list(config.objective)
