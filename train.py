@@ -98,28 +98,14 @@ def setup(config, workdir: str) -> Run:
     return pipeline.make_iterator(config, objective.data_format, 'validation', tokenizer,
                                   eval_docs, **iterator_args)
 
-  flops_per_step = config.batch_size * _flops_per_sequence(objective, model_config, config)
+  flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
+      objective, model_config, config.seq_len)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json(indent=2))
   return Run(config, workdir, tokenizer, objective, model_config, mesh,
              mesh_lib.logical_rules(config.mesh), train_iter, make_eval_iter, local_batch,
              flops_per_step)
-
-
-def _flops_per_sequence(objective, model_config: ModelConfig, config) -> float:
-  import jax  # pylint: disable=import-outside-toplevel
-
-  example = pipeline.example_batch(objective.data_format, 1, config.seq_len)
-  inputs, _ = jax.eval_shape(objective.prepare, jax.random.key(0), example)
-  num_queries = 0 if inputs.query_index is None else inputs.query_index.shape[1]
-  if inputs.query_index is not None:
-    num_logits = num_queries
-  elif inputs.predict_index is not None:
-    num_logits = inputs.predict_index.shape[1]
-  else:
-    num_logits = config.seq_len if inputs.compute_logits else 0
-  return flops.train_flops_per_sequence(model_config, config.seq_len, num_logits, num_queries)
 
 
 def train(run: Run) -> dict[str, float]:

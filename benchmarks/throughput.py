@@ -85,8 +85,8 @@ def benchmark(config, steps: int) -> dict[str, float]:
     jax.block_until_ready(metrics)
     step_time = (time.perf_counter() - start) / steps
 
-  import train  # pylint: disable=import-outside-toplevel
-  flops_per_step = config.batch_size * train._flops_per_sequence(objective, model_config, config)  # pylint: disable=protected-access
+  flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
+      objective, model_config, config.seq_len)
   peak = flops.peak_flops_per_device()
   result = {'tokens_per_sec': config.batch_size * config.seq_len / step_time,
             'step_time_ms': 1000 * step_time, 'compile_s': compile_seconds,

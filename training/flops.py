@@ -48,3 +48,19 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
     if name.lower() in kind.lower():
       return peak
   return None
+
+
+def objective_flops_per_sequence(objective, cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per sequence for `objective`, reading which logits its prepare() asks for."""
+  from data import pipeline  # pylint: disable=import-outside-toplevel
+
+  example = pipeline.example_batch(objective.data_format, 1, seq_len)
+  inputs, _ = jax.eval_shape(objective.prepare, jax.random.key(0), example)
+  num_queries = 0 if inputs.query_index is None else inputs.query_index.shape[1]
+  if inputs.query_index is not None:
+    num_logits = num_queries
+  elif inputs.predict_index is not None:
+    num_logits = inputs.predict_index.shape[1]
+  else:
+    num_logits = seq_len if inputs.compute_logits else 0
+  return train_flops_per_sequence(cfg, seq_len, num_logits, num_queries)
