@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from data import pipeline
-from data.vocab import Vocab
+from data.vocab import toy_vocab
 from models.config import ModelConfig
 from models.transformer import Transformer
 from objectives import registry
@@ -25,15 +25,6 @@ from training import checks, flops, mesh as mesh_lib, optim, state as state_lib,
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py:tiny', 'Config to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile step).')
-
-
-def synthetic_vocab(size: int) -> Vocab:
-  """Ids 0..6 special (pad, unk, bos, eos, cls, sep, mask), every other id a word start."""
-  is_special = np.zeros(size, np.bool_)
-  is_special[:7] = True
-  word_start = np.zeros(size, np.bool_)
-  word_start[7::2] = True
-  return Vocab(size, 0, 1, 2, 3, 4, 5, 6, is_special, word_start)
 
 
 def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng) -> dict:
@@ -50,7 +41,7 @@ def benchmark(config, steps: int) -> dict[str, float]:
 
   checks.check_keys(config)
   vocab_size = config.model.vocab_size or config.data.vocab_size
-  vocab = synthetic_vocab(vocab_size)
+  vocab = toy_vocab(vocab_size)
   objective = registry.build(config.objective, lambda name: config.get(name, {}), vocab=vocab,
                              seq_len=config.seq_len)
   values = dict(config.model, vocab_size=vocab_size)
