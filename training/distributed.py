@@ -20,8 +20,18 @@ def maybe_initialize(dist_config: Any) -> bool:
 
   Explicit settings (config.distributed.coordinator_address, num_processes, process_id) win;
   otherwise Cloud TPU pods, SLURM with several tasks and Open MPI are auto-detected.
-  Returns whether initialisation happened.
+  Returns whether jax.distributed is initialised. jax allows one initialisation per process,
+  so a second call (a second train.run in the same process) keeps the first.
   """
+  if jax.distributed.is_initialized():
+    if dist_config.coordinator_address and (
+        (dist_config.num_processes, dist_config.process_id) !=
+        (jax.process_count(), jax.process_index())):
+      raise ValueError(
+          f'config.distributed asks for process {dist_config.process_id} of '
+          f'{dist_config.num_processes}, but this process already joined a run as process '
+          f'{jax.process_index()} of {jax.process_count()}; start a new process to change them.')
+    return True
   if dist_config.coordinator_address:
     if dist_config.num_processes < 1 or dist_config.process_id < 0:
       raise ValueError('config.distributed.coordinator_address needs num_processes >= 1 and '
