@@ -2,29 +2,28 @@
 
   python train.py --config configs/clm.py[:preset] --workdir runs/clm [--config.key=value ...]
 
-Running it again on the same workdir resumes from the latest checkpoint.
+Running it again on the same workdir resumes from the latest checkpoint. Errors a user can
+fix (bad config or data, a full disk, non-finite losses under the stop policy) end the command
+with one line on stderr; the library modules load lazily, so a broken --config file is reported
+before jax is imported.
 """
+
+# pylint: disable=import-outside-toplevel
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-import data.corpora as corpora
-from data import pipeline
-from data import tokenizer as tokenizer_lib
-from models.config import ModelConfig
-from objectives import registry
-from training import checks, distributed, flops, mesh as mesh_lib
-from training import metrics as metrics_lib
 
 PREEMPTED_EXIT_CODE = 143  # what a process stopped by SIGTERM conventionally returns
 
@@ -41,13 +40,14 @@ class Run:
   workdir: str
   tokenizer: Any
   objective: Any
-  model_config: ModelConfig
+  model_config: Any
   mesh: Any
   rules: Any
   train_iter: Any
   make_eval_iter: Any
   local_batch_size: int
   flops_per_step: float
+  data_cleaning: dict[str, dict[str, int]]  # split -> what the corpus build skipped or repaired
 
 
 def _train_texts(documents, max_chars: int):
@@ -60,9 +60,32 @@ def _train_texts(documents, max_chars: int):
       return
 
 
+def _first_batch(iterator, split: str) -> None:
+  """Reads one batch, so data that yields no example fails in setup, as one line."""
+  try:
+    next(iterator)
+  except (ValueError, StopIteration) as error:
+    fix = ' (config.eval_steps=0 trains without evaluation)' if split == 'validation' else ''
+    raise ValueError(f'The {split} split gives no batch: {error}{fix}') from error
+
+
 def setup(config, workdir: str) -> Run:
-  """Validates the config, prepares data and tokenizer, builds the objective and mesh."""
-  import jax  # pylint: disable=import-outside-toplevel
+  """Validates the config, prepares data and tokenizer, builds the objective and mesh.
+
+  Bad documents are repaired or skipped and counted by the corpus build (see data/corpora.py).
+  A train split with nothing left, or a validation split with nothing left while
+  config.eval_steps > 0, is a one-line error naming the files and the fix; so is data from
+  which the objective's iterator cannot make one batch (for NSP/SOP, no multi-sentence
+  document).
+  """
+  import jax
+
+  import data.corpora as corpora
+  from data import pipeline
+  from data import tokenizer as tokenizer_lib
+  from models.config import ModelConfig
+  from objectives import registry
+  from training import checks, distributed, flops, mesh as mesh_lib
 
   checks.check_keys(config)
   checks.check_values(config)
@@ -86,8 +109,13 @@ def setup(config, workdir: str) -> Run:
   local_batch = config.batch_size // jax.process_count()
   iterator_args = dict(local_batch_size=local_batch, process_index=jax.process_index(),
                        process_count=jax.process_count())
-  train_iter = pipeline.make_iterator(config, objective.data_format, 'train', tokenizer,
-                                      train_docs, **iterator_args)
+
+  def make_train_iter():
+    return pipeline.make_iterator(config, objective.data_format, 'train', tokenizer,
+                                  train_docs, **iterator_args)
+
+  train_iter = make_train_iter()
+  _first_batch(make_train_iter(), 'train')
   eval_docs = corpora.load_documents(config.data, 'validation') if config.eval_steps else None
   if eval_docs is not None and len(eval_docs) < jax.process_count():
     raise ValueError(f'The validation split of config.data.source={config.data.source!r} has '
@@ -98,6 +126,12 @@ def setup(config, workdir: str) -> Run:
     return pipeline.make_iterator(config, objective.data_format, 'validation', tokenizer,
                                   eval_docs, **iterator_args)
 
+  if eval_docs is not None:
+    _first_batch(make_eval_iter(), 'validation')
+  cleaning = {'train': train_docs.cleaning}
+  if eval_docs is not None:
+    cleaning['validation'] = eval_docs.cleaning
+
   flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
       objective, model_config, config.seq_len)
   if jax.process_index() == 0:
@@ -105,18 +139,27 @@ def setup(config, workdir: str) -> Run:
       f.write(config.to_json(indent=2))
   return Run(config, workdir, tokenizer, objective, model_config, mesh,
              mesh_lib.logical_rules(config.mesh), train_iter, make_eval_iter, local_batch,
-             flops_per_step)
+             flops_per_step, cleaning)
 
 
 def train(run: Run) -> dict[str, float]:
-  """The training loop; returns the last train and eval metrics."""
-  import flax.linen as nn  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
+  """The training loop; returns the last train and eval metrics.
 
-  from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
-  from training import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
-  from training import optim, state as state_lib, step as step_lib  # pylint: disable=import-outside-toplevel
+  Train and eval records carry the data iterator's counts as `data_*` (documents read,
+  documents skipped, pairs made; cumulative over the run, resumed with the checkpoint, from
+  process 0's shard); run.json and the first lines say what the corpus build skipped or
+  repaired. A checkpoint or metrics write that fails raises `metrics.WriteError`.
+  """
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  import data.corpora as corpora
+  from data import pipeline
+  from models.transformer import Transformer
+  from training import checkpoint as checkpoint_lib
+  from training import flops, mesh as mesh_lib, metrics as metrics_lib
+  from training import optim, state as state_lib, step as step_lib
 
   config, workdir = run.config, run.workdir
   primary = jax.process_index() == 0
@@ -170,10 +213,15 @@ def train(run: Run) -> dict[str, float]:
                  'flops_per_step': run.flops_per_step, 'tokens_per_step':
                  config.batch_size * config.seq_len, 'devices': jax.device_count(),
                  'device_kind': jax.devices()[0].device_kind, 'mesh': dict(run.mesh.shape),
-                 'processes': jax.process_count(), 'peak_flops_per_device': peak}, f, indent=2)
+                 'processes': jax.process_count(), 'peak_flops_per_device': peak,
+                 'data': run.data_cleaning}, f, indent=2)
     progress.message(f'{param_count / 1e6:.2f}M parameters | objective {config.objective} | '
                      f'{jax.device_count()} {jax.devices()[0].platform} device(s), mesh '
                      f'{dict(run.mesh.shape)} | {run.flops_per_step / 1e9:.2f} GFLOP/step')
+    described = [f'{split} {corpora.describe_cleaning(stats)}'
+                 for split, stats in run.data_cleaning.items() if stats]
+    if described:
+      progress.message('Data: ' + ' | '.join(described))
 
   preempted = {'signal': None}
 
@@ -184,7 +232,8 @@ def train(run: Run) -> dict[str, float]:
 
   def evaluate(step: int, params) -> dict[str, float]:
     total = None
-    for index, host_batch in enumerate(run.make_eval_iter()):
+    eval_iter = run.make_eval_iter()
+    for index, host_batch in enumerate(eval_iter):
       if index >= config.eval_steps:
         break
       total = step_lib.accumulate(total, eval_step(params, device_batch(host_batch), index))
@@ -192,6 +241,7 @@ def train(run: Run) -> dict[str, float]:
       progress.message('The validation split gave no batch: evaluation skipped.')
       return {}
     values = metrics_lib.reduce(total)
+    values.update(pipeline.stats_values(eval_iter))
     writer.write(step, 'eval', values)
     progress.eval(step, values)
     return values
@@ -222,13 +272,14 @@ def train(run: Run) -> dict[str, float]:
               tokens_per_sec=tokens_per_step / seconds_per_step,
               step_time=seconds_per_step, tokens=step * tokens_per_step,
               flops=step * run.flops_per_step, wall_time=train_seconds,
-              nonfinite_steps=int(state.nonfinite_total))
+              nonfinite_steps=int(state.nonfinite_total), **pipeline.stats_values(run.train_iter))
           if peak:
             values['mfu'] = run.flops_per_step / seconds_per_step / (peak * jax.device_count())
           writer.write(step, 'train', values)
           progress.train(step, values, values['tokens_per_sec'], seconds_per_step)
           last_train = values
           _check_nonfinite(config, state, step)
+          checkpointer.check()  # a background save that failed stops the run here
           interval_metrics, interval_start, interval_steps = None, time.time(), 0
         if config.eval_steps and (step % config.eval_every == 0 or step == config.total_steps):
           last_eval = evaluate(step, state.params)
@@ -247,10 +298,18 @@ def train(run: Run) -> dict[str, float]:
           progress.message(f'Stopped by SIGTERM after step {step}: checkpoint saved in {workdir}; '
                            'run the same command again to resume.')
           sys.exit(PREEMPTED_EXIT_CODE)
+    except BaseException:
+      # The error in flight says more than a second one from closing after it.
+      try:
+        checkpointer.close()
+      except Exception:  # pylint: disable=broad-exception-caught
+        pass
+      writer.close()
+      raise
     finally:
       signal.signal(signal.SIGTERM, previous_handler)
-      checkpointer.close()
-      writer.close()
+    checkpointer.close()
+    writer.close()
   return {**{f'train_{k}': v for k, v in last_train.items()},
           **{f'eval_{k}': v for k, v in last_eval.items()}}
 
@@ -269,7 +328,7 @@ def run(config, workdir: str) -> dict[str, float]:
   """Validates, sets up and trains; the library entry point behind the command line."""
   try:
     prepared = setup(config, workdir)
-  except (ValueError, FileNotFoundError, KeyError) as error:
+  except (ValueError, OSError, KeyError) as error:  # OSError: e.g. an unwritable workdir
     raise SetupError(str(error).strip().splitlines()[0] if str(error).strip() else repr(error)) \
         from error
   return train(prepared)
@@ -280,21 +339,100 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. con
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and logs.')
 
 
+def _fail(message: str, code: int) -> None:
+  print(f'train.py: error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The file of the last --config given (absl's forms: --config=X, --config X, -config ...)."""
+  value = None
+  for index, arg in enumerate(argv[1:], 1):
+    if arg == '--':
+      break
+    for name in ('--config', '-config'):
+      if arg == name and index + 1 < len(argv):
+        value = argv[index + 1]
+      elif arg.startswith(name + '='):
+        value = arg[len(name) + 1:]
+  return value.split(':', 1)[0] if value is not None else None
+
+
+def _config_file_problem(path: str) -> str | None:
+  """Why the --config file cannot load (missing, unreadable, not Python), naming file and line."""
+  try:
+    with open(path, 'rb') as f:
+      source = f.read()
+  except OSError as error:
+    return (f'--config file {path} cannot be read: {error.strerror}; give a config file such as '
+            'configs/clm.py:tiny.')
+  try:
+    compile(source, path, 'exec')
+  except SyntaxError as error:
+    return f'{path}:{error.lineno}: {type(error).__name__}: {error.msg} (the --config file).'
+  except ValueError as error:  # e.g. null bytes
+    return f'{path}: {error} (the --config file).'
+  return None
+
+
+def _config_frame_error(error: BaseException, path: str | None) -> str | None:
+  """'file:line: Error: message' for an exception raised while running the --config file."""
+  if path is None:
+    return None
+  target = os.path.abspath(path)
+  seen = error
+  while seen is not None:
+    frames = [f for f in traceback.extract_tb(seen.__traceback__)
+              if os.path.abspath(f.filename) == target]
+    if frames:
+      lines = str(seen).strip().splitlines()
+      return (f'{path}:{frames[-1].lineno}: {type(seen).__name__}: '
+              f'{lines[0] if lines else ""} (the --config file).')
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, except that a broken --config file is one line naming file and line."""
+  path = _config_path(argv)
+  problem = _config_file_problem(path) if path else None
+  if problem:
+    _fail(problem, 2)
+  try:
+    return flags.FLAGS(argv)
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    located = _config_frame_error(error, path)
+    if located:
+      _fail(located, 2)
+    if isinstance(error, (AttributeError, KeyError)):  # --config.key=value for no such key
+      name = re.search(r"'([\w.-]+)", str(error))
+      hint = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', str(error))
+      _fail(f'A --config.* override names no setting of the config'
+            f'{f" ({name.group(1)!r})" if name else ""}{f": {hint.group()}" if hint else "."}', 2)
+    if not isinstance(error, flags.Error):
+      raise
+    _fail(f'{str(error).strip().splitlines()[0]} (pass --helpfull to see the flags).', 1)
+  return []  # unreachable
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # keep the progress lines readable
   if _WORKDIR.value is None:
-    print('train.py: error: --workdir is required (e.g. --workdir runs/clm).', file=sys.stderr)
-    sys.exit(2)
+    _fail('--workdir is required (e.g. --workdir runs/clm).', 2)
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except SetupError as error:
-    print(f'train.py: error: {error}', file=sys.stderr)
-    sys.exit(2)
+    _fail(str(error), 2)
+  except (OSError, FloatingPointError) as error:
+    from training.metrics import WriteError
+    if not isinstance(error, (WriteError, FloatingPointError)):
+      raise
+    _fail(str(error), 1)
 
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -4,11 +4,19 @@ Three sources share one path: the standard library's docstrings (offline, built 
 user's local text files, and any registered TFDS text dataset. Each is prepared by a tfds
 builder in array_record format and read back through `as_data_source`, which needs no
 TensorFlow.
+
+Bad input in the builtin and local corpora is repaired or skipped at build time, never fatal,
+and counted per split in the dataset's metadata (`DocumentSource.cleaning`): invalid UTF-8
+becomes U+FFFD, control characters are removed, empty documents and malformed JSON lines are
+skipped. Long and one-sentence documents are kept whole; what the objectives' iterators do with
+them is theirs to count. A train split left empty is an error naming the files; so is an empty
+validation split, but only when it is loaded, so `config.eval_steps=0` trains without one.
 """
 
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import fcntl
 import glob
@@ -38,6 +46,12 @@ _SKIPPED_DIRS = frozenset({
     'site-packages', 'dist-packages', '__pycache__', 'test', 'tests', 'idle_test', 'idlelib',
     'lib2to3', 'turtledemo', 'ensurepip', 'pydoc_data'})
 _VERSION_PATTERN = re.compile(r'^\d+(\.\d+){2}$')
+# Control characters other than tab, line feed and carriage return carry no text (NUL, bells,
+# terminal escapes, C1 codes from mis-decoded bytes); form feed and vertical tab break lines.
+_CONTROL_CHARACTERS = re.compile('[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]')
+_SURROGATES = re.compile('[\ud800-\udfff]')  # lone ones, from JSON escapes; not encodable
+_UTF8_REPLACEMENT = '\ufffd'.encode('utf-8')
+_BLANK_LINES = re.compile(rb'\n(?:[ \t\r\f\v]*\n)+')
 
 
 def cache_root() -> str:
@@ -60,25 +74,90 @@ def in_validation(key: str, fraction: float = VALIDATION_FRACTION) -> bool:
   return _hash_fraction(key) < fraction
 
 
-def _split_assigned(items: Iterator[tuple[str, str]], fraction: float,
-                    what: str) -> dict[str, list]:
-  """Splits (key, text) pairs into train/validation by hash of the key, neither empty.
+def _split_assigned(items: Iterator[tuple[str, str, Any]], fraction: float, what: str,
+                    fix: str) -> dict[str, list]:
+  """Splits (key, text, extra) items into train/validation by hash of the key, neither empty.
 
   A small corpus may hash nothing below `fraction`; then its lowest-hash document goes to
   validation, so the choice stays a deterministic function of the keys.
   """
-  items = [(_hash_fraction(key), key, text) for key, text in items]
+  items = [(_hash_fraction(item[0]), *item) for item in items]
   if len(items) < 2:
-    raise ValueError(f'{what} has {len(items)} document(s); at least 2 are needed to carve a '
-                     'validation split.')
+    raise ValueError(f'{what} has {len(items)} non-empty document(s); at least 2 are needed to '
+                     f'carve a validation split: {fix}.')
   validation = [item for item in items if item[0] < fraction] or [min(items)]
   chosen = {item[1] for item in validation}
   train = [item for item in items if item[1] not in chosen]
   return {'train': [item[1:] for item in train], 'validation': [item[1:] for item in validation]}
 
 
+# ------------------------------------------------------------------------------------------
+# Cleaning: bad bytes and characters are repaired or skipped, and counted, never fatal.
+
+
+def decode_utf8(raw: bytes) -> tuple[str, int]:
+  """`raw` as text with U+FFFD for each invalid UTF-8 sequence, and how many were replaced."""
+  text = raw.decode('utf-8', errors='replace')
+  return text, text.count('\ufffd') - raw.count(_UTF8_REPLACEMENT)
+
+
+def clean_text(text: str) -> tuple[str, int, int]:
+  """(text safe to store and tokenize, surrogates replaced, control characters removed).
+
+  Lone surrogates become U+FFFD; form feed and vertical tab become line breaks; other control
+  characters except tab, line feed and carriage return are removed.
+  """
+  text, surrogates = _SURROGATES.subn('\ufffd', text)
+  text, controls = _CONTROL_CHARACTERS.subn(
+      lambda match: '\n' if match.group() in '\x0b\x0c' else '', text)
+  return text, surrogates, controls
+
+
+def split_stats(items: Sequence[tuple[str, str, dict[str, int]]],
+                skipped: collections.Counter | None = None) -> dict[str, int]:
+  """Cleaning counts of one split: its documents, their repairs and what was skipped."""
+  stats = collections.Counter(skipped or {})
+  stats['documents'] = len(items)
+  for _, _, repairs in items:
+    for key, count in repairs.items():
+      if count:
+        stats[key] += count
+        stats[f'{key}_documents'] += 1
+  return dict(stats)
+
+
+def _plural(count: int, noun: str) -> str:
+  return f'{count} {noun}' + ('' if count == 1 else 's')
+
+
+def cleaning_notes(stats: dict[str, int]) -> list[str]:
+  """What cleaning skipped or repaired in a split, as phrases for a log line or an error."""
+  notes = []
+  if stats.get('skipped_empty'):
+    notes.append(f'{_plural(stats["skipped_empty"], "empty document")} skipped')
+  if stats.get('skipped_bad_json'):
+    notes.append(f'{_plural(stats["skipped_bad_json"], "malformed JSON line")} skipped')
+  if stats.get('invalid_utf8'):
+    notes.append(f'{_plural(stats["invalid_utf8"], "invalid UTF-8 sequence")} replaced by '
+                 f'U+FFFD in {_plural(stats["invalid_utf8_documents"], "document")}')
+  if stats.get('control_chars'):
+    notes.append(f'{_plural(stats["control_chars"], "control character")} removed from '
+                 f'{_plural(stats["control_chars_documents"], "document")}')
+  return notes
+
+
+def describe_cleaning(stats: dict[str, int]) -> str:
+  """'41 documents (3 empty documents skipped, ...)': a split's cleaning counts for the log."""
+  notes = cleaning_notes(stats)
+  text = _plural(stats.get('documents', 0), 'document')
+  return f'{text} ({", ".join(notes)})' if notes else text
+
+
 class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """A builder of documents with one `text` feature, defined outside any tfds package."""
+  """A builder of documents with one `text` feature, defined outside any tfds package.
+
+  `_split_generators` stores each split's cleaning counts in `info.metadata['cleaning']`.
+  """
 
   DESCRIPTION = ''
 
@@ -91,11 +170,11 @@ class _TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.DESCRIPTION,
+        builder=self, description=self.DESCRIPTION, metadata=tfds.core.MetadataDict(),
         features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
 
   def _generate_examples(self, items):
-    for key, text in items:
+    for key, text, _ in items:
       yield key, {'text': text}
 
 
@@ -159,8 +238,9 @@ class StdlibDocstringsConfig(tfds.core.BuilderConfig):
 class StdlibDocstrings(_TextBuilder):
   """Docstrings of the running interpreter's stdlib: an offline corpus of real English prose."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Module, class and function docstrings, split 97/3 by hash.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Module, class and function docstrings, split 97/3 by hash.',
+                   '1.1.0': 'Control characters removed; cleaning counts in the metadata.'}
   BUILDER_CONFIG_CLASS = StdlibDocstringsConfig
   DESCRIPTION = 'Docstrings of the Python standard library, parsed with ast.'
 
@@ -175,19 +255,22 @@ class StdlibDocstrings(_TextBuilder):
     root = sysconfig.get_paths()['stdlib']
     seen = set()
 
-    def documents() -> Iterator[tuple[str, str]]:
+    def documents() -> Iterator[tuple[str, str, dict[str, int]]]:
       for path in stdlib_files(config.max_files):
         relative = os.path.relpath(path, root)
         for name, text in file_docstrings(path):
           key = f'{relative}:{name}'
+          text, surrogates, controls = clean_text(text)
           # Identical docstrings (re-exports, property setters) would leak across splits.
           if len(text) >= config.min_doc_chars and key not in seen and text not in seen:
             seen.update((key, text))
-            yield key, text
+            yield key, text, {'invalid_utf8': surrogates, 'control_chars': controls}
 
     splits = _split_assigned(
         documents(), VALIDATION_FRACTION,
-        f'The stdlib corpus (config.data.builtin_max_files={config.max_files})')
+        f'The stdlib corpus (config.data.builtin_max_files={config.max_files})',
+        'raise config.data.builtin_max_files or lower config.data.min_doc_chars')
+    self.info.metadata['cleaning'] = {name: split_stats(items) for name, items in splits.items()}
     return {name: self._generate_examples(items) for name, items in splits.items()}
 
 
@@ -209,25 +292,58 @@ def resolve_globs(patterns: str, setting: str) -> list[str]:
   return list(dict.fromkeys(files))
 
 
-def read_local_documents(path: str, text_field: str = 'text') -> Iterator[str]:
-  """Documents of one file: JSON lines' `text_field` for .jsonl/.json, else blank-line separated."""
-  with open(path, encoding='utf-8') as f:
-    if path.endswith(('.jsonl', '.json')):
-      for line_number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
+def read_local_documents(path: str, text_field: str = 'text',
+                         skipped: collections.Counter | None = None
+                         ) -> Iterator[tuple[str, dict[str, int]]]:
+  """(text, repairs) of one file's documents: JSON lines' `text_field` for .jsonl/.json, else
+  paragraphs separated by blank lines.
+
+  Bad bytes never stop a build. Invalid UTF-8 becomes U+FFFD and control characters go (see
+  `clean_text`); `repairs` counts both for the document. Documents left empty and malformed
+  JSON lines are skipped and counted in `skipped` ('skipped_empty', 'skipped_bad_json'). A
+  record without a string `text_field` is an error: the setting is wrong, not the line.
+  """
+  skipped = collections.Counter() if skipped is None else skipped
+  with open(path, 'rb') as f:
+    data = f.read().removeprefix(b'\xef\xbb\xbf')  # a UTF-8 byte-order mark
+
+  def cleaned(text: str, invalid: int) -> tuple[str, dict[str, int]] | None:
+    text, surrogates, controls = clean_text(text)
+    if not text.strip():
+      skipped['skipped_empty'] += 1
+      return None
+    return text, {'invalid_utf8': invalid + surrogates, 'control_chars': controls}
+
+  if path.endswith(('.jsonl', '.json')):
+    for line_number, raw in enumerate(data.split(b'\n'), 1):
+      if not raw.strip():
+        continue
+      line, invalid = decode_utf8(raw)
+      try:
         record = json.loads(line)
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-          raise ValueError(f'{path}:{line_number}: no string field {text_field!r}; set '
-                           'config.data.text_field to the field holding the text.')
-        if record[text_field].strip():
-          yield record[text_field]
-    else:
-      # Blank lines (possibly holding spaces) separate documents; a document keeps its
-      # first line's indentation but no surrounding blank lines or trailing whitespace.
-      for document in re.split(r'\n(?:[ \t\r\f\v]*\n)+', f.read()):
-        if document.strip():
-          yield re.sub(r'^(?:[ \t\r\f\v]*\n)+', '', document).rstrip()
+      except json.JSONDecodeError:
+        skipped['skipped_bad_json'] += 1
+        continue
+      if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise ValueError(f'{path}:{line_number}: no string field {text_field!r}; set '
+                         'config.data.text_field to the field holding the text.')
+      document = cleaned(record[text_field], invalid)
+      if document is not None:
+        yield document
+  else:
+    # Blank lines (possibly holding spaces) separate documents; a document keeps its
+    # first line's indentation but no surrounding blank lines or trailing whitespace.
+    for raw in _BLANK_LINES.split(data):
+      if raw.strip():
+        document = cleaned(*decode_utf8(raw))
+        if document is not None:
+          text, repairs = document
+          yield re.sub(r'^(?:[ \t\r\f\v]*\n)+', '', text).rstrip(), repairs
+
+
+def _files(paths: Sequence[str]) -> str:
+  shown = ', '.join(paths[:3])
+  return shown + (f' and {len(paths) - 3} more' if len(paths) > 3 else '')
 
 
 class LocalTextConfig(tfds.core.BuilderConfig):
@@ -249,8 +365,10 @@ class LocalTextConfig(tfds.core.BuilderConfig):
 class LocalText(_TextBuilder):
   """A user's local text or JSON-lines files as train/validation documents."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Blank-line separated text and JSON lines.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Blank-line separated text and JSON lines.',
+                   '1.1.0': 'Invalid UTF-8 replaced, control characters removed, empty documents '
+                            'and malformed JSON lines skipped; all counted in the metadata.'}
   BUILDER_CONFIG_CLASS = LocalTextConfig
   DESCRIPTION = 'Local text files, one document per paragraph or JSON line.'
 
@@ -259,21 +377,27 @@ class LocalText(_TextBuilder):
     del dl_manager
     config = self.builder_config
 
-    def documents(paths: Sequence[str]) -> Iterator[tuple[str, str]]:
-      for path in paths:
-        for index, text in enumerate(read_local_documents(path, config.text_field)):
-          yield f'{path}:{index}', text
+    def documents(paths: Sequence[str], skipped: collections.Counter) -> list:
+      return [(f'{path}:{index}', text, repairs) for path in paths
+              for index, (text, repairs) in enumerate(
+                  read_local_documents(path, config.text_field, skipped))]
 
+    skipped = {'train': collections.Counter(), 'validation': collections.Counter()}
+    train = documents(config.train_files, skipped['train'])
+    if not train:
+      notes = ', '.join(cleaning_notes(skipped['train'])) or 'only blank lines'
+      raise ValueError(f'config.data.train_files ({_files(config.train_files)}) holds no '
+                       f'non-empty documents ({notes}): add text to the files or fix the glob.')
     if config.validation_files:
-      splits = {'train': list(documents(config.train_files)),
-                'validation': list(documents(config.validation_files))}
-      for name, setting in (('train', 'train_files'), ('validation', 'validation_files')):
-        if not splits[name]:
-          raise ValueError(f'config.data.{setting} holds no non-empty documents.')
-    else:
-      splits = _split_assigned(documents(config.train_files), VALIDATION_FRACTION,
-                               'config.data.train_files')
-    return {name: self._generate_examples(items) for name, items in splits.items()}
+      splits = {'train': train,
+                'validation': documents(config.validation_files, skipped['validation'])}
+    else:  # Skipped documents belong to no split; they are counted with train's.
+      splits = _split_assigned(train, VALIDATION_FRACTION, 'config.data.train_files',
+                               'add documents, or give config.data.validation_files')
+    self.info.metadata['cleaning'] = {name: split_stats(splits[name], skipped[name])
+                                      for name in splits}
+    # tfds cannot write an empty split; load_documents explains an absent validation split.
+    return {name: self._generate_examples(items) for name, items in splits.items() if items}
 
 
 # ------------------------------------------------------------------------------------------
@@ -283,10 +407,12 @@ class LocalText(_TextBuilder):
 class DocumentSource(Sequence):
   """Random-access documents as str, decoded from an array_record data source on access."""
 
-  def __init__(self, data_source: Sequence[Any], text_field: str, name: str):
+  def __init__(self, data_source: Sequence[Any], text_field: str, name: str,
+               cleaning: dict[str, int] | None = None):
     self._source = data_source
     self._field = text_field
     self.name = name
+    self.cleaning = dict(cleaning or {})  # what the build skipped and repaired (builtin, text)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -300,7 +426,7 @@ class DocumentSource(Sequence):
     if not 0 <= index < len(self):
       raise IndexError(f'document {index} out of range for {self.name} ({len(self)} documents).')
     value = self._source[index][self._field]
-    return value.decode('utf-8') if isinstance(value, bytes) else str(value)
+    return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)
 
   def __repr__(self) -> str:
     return f'DocumentSource({self.name}, {len(self)} documents)'
@@ -396,7 +522,8 @@ def load_documents(data_config: ml_collections.ConfigDict, split: str) -> Docume
 
   For the 'tfds' source the split names come from `config.data.train_split` and
   `config.data.validation_split` (tfds slicing such as 'train[:1%]' works); the builtin and
-  local text corpora always have 'train' and 'validation'.
+  local text corpora always have 'train' and 'validation', except that local validation
+  files holding no non-empty document give a one-line error here.
   """
   if split not in SPLITS:
     raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
@@ -420,10 +547,17 @@ def load_documents(data_config: ml_collections.ConfigDict, split: str) -> Docume
   if text_field not in info.features:
     raise ValueError(f'config.data.text_field={text_field!r} is not a feature of {builder.name} '
                      f'(features: {", ".join(info.features)}).')
+  cleaning = (info.metadata or {}).get('cleaning', {})
   base_split = split_name.split('[')[0]
+  if base_split not in info.splits and base_split in cleaning:  # built, but nothing was left
+    notes = ', '.join(cleaning_notes(cleaning[base_split])) or 'only blank lines'
+    raise ValueError(f'config.data.validation_files={data_config.validation_files!r} holds no '
+                     f'non-empty documents ({notes}): add validation text, or set '
+                     'config.eval_steps=0 to train without evaluation.')
   if base_split not in info.splits:
     setting = 'train_split' if split == 'train' else 'validation_split'
     raise ValueError(f'config.data.{setting}={split_name!r} is not a split of {builder.name} '
                      f'(splits: {", ".join(info.splits)}).')
   source = builder.as_data_source(split=split_name)
-  return DocumentSource(source, text_field, f'{builder.info.full_name}[{split_name}]')
+  return DocumentSource(source, text_field, f'{builder.info.full_name}[{split_name}]',
+                        cleaning.get(split_name))

@@ -59,5 +59,12 @@ def make_iterator(config, data_format: str, split: str, tokenizer: tokenizer_lib
 
     return pairs.SentencePairIterator(
         vocab=tokenizer.vocab, short_seq_prob=config.data.get('short_seq_prob', 0.1),
-        sentence_order=data_format == 'sentence_order_pairs', **common)
+        sentence_order=data_format == 'sentence_order_pairs',
+        name=f'The {split} split ({getattr(documents, "name", "documents")})', **common)
   raise ValueError(f'Unknown data format {data_format!r} asked for by config.objective.')
+
+
+def stats_values(iterator: ExampleIterator) -> dict[str, float]:
+  """The iterator's counts (documents read, skipped, pairs made...) as `data_*` metrics."""
+  return {f'data_{key}': value for key, value in iterator.stats.items()
+          if isinstance(value, (int, float))}

@@ -73,10 +73,10 @@ def environment(cache):
   return env
 
 
-def run_to_end(workdir, cache, **overrides):
-  done = subprocess.run(command(workdir, cache, **overrides), cwd=REPO, env=environment(cache),
-                        capture_output=True, text=True, timeout=180)
-  assert done.returncode == 0, done.stderr[-3000:]
+def run_to_end(workdir, cache, launcher=(), returncode=0, **overrides):
+  done = subprocess.run([*launcher, *command(workdir, cache, **overrides)], cwd=REPO,
+                        env=environment(cache), capture_output=True, text=True, timeout=180)
+  assert done.returncode == returncode, done.stderr[-3000:]
   return done
 
 
@@ -237,3 +237,55 @@ def test_unwritable_metrics_file_is_a_clear_oserror(tmp_path, shared_cache):
   config.model.max_len = 64
   with pytest.raises(OSError, match='metrics.jsonl'):
     train.run(config, str(workdir))
+
+
+def test_stats_of_the_data_iterator_are_logged(uninterrupted):
+  records = [r for r in read_metrics(uninterrupted) if r['split'] == 'train']
+  documents = [r['data_documents'] for r in records]
+  assert documents == sorted(documents) and documents[0] >= 1  # cumulative documents read
+  assert all(r['data_skipped_empty'] == 0 for r in records)
+
+
+@pytest.mark.parametrize('contents, line', [(None, None), ('x = 1\n\ndef get_config(:\n', 3)])
+def test_broken_config_file_is_one_line_naming_file_and_line(tmp_path, contents, line):
+  path = tmp_path / 'my_config.py'
+  if contents is not None:
+    path.write_text(contents)
+  done = subprocess.run([sys.executable, 'train.py', '--config', f'{path}:tiny', '--workdir',
+                         str(tmp_path / 'run')], cwd=REPO, capture_output=True, text=True,
+                        timeout=60)
+  assert done.returncode == 2
+  assert done.stderr.count('\n') == 1, done.stderr  # one line, no traceback
+  where = f'{path}:{line}: SyntaxError' if line else f'{path} cannot be read: No such file'
+  assert done.stderr.startswith('train.py: error: ') and where in done.stderr, done.stderr
+
+
+FILE_SIZE_LIMIT = 64 << 10  # below orbax's array files, above metrics.jsonl and the rest
+# Runs the command after it with writes past FILE_SIZE_LIMIT failing with EFBIG, as on a full
+# disk (Python ignores SIGXFSZ, so the write fails instead of killing the process).
+FULL_DISK = [sys.executable, '-c', 'import os, resource, sys; resource.setrlimit(resource.'
+             f'RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, resource.RLIM_INFINITY)); '
+             'os.execv(sys.argv[1], sys.argv[1:])']
+
+
+def test_full_disk_is_one_line_and_the_last_checkpoint_resumes(tmp_path, shared_cache,
+                                                               uninterrupted):
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  failed = run_to_end(workdir, shared_cache, launcher=FULL_DISK, returncode=1,
+                      pause_at_step=STEPS + 2)
+  last_line = failed.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('train.py: error: Cannot write the checkpoint '), failed.stderr
+  assert f'{checkpoints}/{STEPS + 2}: File too large (errno 27)' in last_line
+  assert f'the checkpoint of step {STEPS} is intact' in last_line
+  noise = failed.stderr.strip().splitlines()  # orbax's own one-line reports come first
+  assert len(noise) < 20 and 'Traceback' not in failed.stderr, failed.stderr[-3000:]
+  assert sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())[-1] == STEPS
+  assert int(restored_params(workdir, STEPS)['step']) == STEPS
+
+  done = run_to_end(workdir, shared_cache, pause_at_step=STEPS + 2)  # space again
+  assert f'Resumed from {workdir} at step {STEPS}.' in done.stdout
+  losses = train_losses(workdir)  # steps logged before the failure are repeated exactly
+  assert sorted(losses) == list(range(1, STEPS + 3))
+  assert str(STEPS + 2) in os.listdir(checkpoints)

@@ -29,10 +29,15 @@ def format_duration(seconds: float) -> str:
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
 
 
+class WriteError(OSError):
+  """A run's output (metrics, a checkpoint) could not be written; the message is one line that
+  names the path, the cause and the fix."""
+
+
 class MetricWriter:
   """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard.
 
-  Only the primary process writes. A failing disk raises a clear OSError naming the file.
+  Only the primary process writes. A failing disk raises a `WriteError` naming the file.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
@@ -57,8 +62,9 @@ class MetricWriter:
       with open(self.path, 'a', encoding='utf-8') as f:
         f.write(line + '\n')
     except OSError as error:
-      raise OSError(f'Cannot write metrics to {self.path}: {error.strerror}. Free disk space or '
-                    'fix the workdir permissions; checkpoints already written are intact.') from error
+      raise WriteError(f'Cannot write metrics to {self.path}: {error.strerror}. Free disk space '
+                       'or fix the workdir permissions; checkpoints already written are intact.'
+                       ) from error
     if self._tensorboard is not None:
       for key, value in values.items():
         if isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(float(value)):
@@ -91,6 +97,9 @@ class Progress:
     accuracy = values.get('accuracy')
     if accuracy is not None:
       extras = f' | acc {accuracy:.3f}' + extras
+    skipped = sum(v for k, v in values.items() if k.startswith('data_skipped_'))
+    if skipped:  # documents the data iterator passed over (empty, single-sentence for pairs)
+      extras += f' | {int(skipped)} docs skipped'
     mfu = values.get('mfu')
     mfu_text = f' | MFU {100 * mfu:.1f}%' if mfu else ''
     print(f'step {step:>6d}/{self.total_steps} | loss {values.get("loss", float("nan")):.4f}'
@@ -99,7 +108,8 @@ class Progress:
 
   def eval(self, step: int, values: Mapping[str, float]) -> None:
     if self.enabled:
-      parts = ' | '.join(f'{k} {v:.4f}' for k, v in values.items() if k != 'predictions')
+      parts = ' | '.join(f'{k} {v:.4f}' for k, v in values.items()
+                         if k != 'predictions' and not k.startswith('data_'))
       print(f'eval  {step:>6d}/{self.total_steps} | {parts}', file=self.stream, flush=True)
 
   def message(self, text: str) -> None:
