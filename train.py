@@ -152,6 +152,7 @@ def train(run: Run) -> dict[str, float]:
   """
   import flax.linen as nn
   import jax
+  from jax.experimental import multihost_utils
   import numpy as np
 
   import data.corpora as corpora
@@ -223,12 +224,21 @@ def train(run: Run) -> dict[str, float]:
     if described:
       progress.message('Data: ' + ' | '.join(described))
 
+  # Every process must stop at the same step: one saving collectively while the others train
+  # hangs them all. With several processes jax.distributed's preemption service catches
+  # SIGTERM and agrees on the step; a Python handler would replace its own, so none is set.
+  multi_process = jax.process_count() > 1
   preempted = {'signal': None}
 
   def on_sigterm(signum, frame):  # pylint: disable=unused-argument
     preempted['signal'] = signum
 
-  previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+  def should_stop(step: int) -> bool:
+    if multi_process:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return preempted['signal'] is not None
+
+  previous_handler = None if multi_process else signal.signal(signal.SIGTERM, on_sigterm)
 
   def evaluate(step: int, params) -> dict[str, float]:
     total = None
@@ -291,7 +301,7 @@ def train(run: Run) -> dict[str, float]:
             save(step, force=True)
           progress.message(f'Paused at step {step} (config.pause_at_step); run again to continue.')
           break
-        if preempted['signal'] is not None:
+        if should_stop(step):
           if step % config.checkpoint_every:
             save(step, force=True)
           checkpointer.close()
@@ -307,7 +317,8 @@ def train(run: Run) -> dict[str, float]:
       writer.close()
       raise
     finally:
-      signal.signal(signal.SIGTERM, previous_handler)
+      if not multi_process:
+        signal.signal(signal.SIGTERM, previous_handler)
     checkpointer.close()
     writer.close()
   return {**{f'train_{k}': v for k, v in last_train.items()},

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 import sys
 from collections.abc import Iterable
 
@@ -34,6 +35,9 @@ TRAINER_SETTINGS = dict(
     input_sentence_size=200_000, shuffle_input_sentence=True, hard_vocab_limit=False,
     pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=list(SPECIAL_PIECES))
 _TRAINER_SEED = 0
+# Fixed rather than os.cpu_count(): the trained pieces depend on the thread count, and every
+# host (and every later run) must train the very same model from the same text.
+_TRAINER_THREADS = 8
 
 
 class Tokenizer:
@@ -111,7 +115,7 @@ def train_model(texts: list[str], vocab_size: int, log_path: str | None = None) 
       log_args = {}
     spm.SentencePieceTrainer.Train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-        num_threads=os.cpu_count() or 1, **log_args, **TRAINER_SETTINGS)
+        num_threads=_TRAINER_THREADS, **log_args, **TRAINER_SETTINGS)
   return model.getvalue()
 
 
@@ -144,7 +148,7 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
                      'config.data.source and its files.')
   key = hashlib.sha256()
   key.update(json.dumps([data_config.vocab_size, TRAINER_SETTINGS, _TRAINER_SEED,
-                         spm.__version__]).encode('utf-8'))
+                         _TRAINER_THREADS, spm.__version__]).encode('utf-8'))
   for text in texts:
     key.update(hashlib.sha256(text.encode('utf-8')).digest())
   cache_dir = os.path.join(cache_root(), 'tokenizers')
@@ -155,13 +159,15 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
   else:
     os.makedirs(cache_dir, exist_ok=True)
     model = train_model(texts, data_config.vocab_size, log_path=cached[:-len('.model')] + '.log')
-    temporary = f'{cached}.{os.getpid()}.tmp'
+    temporary = f'{cached}.{uuid.uuid4().hex}.tmp'  # unique across hosts sharing the cache
     with open(temporary, 'wb') as f:
       f.write(model)
     os.replace(temporary, cached)  # Atomic, so concurrent trainers never see half a file.
   if resumed is None:
     return Tokenizer(cached, model)
   resumed.parent.mkdir(parents=True, exist_ok=True)
-  resumed.write_bytes(model)
+  temporary = resumed.parent / f'{resumed.name}.{uuid.uuid4().hex}.tmp'
+  temporary.write_bytes(model)
+  temporary.replace(resumed)  # atomic: another process never reads half a file
   return Tokenizer(os.fspath(resumed), model)
 

@@ -21,12 +21,10 @@ import pytest
 
 import train
 from tests import multiprocess_worker as worker
+from tests.conftest import FAST_COMPILE_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 180  # for all workers together; a hung collective fails here, not in CI's limit
-# The runs are compile bound: these flags cut XLA:CPU compile time about 3x. Every run gets
-# the same flags, so the comparison is unaffected.
-FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 
 
 def gloo_available() -> bool:
