@@ -113,3 +113,42 @@ def test_bert_end_to_end_forward_loss_and_gradient(objective_name, sentence_orde
   pooler = grads['sentence_classifier']['kernel']
   assert float(jnp.abs(pooler).sum()) > 0
   assert float(jnp.abs(grads['lm_transform']['kernel']).sum()) > 0
+
+
+def test_pooler_head_fits_the_labels_of_real_pairs():
+  """Labels reach the loss aligned with their pairs and gradients reach every layer: Adam
+  fits the NSP labels of one batch of pairs from the pair iterator within 60 steps."""
+  import optax  # pylint: disable=import-outside-toplevel
+
+  seq_len = 32
+  documents, tokenize = _documents()
+  iterator = SentencePairIterator(documents, tokenize, VOCAB, seq_len, 16, 0, 1, seed=1,
+                                  shuffle=True, repeat=True)
+  batch = {key: jnp.asarray(value) for key, value in next(iterator).items()}
+  labels = np.asarray(batch['next_sentence_label'])
+  assert 0 < labels.sum() < len(labels)  # both classes are present
+  objective = _build('nsp', seq_len)
+  config = ModelConfig(vocab_size=VOCAB.size, num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64,
+                       max_len=seq_len, num_token_types=2, norm='post',
+                       **objective.model_overrides())
+  model = Transformer(config)
+  inputs, targets = objective.prepare(jax.random.key(0), batch)
+  params = nn.unbox(model.init(jax.random.key(2), inputs)['params'])
+  tx = optax.adam(3e-3)
+
+  @jax.jit
+  def step(params, opt_state):
+    def loss_fn(params):
+      return objective.loss(model.apply({'params': params}, inputs), targets)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, metrics, grads
+
+  opt_state = tx.init(params)
+  params, opt_state, first_loss, _, grads = step(params, opt_state)
+  assert float(jnp.abs(grads['layers']['attention']['query']['kernel']).sum()) > 0
+  for _ in range(60):
+    params, opt_state, loss, metrics, _ = step(params, opt_state)
+  assert abs(float(first_loss) - np.log(2)) < 0.1
+  assert float(loss) < 0.05
+  assert base.metric_value(*metrics['nsp_accuracy']) == 1.0
