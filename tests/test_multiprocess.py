@@ -193,3 +193,40 @@ def test_checkpoint_is_written_collectively(runs):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   data_states = sorted(os.listdir(os.path.join(runs['multi'], 'data_state')))
   assert data_states == [f'step_{worker.STEPS}.process_{p}.json' for p in (0, 1)]
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_cache, runs):
+  """SIGTERM reaches one process only; jax's preemption sync stops both after the same step,
+  with a collective checkpoint there, instead of one saving while the other trains (a hang)."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  del runs  # only orders this test after the cache is warm
+  workdir = str(tmp_path / 'run')
+  workers = Workers(str(tmp_path))
+  port = free_port()
+  for process in (0, 1):
+    workers.start(f'process{process}',
+                  ['--workdir', workdir, '--cache', shared_cache, '--steps', '500',
+                   '--coordinator', f'127.0.0.1:{port}', '--num_processes', '2',
+                   '--process_id', str(process)],
+                  worker_env(shared_cache, devices=2, port=port))
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + TIMEOUT_S
+  try:
+    while not (os.path.exists(metrics) and len(records(workdir)) >= 3):
+      if time.time() > deadline or any(p.poll() is not None for _, p in workers.procs):
+        pytest.fail(f'the workers did not reach step 3.\n{workers.logs()}')
+      time.sleep(0.2)
+    workers.procs[1][1].send_signal(signal.SIGTERM)
+    codes = [proc.wait(timeout=max(deadline - time.time(), 1)) for _, proc in workers.procs]
+  finally:
+    for _, proc in workers.procs:
+      if proc.poll() is None:
+        proc.kill()
+  assert codes == [train.PREEMPTED_EXIT_CODE] * 2, workers.logs()
+  last = records(workdir)[-1]['step']
+  assert last < 500
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(last)))
+  assert sorted(os.listdir(os.path.join(workdir, 'data_state')))[-2:] == [
+      f'step_{last}.process_{p}.json' for p in (0, 1)]
+  assert 'Stopped by SIGTERM' in workers.stdout('process0')
