@@ -23,7 +23,10 @@ def get_config(preset: str = 'tiny'):
                             end_learning_rate_ratio=0.0, grad_clip_norm=1.0)
     config.mlm.update(mask_rate=0.15, max_predictions=20, unit='token')
   elif preset == 'tiny':
-    config = base.get_config(OBJECTIVE, 'tiny')
+    # 3e-4, not the tiny preset's 3e-3: at 1e-3 and above NSP stays at chance for 2000+ steps
+    # on the builtin corpus, while at 1e-4..3e-4 its training accuracy climbs (0.62 by step
+    # 1200). MLM learns more slowly at this rate; BERT itself used 1e-4.
+    config = base.get_config(OBJECTIVE, 'tiny', learning_rate=3e-4)
     config.model.update(max_len=config.seq_len, **_ARCHITECTURE)
     config.optimizer.update(b2=0.999, weight_decay=0.01)
     config.mlm.update(mask_rate=0.15, max_predictions=0, unit='token')
