@@ -1,8 +1,8 @@
 """A short BERT run (MLM + NSP on sentence pairs from the builtin corpus) through train.run.
 
-On this CPU budget the MLM loss falls clearly while NSP stays near chance (about 0.5
-accuracy after 600 tiny steps), so the NSP checks are that its loss is finite, near ln 2
-and evaluated, not that it is already learned.
+NSP needs about a thousand tiny steps at lr 3e-4 before its eval accuracy leaves the majority
+rate (README, "Running"), far beyond this test's budget, so the NSP checks here are that its
+loss is finite, near ln 2 and evaluated; tests/test_nsp.py shows the head can fit real pairs.
 """
 
 import json
