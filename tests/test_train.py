@@ -116,3 +116,25 @@ def test_command_line_errors_are_one_line(tmp_path):
       [sys.executable, 'train.py', '--config', str(tmp_path / 'nope.py'), '--workdir',
        str(tmp_path / 'cli')], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert missing.returncode != 0 and 'nope.py' in missing.stderr
+
+
+def test_checkpoints_work_under_a_relative_workdir(tmp_path, monkeypatch):
+  """README's command passes `--workdir runs/clm`; orbax itself wants absolute paths."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from training import checkpoint  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.chdir(tmp_path)
+  state = {'w': np.arange(6, dtype=np.float32).reshape(2, 3)}
+  saver = checkpoint.Checkpointer('runs/relative', keep=2, process_index=0)
+  saver.save(3, state, {'cursor': 7})
+  saver.close()
+  loader = checkpoint.Checkpointer('runs/relative', keep=2, process_index=0)
+  assert loader.complete_steps() == [3]
+  restored, data_state = loader.restore(3, jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state))
+  loader.close()
+  np.testing.assert_array_equal(np.asarray(restored['w']), state['w'])
+  assert data_state == {'cursor': 7}
+  assert (tmp_path / 'runs' / 'relative' / 'checkpoints' / '3').is_dir()

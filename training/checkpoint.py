@@ -99,7 +99,9 @@ class Checkpointer:
   """Saves and restores (state, data position) at a step; keeps the last `keep` checkpoints."""
 
   def __init__(self, workdir: str, keep: int, process_index: int):
-    self.directory = epath.Path(workdir) / 'checkpoints'
+    # Orbax needs an absolute path; a relative local workdir ('runs/clm') is made absolute.
+    root = epath.Path(workdir)
+    self.directory = (root if '://' in workdir else root.absolute()) / 'checkpoints'
     self.process_index = process_index
     self._pending: int | None = None  # the step of a save that may still be in flight
     self.manager = ocp.CheckpointManager(
@@ -124,8 +126,10 @@ class Checkpointer:
     complete = [s for s in self.complete_steps() if s != step]
     intact = (f'the checkpoint of step {complete[-1]} is intact and running again resumes from '
               'it' if complete else 'no earlier checkpoint exists')
-    return CheckpointError(f'Cannot write the checkpoint {where}: {_cause(error)}. Free disk space '
-                           f'or fix the permissions of {self.directory}; {intact}.')
+    cause = _cause(error)
+    fix = (f'Free disk space or fix the permissions of {self.directory}' if '(errno ' in cause
+           else 'Fix that cause')
+    return CheckpointError(f'Cannot write the checkpoint {where}: {cause}. {fix}; {intact}.')
 
   def save(self, step: int, state: Any, data_state: dict[str, Any], *, force: bool = False) -> None:
     """Writes the data position first (atomically), then the state (asynchronously).
