@@ -60,13 +60,16 @@ def _train_texts(documents, max_chars: int):
       return
 
 
-def _first_batch(iterator, split: str) -> None:
-  """Reads one batch, so data that yields no example fails in setup, as one line."""
+def _check_first_batch(iterator, split: str) -> None:
+  """Reads one batch and rewinds (the iterators restore exactly), so data that yields no
+  example fails in setup, as one line."""
+  state = iterator.get_state()
   try:
     next(iterator)
   except (ValueError, StopIteration) as error:
     fix = ' (config.eval_steps=0 trains without evaluation)' if split == 'validation' else ''
     raise ValueError(f'The {split} split gives no batch: {error}{fix}') from error
+  iterator.set_state(state)
 
 
 def setup(config, workdir: str) -> Run:
@@ -109,13 +112,9 @@ def setup(config, workdir: str) -> Run:
   local_batch = config.batch_size // jax.process_count()
   iterator_args = dict(local_batch_size=local_batch, process_index=jax.process_index(),
                        process_count=jax.process_count())
-
-  def make_train_iter():
-    return pipeline.make_iterator(config, objective.data_format, 'train', tokenizer,
-                                  train_docs, **iterator_args)
-
-  train_iter = make_train_iter()
-  _first_batch(make_train_iter(), 'train')
+  train_iter = pipeline.make_iterator(config, objective.data_format, 'train', tokenizer,
+                                      train_docs, **iterator_args)
+  _check_first_batch(train_iter, 'train')
   eval_docs = corpora.load_documents(config.data, 'validation') if config.eval_steps else None
   if eval_docs is not None and len(eval_docs) < jax.process_count():
     raise ValueError(f'The validation split of config.data.source={config.data.source!r} has '
@@ -126,10 +125,9 @@ def setup(config, workdir: str) -> Run:
     return pipeline.make_iterator(config, objective.data_format, 'validation', tokenizer,
                                   eval_docs, **iterator_args)
 
-  if eval_docs is not None:
-    _first_batch(make_eval_iter(), 'validation')
   cleaning = {'train': train_docs.cleaning}
   if eval_docs is not None:
+    _check_first_batch(make_eval_iter(), 'validation')
     cleaning['validation'] = eval_docs.cleaning
 
   flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
@@ -433,14 +431,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep the progress lines readable
   if _WORKDIR.value is None:
     _fail('--workdir is required (e.g. --workdir runs/clm).', 2)
+  from training.metrics import WriteError
+
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except SetupError as error:
     _fail(str(error), 2)
-  except (OSError, FloatingPointError) as error:
-    from training.metrics import WriteError
-    if not isinstance(error, (WriteError, FloatingPointError)):
-      raise
+  except (WriteError, FloatingPointError) as error:
     _fail(str(error), 1)
 
 

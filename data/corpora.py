@@ -146,6 +146,11 @@ def cleaning_notes(stats: dict[str, int]) -> list[str]:
   return notes
 
 
+def _why_empty(stats: dict[str, int]) -> str:
+  """What was skipped from files that left no document, for an error message."""
+  return ', '.join(cleaning_notes(stats)) or 'only blank lines'
+
+
 def describe_cleaning(stats: dict[str, int]) -> str:
   """'41 documents (3 empty documents skipped, ...)': a split's cleaning counts for the log."""
   notes = cleaning_notes(stats)
@@ -385,9 +390,9 @@ class LocalText(_TextBuilder):
     skipped = {'train': collections.Counter(), 'validation': collections.Counter()}
     train = documents(config.train_files, skipped['train'])
     if not train:
-      notes = ', '.join(cleaning_notes(skipped['train'])) or 'only blank lines'
       raise ValueError(f'config.data.train_files ({_files(config.train_files)}) holds no '
-                       f'non-empty documents ({notes}): add text to the files or fix the glob.')
+                       f'non-empty documents ({_why_empty(skipped["train"])}): add text to the '
+                       'files or fix the glob.')
     if config.validation_files:
       splits = {'train': train,
                 'validation': documents(config.validation_files, skipped['validation'])}
@@ -550,10 +555,9 @@ def load_documents(data_config: ml_collections.ConfigDict, split: str) -> Docume
   cleaning = (info.metadata or {}).get('cleaning', {})
   base_split = split_name.split('[')[0]
   if base_split not in info.splits and base_split in cleaning:  # built, but nothing was left
-    notes = ', '.join(cleaning_notes(cleaning[base_split])) or 'only blank lines'
     raise ValueError(f'config.data.validation_files={data_config.validation_files!r} holds no '
-                     f'non-empty documents ({notes}): add validation text, or set '
-                     'config.eval_steps=0 to train without evaluation.')
+                     f'non-empty documents ({_why_empty(cleaning[base_split])}): add validation '
+                     'text, or set config.eval_steps=0 to train without evaluation.')
   if base_split not in info.splits:
     setting = 'train_split' if split == 'train' else 'validation_split'
     raise ValueError(f'config.data.{setting}={split_name!r} is not a split of {builder.name} '
