@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from typing import Any, Callable
 
 # Eight simulated CPU devices so mesh tests can shard; must precede importing jax. The
 # tests are compile bound: a lower XLA:CPU optimisation level cuts compile time severalfold
@@ -44,3 +46,31 @@ def small_run_config(config, cache: str, **overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def run_records(workdir: str) -> tuple[list[dict], list[dict]]:
+  """(eval records, train records) of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    records = [json.loads(line) for line in f]
+  return ([r for r in records if r['split'] == 'eval'],
+          [r for r in records if r['split'] == 'train'])
+
+
+def check_exact_resume(make_iterator: Callable[[], Any], skip: int, compare: int):
+  """Restores a fresh iterator from a JSON round trip of another's state after `skip` batches;
+  asserts the next `compare` batches and the stats are identical. Returns (original, state)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  original = make_iterator()
+  for _ in range(skip):
+    next(original)
+  state = json.loads(json.dumps(original.get_state()))
+  expected = [next(original) for _ in range(compare)]
+  restored = make_iterator()
+  restored.set_state(state)
+  for want in expected:
+    got = next(restored)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  assert restored.stats == original.stats
+  return original, state

@@ -5,9 +5,7 @@ rate (README, "Running"), far beyond this test's budget, so the NSP checks here 
 loss is finite, near ln 2 and evaluated; tests/test_nsp.py shows the head can fit real pairs.
 """
 
-import json
 import math
-import os
 
 from tests import conftest
 import train
@@ -20,10 +18,7 @@ def test_short_bert_run_lowers_mlm_loss_and_reports_nsp(shared_cache, tmp_path, 
       bert.get_config('tiny'), shared_cache, total_steps=100, batch_size=32, log_every=20,
       eval_every=100, eval_steps=4, checkpoint_every=100, **{'mesh.data': -1})
   result = train.run(config, str(tmp_path))
-  records = [json.loads(line) for line in open(os.path.join(tmp_path, 'metrics.jsonl'),
-                                               encoding='utf-8')]
-  evals = [r for r in records if r['split'] == 'eval']
-  trains = [r for r in records if r['split'] == 'train']
+  evals, trains = conftest.run_records(str(tmp_path))
   assert [r['step'] for r in evals] == [0, 100]
   assert evals[-1]['mlm_loss'] < evals[0]['mlm_loss'] - 1.0
   assert trains[-1]['mlm_loss'] < trains[0]['mlm_loss']

@@ -11,7 +11,7 @@ import pytest
 
 import train
 from configs import clm
-from tests.conftest import small_run_config
+from tests.conftest import run_records, small_run_config
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8)]
 STEPS = 4
@@ -32,9 +32,7 @@ def mesh_config(shared_cache: str, mesh: tuple[int, int, int], **overrides):
 
 
 def train_losses(workdir: str) -> list[float]:
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    records = [json.loads(line) for line in f]
-  return [r['loss'] for r in records if r['split'] == 'train']
+  return [r['loss'] for r in run_records(workdir)[1]]
 
 
 @pytest.fixture(scope='module')

@@ -1,8 +1,6 @@
 """A short permutation-LM run on the builtin corpus through train.run: the loss falls."""
 
-import json
 import math
-import os
 
 from tests import conftest
 import train
@@ -15,10 +13,7 @@ def test_short_plm_run_lowers_the_loss(shared_cache, tmp_path, monkeypatch):
       plm.get_config('tiny'), shared_cache, total_steps=80, batch_size=16, log_every=20,
       eval_every=80, eval_steps=4, checkpoint_every=80, **{'mesh.data': -1})
   result = train.run(config, str(tmp_path))
-  records = [json.loads(line) for line in open(os.path.join(tmp_path, 'metrics.jsonl'),
-                                               encoding='utf-8')]
-  evals = [r for r in records if r['split'] == 'eval']
-  trains = [r for r in records if r['split'] == 'train']
+  evals, trains = conftest.run_records(str(tmp_path))
   assert [r['step'] for r in evals] == [0, 80]
   assert all(math.isfinite(r['loss']) for r in evals + trains)
   assert evals[-1]['loss'] < evals[0]['loss'] - 1.0  # from about ln(600) = 6.4
