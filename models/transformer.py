@@ -8,8 +8,6 @@ content stream. The model itself knows nothing about objectives.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
