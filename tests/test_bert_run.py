@@ -1,29 +1,54 @@
-"""A short BERT run (MLM + NSP on sentence pairs from the builtin corpus) through train.run.
+"""A BERT run (MLM + NSP on sentence pairs from the full builtin corpus) through train.py, long
+enough for NSP to leave chance on held-out pairs.
 
-NSP needs about a thousand tiny steps at lr 3e-4 before its eval accuracy leaves the majority
-rate (README, "Running"), far beyond this test's budget, so the NSP checks here are that its
-loss is finite, near ln 2 and evaluated; tests/test_nsp.py shows the head can fit real pairs.
+NSP sits on a plateau for its first ~30k pairs at tiny sizes (README, "Running"), so this is the
+suite's one long run: 900 steps of 64 pairs with a narrow pre-LN model, the cheapest setting
+measured to leave the plateau. It runs as a subprocess with XLA's default optimisation (the
+suite's fast-compile flags would double the step time) on a single CPU device.
 """
 
-import math
+import os
+import subprocess
+import sys
 
 from tests import conftest
-import train
-from configs import bert
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 900
+EVAL_STEPS = 16  # x 64 = 1024 validation pairs: chance accuracy has a standard error of 0.016
+SETTINGS = {
+    'total_steps': STEPS, 'batch_size': 64, 'seq_len': 64, 'log_every': 100,
+    'eval_every': STEPS, 'eval_steps': EVAL_STEPS, 'checkpoint_every': STEPS,
+    'optimizer.learning_rate': 1e-3, 'optimizer.end_learning_rate_ratio': 1.0,
+    'model.norm': 'pre', 'model.max_len': 64,
+    'model.embed_dim': 64, 'model.num_heads': 2, 'model.mlp_dim': 256,
+}
 
 
-def test_short_bert_run_lowers_mlm_loss_and_reports_nsp(shared_cache, tmp_path, monkeypatch):
-  monkeypatch.setenv(conftest.TEST_CACHE_ENV, shared_cache)
-  config = conftest.small_run_config(
-      bert.get_config('tiny'), shared_cache, total_steps=100, batch_size=32, log_every=20,
-      eval_every=100, eval_steps=4, checkpoint_every=100, **{'mesh.data': -1})
-  result = train.run(config, str(tmp_path))
-  evals, trains = conftest.run_records(str(tmp_path))
-  assert [r['step'] for r in evals] == [0, 100]
-  assert evals[-1]['mlm_loss'] < evals[0]['mlm_loss'] - 1.0
+def test_bert_run_lowers_both_losses_and_nsp_beats_chance(tmp_path):
+  workdir = str(tmp_path / 'run')
+  env = dict(os.environ, PRETRAINING_OBJECTIVES_CACHE=str(tmp_path / 'cache'),
+             XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  done = subprocess.run(
+      [sys.executable, 'train.py', '--config', 'configs/bert.py:tiny', '--workdir', workdir] +
+      [f'--config.{key}={value}' for key, value in SETTINGS.items()],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+  evals, trains = conftest.run_records(workdir)
+  first, last = evals[0], evals[-1]
+  assert [first['step'], last['step']] == [0, STEPS]
+
+  # Both losses fall, on held-out data and in training.
+  assert last['mlm_loss'] < first['mlm_loss'] - 1.5
   assert trains[-1]['mlm_loss'] < trains[0]['mlm_loss']
-  assert evals[-1]['mlm_accuracy'] > 0.05
-  for record in evals + trains:
-    assert math.isfinite(record['nsp_loss']) and abs(record['nsp_loss'] - math.log(2)) < 0.05
-    assert 0.0 <= record['nsp_accuracy'] <= 1.0
-  assert result['train_loss'] == trains[-1]['loss']
+  assert last['mlm_accuracy'] > 0.05
+  assert last['nsp_loss'] < first['nsp_loss'] - 0.005
+  assert trains[-1]['nsp_loss'] < trains[0]['nsp_loss'] - 0.02
+
+  # NSP beats chance on 1024 validation pairs: the untrained model predicts one class, so its
+  # accuracy and its complement bound the majority rate (about 0.51 here); the trained one
+  # is 2.5 standard errors above that (p < 0.01 by chance).
+  majority = max(first['nsp_accuracy'], 1.0 - first['nsp_accuracy'])
+  assert majority < 0.55
+  assert last['nsp_accuracy'] > majority + 0.04
+  assert trains[-1]['nsp_accuracy'] > 0.55
