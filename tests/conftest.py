@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 # Eight simulated CPU devices so mesh tests can shard; must precede importing jax. The
 # tests are compile bound: a lower XLA:CPU optimisation level cuts compile time severalfold
-# and changes no comparison, since every run in a test (subprocesses inherit it) uses it.
+# and changes no comparison, since every run in a test (subprocesses inherit it) uses it. The
+# one run bound by step time, tests/test_bert_run.py, sets its own flags.
 FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
 os.environ.setdefault('XLA_FLAGS',
                       f'--xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}')
