@@ -12,8 +12,8 @@ import hashlib
 import io
 import json
 import os
-import uuid
 import sys
+import uuid
 from collections.abc import Iterable
 
 import ml_collections
@@ -159,15 +159,18 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
   else:
     os.makedirs(cache_dir, exist_ok=True)
     model = train_model(texts, data_config.vocab_size, log_path=cached[:-len('.model')] + '.log')
-    temporary = f'{cached}.{uuid.uuid4().hex}.tmp'  # unique across hosts sharing the cache
-    with open(temporary, 'wb') as f:
-      f.write(model)
-    os.replace(temporary, cached)  # Atomic, so concurrent trainers never see half a file.
+    _write_atomically(epath.Path(cached), model)
   if resumed is None:
     return Tokenizer(cached, model)
   resumed.parent.mkdir(parents=True, exist_ok=True)
-  temporary = resumed.parent / f'{resumed.name}.{uuid.uuid4().hex}.tmp'
-  temporary.write_bytes(model)
-  temporary.replace(resumed)  # atomic: another process never reads half a file
+  _write_atomically(resumed, model)
   return Tokenizer(os.fspath(resumed), model)
+
+
+def _write_atomically(path: epath.Path, data: bytes) -> None:
+  """Writes `data` to a uniquely named sibling (unique across hosts sharing the folder), then
+  renames it into place, so a concurrent reader or trainer never sees half a file."""
+  temporary = path.parent / f'{path.name}.{uuid.uuid4().hex}.tmp'
+  temporary.write_bytes(data)
+  temporary.replace(path)
 
