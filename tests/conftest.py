@@ -49,10 +49,15 @@ def small_run_config(config, cache: str, **overrides):
   return config
 
 
+def read_metrics(workdir: str) -> list[dict]:
+  """Every record of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def run_records(workdir: str) -> tuple[list[dict], list[dict]]:
   """(eval records, train records) of a run's metrics.jsonl, in order."""
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    records = [json.loads(line) for line in f]
+  records = read_metrics(workdir)
   return ([r for r in records if r['split'] == 'eval'],
           [r for r in records if r['split'] == 'train'])
 

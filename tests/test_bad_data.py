@@ -15,7 +15,7 @@ import pytest
 import train
 from configs import bert
 from data import corpora, packing, tokenizer as tokenizer_lib
-from tests.conftest import small_run_config
+from tests.conftest import read_metrics, small_run_config
 
 WORDS = ('river stone cloud garden window paper silver market letter engine forest bridge '
          'candle winter number travel orange quiet simple yellow').split()
@@ -82,8 +82,7 @@ def test_bad_documents_are_counted_and_logged(tmp_path, shared_cache, corpus, ca
           '5 invalid UTF-8 sequences replaced by U+FFFD in 3 documents, 4 control characters '
           'removed from 1 document)\n') in output
 
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    trains = [json.loads(line) for line in f]
+  trains = read_metrics(workdir)
   assert [(r['split'], r['step']) for r in trains] == [('train', 1), ('train', 2)]
   # One pass over the train documents makes at most 13 pairs, fewer than the 16 of two steps,
   # so by step 2 every document has been read and the one-sentence ones skipped and counted.

@@ -21,7 +21,7 @@ import pytest
 
 import train
 from tests import multiprocess_worker as worker
-from tests.conftest import FAST_COMPILE_FLAGS
+from tests.conftest import FAST_COMPILE_FLAGS, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 180  # for all workers together; a hung collective fails here, not in CI's limit
@@ -127,19 +127,14 @@ def runs(tmp_path_factory, shared_cache):
   return {'single': single, 'multi': multi, 'workers': workers}
 
 
-def records(workdir: str) -> list[dict]:
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(line) for line in f]
-
-
 def report(workdir: str, process: int) -> dict:
   with open(os.path.join(workdir, f'worker_{process}.json'), encoding='utf-8') as f:
     return json.load(f)
 
 
 def test_two_processes_train_like_one(runs):
-  single = [r for r in records(runs['single']) if r['split'] == 'train']
-  multi = [r for r in records(runs['multi']) if r['split'] == 'train']
+  single = [r for r in read_metrics(runs['single']) if r['split'] == 'train']
+  multi = [r for r in read_metrics(runs['multi']) if r['split'] == 'train']
   assert [r['step'] for r in multi] == [r['step'] for r in single] == list(
       range(1, worker.STEPS + 1))
   losses = [r['loss'] for r in single]
@@ -166,7 +161,7 @@ def test_each_process_feeds_only_its_rows(runs):
 
 
 def test_only_process_zero_logs_and_writes_metrics(runs):
-  steps = [(r['split'], r['step']) for r in records(runs['multi'])]
+  steps = [(r['split'], r['step']) for r in read_metrics(runs['multi'])]
   assert steps == [('train', step) for step in range(1, worker.STEPS + 1)]  # no duplicates
   with open(os.path.join(runs['multi'], 'run.json'), encoding='utf-8') as f:
     assert json.load(f)['processes'] == 2
@@ -213,7 +208,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_cache, r
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + TIMEOUT_S
   try:
-    while not (os.path.exists(metrics) and len(records(workdir)) >= 3):
+    while not (os.path.exists(metrics) and len(read_metrics(workdir)) >= 3):
       if time.time() > deadline or any(p.poll() is not None for _, p in workers.procs):
         pytest.fail(f'the workers did not reach step 3.\n{workers.logs()}')
       time.sleep(0.2)
@@ -224,7 +219,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_cache, r
       if proc.poll() is None:
         proc.kill()
   assert codes == [train.PREEMPTED_EXIT_CODE] * 2, workers.logs()
-  last = records(workdir)[-1]['step']
+  last = read_metrics(workdir)[-1]['step']
   assert last < 500
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(last)))
   assert sorted(os.listdir(os.path.join(workdir, 'data_state')))[-2:] == [

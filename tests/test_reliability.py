@@ -18,7 +18,7 @@ import train
 from configs import base as base_config
 from objectives import clm as clm_objective
 from objectives import registry
-from tests.conftest import small_run_config
+from tests.conftest import read_metrics, small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN_OBJECTIVE = 'reliability_test_nan'
@@ -29,11 +29,6 @@ TOTAL = 12
 @pytest.fixture(autouse=True)
 def private_cache(shared_cache, monkeypatch):
   monkeypatch.setenv('PRETRAINING_OBJECTIVES_CACHE', shared_cache)
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def train_losses(workdir):

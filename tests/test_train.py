@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 import train
 from configs import clm
-from tests.conftest import small_run_config
+from tests.conftest import read_metrics, small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,11 +18,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True)
 def private_cache(shared_cache, monkeypatch):
   monkeypatch.setenv('PRETRAINING_OBJECTIVES_CACHE', shared_cache)
-
-
-def read_metrics(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(line) for line in f]
 
 
 def config_for(shared_cache, **overrides):
