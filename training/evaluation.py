@@ -1,0 +1,283 @@
+"""Held-out evaluation that is the same for every arm: one exact, deterministic pass over a split.
+
+`evaluate(exp, params, split)` reads every example of the split exactly once (the last batch
+padded with empty rows that count for nothing), with a fixed eval PRNG independent of the
+run's seed and step (the same masks, pairs and permutations every time, for every arm), and
+returns integer counts and metrics per objective:
+  - token likelihoods (CLM, MLM, PLM, ...): `<name>_loss` (nats per prediction), `_accuracy`,
+    `_perplexity`, `_bits_per_byte`, and the integer `_predictions` and `_bytes`;
+  - sentence classification (NSP, SOP): `<name>_loss`, `_accuracy`, `_predictions`.
+MLM is evaluated at a fixed 15% token masking (80/10/10) whatever the run trained with.
+Bits per byte divide the nats of the predicted tokens by ln 2 times the UTF-8 bytes those
+tokens spell (a piece's text with SentencePiece's word marker as a space; specials 0 bytes),
+so runs with different tokenizers compare. `evaluate_examples` also returns the per-example
+numbers (for bootstrap intervals); `save_examples` writes them. Nothing here writes by itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Iterator, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+EVAL_SEED = 0  # the eval PRNG and pair construction never depend on the run's seed
+EVAL_STREAM = 2  # PRNG stream of this evaluation (training uses 0, the loop's eval 1)
+EVAL_SETTINGS: dict[str, dict[str, Any]] = {
+    'mlm': dict(mask_rate=0.15, unit='token', max_predictions=0, mask_token_rate=0.8,
+                random_token_rate=0.1),
+}
+EXAMPLES_FILE = 'eval_examples.npz'
+
+
+def token_bytes(tokenizer) -> np.ndarray:
+  """UTF-8 bytes each id spells: byte pieces 1, specials/control/unknown 0, '▁' a space."""
+  sp = tokenizer._sp  # pylint: disable=protected-access
+  vocab = tokenizer.vocab
+  sizes = np.zeros(vocab.size, np.int32)
+  for index in range(vocab.size):
+    if vocab.is_special[index] or sp.IsControl(index) or sp.IsUnknown(index):
+      continue
+    if sp.IsByte(index):
+      sizes[index] = 1
+    else:
+      sizes[index] = len(sp.IdToPiece(index).replace('\u2581', ' ').encode('utf-8'))
+  return sizes
+
+
+def eval_objective(config, vocab):
+  """The run's objective with the fixed evaluation settings (MLM at 15% token masking)."""
+  from objectives import registry  # pylint: disable=import-outside-toplevel
+
+  def settings_of(name: str):
+    settings = dict(config.get(name, {}) or {})
+    settings.update(EVAL_SETTINGS.get(name, {}))
+    return settings
+
+  return registry.build(config.objective, settings_of, vocab=vocab, seq_len=config.seq_len)
+
+
+def load_split(config, split: str):
+  """The documents of `split`; a one-line error when the source has no such split."""
+  from data import pipeline  # pylint: disable=import-outside-toplevel
+
+  try:
+    documents = pipeline.load_documents(config.data, split)
+  except (ValueError, KeyError, FileNotFoundError) as error:
+    first = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+    raise ValueError(f'config.data.source={config.data.source!r} gives no {split!r} split: '
+                     f'{first}') from error
+  if len(documents) == 0:
+    raise ValueError(f'The {split} split of config.data.source={config.data.source!r} is empty.')
+  return documents
+
+
+def _eval_config(config):
+  """The run's config with the eval seed, so pair construction is the same for every run."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.seed = EVAL_SEED
+  return config
+
+
+def _single_pass(exp, split: str, documents) -> Iterator[dict[str, np.ndarray]]:
+  """This process's examples of one unshuffled pass, one example at a time."""
+  from data import packing, pairs  # pylint: disable=import-outside-toplevel
+
+  common = dict(documents=documents, tokenize=exp.tokenizer.encode, seq_len=exp.config.seq_len,
+                local_batch_size=1, process_index=jax.process_index(),
+                process_count=jax.process_count(), seed=EVAL_SEED, shuffle=False, repeat=False)
+  if exp.data_format == 'packed':
+    iterator = packing.PackedIterator(vocab=exp.tokenizer.vocab, **common)
+  elif exp.data_format in ('sentence_pairs', 'sentence_order_pairs'):
+    iterator = pairs.SentencePairIterator(
+        vocab=exp.tokenizer.vocab, short_seq_prob=exp.config.data.get('short_seq_prob', 0.1),
+        sentence_order=exp.data_format == 'sentence_order_pairs', name=f'The {split} split',
+        **common)
+  else:
+    raise ValueError(f'Evaluation has no exact pass for data format {exp.data_format!r}.')
+  for example in iterator:
+    if example['segment_ids'].any():
+      yield {key: value[0] for key, value in example.items()}
+
+
+def exact_batches(exp, split: str, documents) -> list[dict[str, np.ndarray]]:
+  """Every example of the split once, in batches of the run's local batch size; the last
+  batch is padded with empty rows (segment ids 0) and every process gets as many batches."""
+  examples = list(_single_pass(exp, split, documents))
+  size = exp.local_batch_size
+  count = math.ceil(len(examples) / size)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
+  if not examples:
+    raise ValueError(f'The {split} split gives no example for format {exp.data_format!r}.')
+  empty = {key: np.zeros_like(value) for key, value in examples[0].items()}
+  batches = []
+  for start in range(0, count * size, size):
+    rows = examples[start:start + size]
+    rows += [empty] * (size - len(rows))
+    batches.append({key: np.stack([row[key] for row in rows]) for key in empty})
+  return batches
+
+
+def _part_kind(outputs, targets) -> str:
+  """'token' (a token likelihood), 'sentence' (a pair label) or '' (aggregate metrics only)."""
+  if isinstance(targets, Mapping):
+    if ('targets' in targets and 'weights' in targets and outputs.logits is not None
+        and outputs.logits.shape[:2] == targets['targets'].shape):
+      return 'token'
+    if 'labels' in targets and outputs.sentence_logits is not None:
+      return 'sentence'
+  return ''
+
+
+def row_key(tokens: jax.Array) -> jax.Array:
+  """A 32-bit hash of each row's tokens: equal keys mark the same example in two runs."""
+  length = tokens.shape[1]
+  multiplier = (jnp.arange(length, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1))
+  return (tokens.astype(jnp.uint32) * multiplier).sum(axis=1, dtype=jnp.uint32)
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_fn(model_config, objective):
+  """Jitted (params, batch, index, token_bytes) -> (per-row numbers, aggregate metrics)."""
+  from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
+  from training.step import step_rng  # pylint: disable=import-outside-toplevel
+
+  model = Transformer(model_config)
+
+  def fn(params, batch, index, sizes):
+    inputs, targets = objective.prepare(step_rng(EVAL_SEED, index, EVAL_STREAM), batch)
+    outputs = model.apply({'params': params}, inputs, train=False)
+    _, metrics = objective.loss(outputs, targets)
+    valid = (batch['segment_ids'] > 0).any(axis=1)
+    rows = {'valid': valid, 'key': row_key(batch['tokens'])}
+    for (name, _, _), part_targets in zip(objective.parts, targets):
+      kind = _part_kind(outputs, part_targets)
+      if kind == 'token':
+        labels = part_targets['targets']
+        weight = (part_targets['weights'] > 0) & valid[:, None]
+        nll = optax.softmax_cross_entropy_with_integer_labels(
+            outputs.logits.astype(jnp.float32), labels)
+        correct = jnp.argmax(outputs.logits, axis=-1) == labels
+        rows[f'{name}.nll'] = jnp.where(weight, nll, 0.0).sum(axis=1)
+        rows[f'{name}.count'] = weight.sum(axis=1, dtype=jnp.int32)
+        rows[f'{name}.correct'] = (correct & weight).sum(axis=1, dtype=jnp.int32)
+        rows[f'{name}.bytes'] = jnp.where(weight, sizes[labels], 0).sum(axis=1, dtype=jnp.int32)
+      elif kind == 'sentence':
+        logits = outputs.sentence_logits.astype(jnp.float32)
+        labels = part_targets['labels']
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        rows[f'{name}.nll'] = jnp.where(valid, nll, 0.0)
+        rows[f'{name}.count'] = valid.astype(jnp.int32)
+        rows[f'{name}.correct'] = ((jnp.argmax(logits, axis=-1) == labels) & valid).astype(
+            jnp.int32)
+    return rows, metrics
+
+  return jax.jit(fn)
+
+
+def _to_host(tree):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def evaluate_examples(exp, params, split: str = 'validation', *,
+                      documents=None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+  """(metrics, per-example arrays) of one exact pass; see the module docstring.
+
+  Per-example arrays hold one entry per real example in pass order: `key` (a hash of its
+  tokens) and, per objective part, `<name>.nll`, `.count`, `.correct` (and `.bytes` for
+  token likelihoods).
+  """
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  from training import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+
+  config = exp.config
+  documents = load_split(config, split) if documents is None else documents
+  objective = eval_objective(config, exp.tokenizer.vocab)
+  batches = exact_batches(exp, split, documents)
+  fn = _eval_fn(exp.model_config, objective)
+  sizes = jnp.asarray(token_bytes(exp.tokenizer))
+  sharding = mesh_lib.batch_sharding(exp.mesh, exp.rules)
+  collected: dict[str, list[np.ndarray]] = {}
+  aggregate: dict[str, list[float]] = {}
+  with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
+    for index, host_batch in enumerate(batches):
+      batch = {key: jax.make_array_from_process_local_data(sharding, value)
+               for key, value in host_batch.items()}
+      rows, metrics = fn(params, batch, index, sizes)
+      rows, metrics = _to_host(rows), jax.device_get(metrics)
+      for key, value in rows.items():
+        collected.setdefault(key, []).append(np.asarray(value))
+      for key, (total, count) in metrics.items():
+        sums = aggregate.setdefault(key, [0.0, 0.0])
+        sums[0] += float(total)
+        sums[1] += float(count)
+  arrays = {key: np.concatenate(values) for key, values in collected.items()}
+  valid = arrays.pop('valid')
+  examples = {key: value[valid] for key, value in arrays.items()}
+  return summarize(objective, examples, aggregate), examples
+
+
+def summarize(objective, examples: Mapping[str, np.ndarray],
+              aggregate: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+  """Metrics from per-example arrays (float64 sums, integer counts); parts without per-example
+  numbers fall back to their aggregate (total, count) metrics."""
+  values: dict[str, float] = {'examples': int(len(examples['key']))}
+  total_loss = 0.0
+  for name, weight, _ in objective.parts:
+    if f'{name}.nll' in examples:
+      nll = float(np.sum(examples[f'{name}.nll'], dtype=np.float64))
+      count = int(np.sum(examples[f'{name}.count'], dtype=np.int64))
+      correct = int(np.sum(examples[f'{name}.correct'], dtype=np.int64))
+      loss = nll / max(count, 1)
+      values.update({f'{name}_loss': loss, f'{name}_accuracy': correct / max(count, 1),
+                     f'{name}_predictions': count})
+      if f'{name}.bytes' in examples:
+        size = int(np.sum(examples[f'{name}.bytes'], dtype=np.int64))
+        values.update({f'{name}_perplexity': math.exp(min(loss, 700.0)), f'{name}_bytes': size,
+                       f'{name}_bits_per_byte': nll / math.log(2) / max(size, 1)})
+    else:
+      for key, (total, count) in (aggregate or {}).items():
+        if key.startswith(f'{name}_') and count > 0:
+          values[key] = total / count
+      loss = values.get(f'{name}_loss', 0.0)
+    total_loss += weight * loss
+  values['loss'] = total_loss
+  return values
+
+
+def evaluate(exp, params, split: str = 'validation') -> dict[str, float]:
+  """The metrics of one exact, deterministic pass over `split` (see the module docstring)."""
+  return evaluate_examples(exp, params, split)[0]
+
+
+def save_examples(path: str, examples: Mapping[str, np.ndarray],
+                  metrics: Mapping[str, float] | None = None) -> None:
+  """Writes per-example arrays (and the metrics they give) as one .npz, atomically."""
+  from etils import epath  # pylint: disable=import-outside-toplevel
+
+  target = epath.Path(path)
+  temporary = target.parent / f'.{target.name}.tmp'
+  with temporary.open('wb') as f:
+    np.savez(f, **dict(examples),
+             **{f'metric.{key}': np.asarray(value) for key, value in (metrics or {}).items()})
+  temporary.rename(target)
+
+
+def load_examples(path: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+  """(per-example arrays, metrics) written by `save_examples`."""
+  with np.load(path) as data:
+    examples = {key: data[key] for key in data.files if not key.startswith('metric.')}
+    metrics = {key[len('metric.'):]: data[key].item() for key in data.files
+               if key.startswith('metric.')}
+  return examples, metrics
