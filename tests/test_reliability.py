@@ -284,3 +284,45 @@ def test_full_disk_is_one_line_and_the_last_checkpoint_resumes(tmp_path, shared_
   losses = train_losses(workdir)  # steps logged before the failure are repeated exactly
   assert sorted(losses) == list(range(1, STEPS + 3))
   assert str(STEPS + 2) in os.listdir(checkpoints)
+
+
+FULL_DISK_METRICS = r'''
+import os, resource, sys
+from training import metrics
+path = os.path.join(sys.argv[1], 'metrics.jsonl')
+writer = metrics.MetricWriter(sys.argv[1], enabled=True)
+writer._tensorboard = None  # only metrics.jsonl is under test
+writer.write(1, 'train', {'loss': 1.5})
+limit = os.path.getsize(path) + 40  # the next record is longer: it would be cut off mid-line
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+  writer.write(2, 'train', {'loss': 1.25, 'tokens_per_sec': 12345.678, 'note': 'x' * 80})
+except metrics.WriteError as error:
+  print(error)
+'''
+
+
+def test_full_disk_while_writing_metrics_leaves_no_partial_record(tmp_path):
+  """A record that does not fit is one line of error and is not left half-written."""
+  done = subprocess.run([sys.executable, '-c', FULL_DISK_METRICS, str(tmp_path)], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  message = done.stdout.strip()
+  assert message.count('\n') == 0 and message.startswith(
+      f'Cannot write metrics to {tmp_path}/metrics.jsonl: File too large'), done.stdout
+  text = (tmp_path / 'metrics.jsonl').read_text()
+  assert text.endswith('\n') and text.count('\n') == 1
+  assert [r['step'] for r in read_metrics(str(tmp_path))] == [1]
+
+
+def test_metrics_reader_and_writer_tolerate_a_partial_last_line(tmp_path):
+  from training import metrics  # pylint: disable=import-outside-toplevel
+
+  path = tmp_path / 'metrics.jsonl'
+  path.write_text('{"step": 1, "split": "train", "loss": 2.0}\n{"step": 2, "split": "tr')
+  assert [r['step'] for r in metrics.read_records(str(path))] == [1]
+  writer = metrics.MetricWriter(str(tmp_path), enabled=True)  # a resumed run cuts it off
+  writer.write(3, 'train', {'loss': 1.0})
+  writer.close()
+  assert [(r['step'], r['loss']) for r in metrics.read_records(str(path))] == [(1, 2.0), (3, 1.0)]
+  assert [r['step'] for r in read_metrics(str(tmp_path))] == [1, 3]  # every line parses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,7 +38,10 @@ class WriteError(OSError):
 class MetricWriter:
   """Appends one JSON object per event to metrics.jsonl and mirrors scalars to TensorBoard.
 
-  Only the primary process writes. A failing disk raises a `WriteError` naming the file.
+  Only the primary process writes. Each record is one write of one whole line; a write that
+  fails part way (a full disk) is cut back off the file, so metrics.jsonl never holds a
+  partial record, and raises a one-line `WriteError` naming the file. A partial last line
+  left by a killed process is removed when the writer opens the file.
   """
 
   def __init__(self, workdir: str, enabled: bool = True):
@@ -45,6 +49,7 @@ class MetricWriter:
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tensorboard = None
     if enabled:
+      drop_partial_line(self.path)
       try:
         from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
         self._tensorboard = SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -57,14 +62,7 @@ class MetricWriter:
     record = {'step': int(step), 'split': split, 'time': time.time()}
     record.update({k: (float(v) if isinstance(v, (float, np.floating, np.integer, int)) else v)
                    for k, v in values.items()})
-    line = json.dumps(record, allow_nan=True)
-    try:
-      with open(self.path, 'a', encoding='utf-8') as f:
-        f.write(line + '\n')
-    except OSError as error:
-      raise WriteError(f'Cannot write metrics to {self.path}: {error.strerror}. Free disk space '
-                       'or fix the workdir permissions; checkpoints already written are intact.'
-                       ) from error
+    append_line(self.path, json.dumps(record, allow_nan=True))
     if self._tensorboard is not None:
       for key, value in values.items():
         if isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(float(value)):
@@ -73,6 +71,70 @@ class MetricWriter:
   def close(self) -> None:
     if self._tensorboard is not None:
       self._tensorboard.close()
+
+
+def append_line(path: str, line: str) -> None:
+  """Appends `line` and a newline to `path` whole, or not at all (raising `WriteError`)."""
+  data = (line + '\n').encode('utf-8')
+  try:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  except OSError as error:
+    raise _write_error(path, error) from error
+  try:
+    start = os.fstat(fd).st_size
+    written = 0
+    try:
+      while written < len(data):
+        written += os.write(fd, data[written:])
+    except OSError as error:
+      if written:
+        with contextlib.suppress(OSError):
+          os.ftruncate(fd, start)  # shrinking a file needs no free space
+      raise _write_error(path, error) from error
+  finally:
+    os.close(fd)
+
+
+def _write_error(path: str, error: OSError) -> WriteError:
+  cause = error.strerror or os.strerror(error.errno or 0) or type(error).__name__
+  return WriteError(f'Cannot write metrics to {path}: {cause}. Free disk space or fix the workdir '
+                    'permissions; checkpoints already written are intact.')
+
+
+def drop_partial_line(path: str) -> None:
+  """Cuts a trailing line without its newline (a write cut off by a kill) off `path`."""
+  try:
+    with open(path, 'rb+') as f:
+      size = f.seek(0, os.SEEK_END)
+      if size == 0:
+        return
+      f.seek(max(0, size - (1 << 16)))
+      tail = f.read()
+      if tail.endswith(b'\n'):
+        return
+      cut = tail.rfind(b'\n')
+      f.truncate(size - len(tail) + cut + 1 if cut >= 0 else (0 if size <= len(tail) else size))
+  except FileNotFoundError:
+    return
+  except OSError as error:
+    raise _write_error(path, error) from error
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+  """Every whole record of a metrics.jsonl, in order; a partial or unparsable line (a write
+  cut off by a full disk or a kill) is skipped, never an error."""
+  records = []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for line in f:
+      if not line.endswith('\n') or not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict):
+        records.append(record)
+  return records
 
 
 class Progress:
