@@ -51,7 +51,11 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
 
 
 def objective_flops_per_sequence(objective, cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per sequence for `objective`, reading which logits its prepare() asks for."""
+  """Training FLOPs per sequence for `objective`, reading which logits its prepare() asks for.
+
+  An objective (or a part of a weighted one) that runs networks of its own, such as ELECTRA's
+  generator, adds their cost through `extra_train_flops(model_config, seq_len)`.
+  """
   from data import pipeline  # pylint: disable=import-outside-toplevel
 
   example = pipeline.example_batch(objective.data_format, 1, seq_len)
@@ -63,4 +67,11 @@ def objective_flops_per_sequence(objective, cfg: ModelConfig, seq_len: int) -> f
     num_logits = inputs.predict_index.shape[1]
   else:
     num_logits = seq_len if inputs.compute_logits else 0
-  return train_flops_per_sequence(cfg, seq_len, num_logits, num_queries)
+  extra = sum(part.extra_train_flops(cfg, seq_len) for part in _parts(objective)
+              if hasattr(part, 'extra_train_flops'))
+  return train_flops_per_sequence(cfg, seq_len, num_logits, num_queries) + extra
+
+
+def _parts(objective) -> list:
+  parts = getattr(objective, 'parts', None)
+  return [objective] if parts is None else [part for _, _, part in parts]

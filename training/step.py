@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from objectives.base import Metrics
+from training import state as state_lib
 from training.state import TrainState
 
 
@@ -20,17 +21,31 @@ def step_rng(seed: int, step: jax.Array, stream: int) -> jax.Array:
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
+def _bound(objective, params: Any, model, train: bool):
+  """(model parameters, objective bound to its own parameters if it owns any)."""
+  model_params, objective_params = state_lib.split_params(params)
+  bound = state_lib.bind_objective(objective, objective_params, model_params=model_params,
+                                   model_config=model.config, train=train)
+  return model_params, bound
+
+
 def make_train_step(model, objective, seed: int, schedule: optax.Schedule):
-  """Returns train_step(state, batch) -> (state, metrics); skips non-finite updates."""
+  """Returns train_step(state, batch) -> (state, metrics); skips non-finite updates.
+
+  Parameters an objective owns (see training/state.py) are differentiated and updated with
+  the model's, by the same optimizer.
+  """
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, Metrics]:
     rng = step_rng(seed, state.step, TRAIN_STREAM)
     prepare_rng, dropout_rng = jax.random.split(rng)
 
     def loss_fn(params):
-      inputs, targets = objective.prepare(prepare_rng, batch)
-      outputs = model.apply({'params': params}, inputs, train=True, rngs={'dropout': dropout_rng})
-      return objective.loss(outputs, targets)
+      model_params, bound = _bound(objective, params, model, train=True)
+      inputs, targets = bound.prepare(prepare_rng, batch)
+      outputs = model.apply({'params': model_params}, inputs, train=True,
+                            rngs={'dropout': dropout_rng})
+      return bound.loss(outputs, targets)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
@@ -56,12 +71,16 @@ def make_train_step(model, objective, seed: int, schedule: optax.Schedule):
 
 
 def make_eval_step(model, objective, seed: int):
-  """Returns eval_step(params, batch, index) -> metrics, with fixed masks per eval batch."""
+  """Returns eval_step(params, batch, index) -> metrics, with fixed masks per eval batch.
+
+  `params` is the train state's whole params (the objective's own included, if any).
+  """
 
   def eval_step(params: Any, batch: dict[str, jax.Array], index: jax.Array) -> Metrics:
-    inputs, targets = objective.prepare(step_rng(seed, index, EVAL_STREAM), batch)
-    outputs = model.apply({'params': params}, inputs, train=False)
-    _, metrics = objective.loss(outputs, targets)
+    model_params, bound = _bound(objective, params, model, train=False)
+    inputs, targets = bound.prepare(step_rng(seed, index, EVAL_STREAM), batch)
+    outputs = model.apply({'params': model_params}, inputs, train=False)
+    _, metrics = bound.loss(outputs, targets)
     return metrics
 
   return eval_step
