@@ -7,11 +7,14 @@ from configs import base
 # dense + gelu + norm transform before the tied output, no sentence A/B embeddings.
 _ARCHITECTURE = dict(norm='post', position='learned', num_token_types=0, lm_transform=True)
 
+PRESETS = ('tiny', 'base')
+
 
 def get_config(preset: str = 'tiny'):
   preset = preset or 'tiny'
-  if preset not in ('tiny', 'base'):
-    raise ValueError(f'Unknown preset {preset!r} for mlm: choose tiny or base.')
+  if preset not in PRESETS:
+    raise ValueError(f'Unknown preset {preset!r} for configs/mlm.py: choose one of '
+                     f'{", ".join(PRESETS)}.')
   config = base.get_config('mlm', preset)
   config.model.update(**_ARCHITECTURE)
   if preset == 'base':

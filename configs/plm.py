@@ -12,11 +12,14 @@ from configs import base
 # (model.two_stream) is switched on by the objective's model_overrides.
 _ARCHITECTURE = dict(norm='post', position='rotary', num_token_types=0, layer_norm_eps=1e-12)
 
+PRESETS = ('tiny', 'xlnet_base')
+
 
 def get_config(preset: str = 'tiny'):
   preset = preset or 'tiny'
-  if preset not in ('tiny', 'xlnet_base'):
-    raise ValueError(f'Unknown preset {preset!r} for plm: choose tiny or xlnet_base.')
+  if preset not in PRESETS:
+    raise ValueError(f'Unknown preset {preset!r} for configs/plm.py: choose one of '
+                     f'{", ".join(PRESETS)}.')
   if preset == 'xlnet_base':
     # XLNet's pretraining recipe where the shared trainer has it: Adam (b2 0.999, eps 1e-6),
     # peak lr 4e-4 after 40k warmup steps, weight decay 0.01, clipping at 1.0, dropout 0.1,

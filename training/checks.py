@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 from typing import Any, Mapping
 
@@ -60,15 +61,80 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'Unknown setting config.{key}{hint}: remove it or fix its name.')
 
 
+# Every numeric setting of configs/base.py and its valid range: (kind, low, high), each
+# bound a (value, inclusive) pair or None. Objective sections validate themselves when built.
+_INT, _FLOAT = 'an integer', 'a number'
+RANGES: dict[str, tuple[str, tuple[float, bool] | None, tuple[float, bool] | None]] = {
+    'seed': (_INT, (0, True), None),
+    'total_steps': (_INT, (0, False), None),
+    'batch_size': (_INT, (0, False), None),
+    'seq_len': (_INT, (2, True), None),
+    'log_every': (_INT, (0, False), None),
+    'eval_every': (_INT, (0, False), None),
+    'eval_steps': (_INT, (0, True), None),
+    'checkpoint_every': (_INT, (0, False), None),
+    'keep_checkpoints': (_INT, (0, False), None),
+    'pause_at_step': (_INT, (0, True), None),
+    'optimizer.learning_rate': (_FLOAT, (0, False), None),
+    'optimizer.warmup_steps': (_INT, (0, True), None),
+    'optimizer.end_learning_rate_ratio': (_FLOAT, (0, True), (1, True)),
+    'optimizer.b1': (_FLOAT, (0, True), (1, False)),
+    'optimizer.b2': (_FLOAT, (0, True), (1, False)),
+    'optimizer.eps': (_FLOAT, (0, False), None),
+    'optimizer.weight_decay': (_FLOAT, (0, True), None),
+    'optimizer.grad_clip_norm': (_FLOAT, (0, False), None),
+    'model.vocab_size': (_INT, (0, True), None),
+    'model.num_layers': (_INT, (0, False), None),
+    'model.embed_dim': (_INT, (0, False), None),
+    'model.num_heads': (_INT, (0, False), None),
+    'model.head_dim': (_INT, (0, True), None),
+    'model.mlp_dim': (_INT, (0, False), None),
+    'model.max_len': (_INT, (0, False), None),
+    'model.num_token_types': (_INT, (0, True), None),
+    'model.dropout': (_FLOAT, (0, True), (1, False)),
+    'model.layer_norm_eps': (_FLOAT, (0, False), None),
+    'model.init_std': (_FLOAT, (0, False), None),
+    'data.builtin_max_files': (_INT, (0, True), None),
+    'data.min_doc_chars': (_INT, (1, True), None),
+    'data.vocab_size': (_INT, (8, True), None),  # 7 special pieces and at least one more
+    'data.tokenizer_max_chars': (_INT, (0, False), None),
+    'data.short_seq_prob': (_FLOAT, (0, True), (1, True)),
+    'distributed.num_processes': (_INT, (0, True), None),
+    'distributed.process_id': (_INT, (-1, True), None),
+    'nonfinite.max_consecutive': (_INT, (1, True), None),
+}
+
+
+def _describe(low, high) -> str:
+  parts = []
+  if low is not None:
+    parts.append(f'{">=" if low[1] else ">"} {low[0]}')
+  if high is not None:
+    parts.append(f'{"<=" if high[1] else "<"} {high[0]}')
+  return ' and '.join(parts)
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Every numeric setting within its range (RANGES); one line naming the first that is not."""
+  flat = _flatten(config)
+  for key, (kind, low, high) in RANGES.items():
+    if key not in flat:
+      continue
+    value = flat[key]
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not numeric or (kind == _INT and not float(value).is_integer()):
+      raise ValueError(f'config.{key} must be {kind}, got {value!r}.')
+    if not math.isfinite(value):
+      raise ValueError(f'config.{key} must be finite, got {value!r}.')
+    below = low is not None and (value < low[0] or (value == low[0] and not low[1]))
+    above = high is not None and (value > high[0] or (value == high[0] and not high[1]))
+    if below or above:
+      raise ValueError(f'config.{key} must be {_describe(low, high)}, got {value!r}.')
+
+
 def check_values(config: ml_collections.ConfigDict) -> None:
   """Numbers that cannot work, caught before any data is read."""
-  positive = ['total_steps', 'batch_size', 'seq_len', 'log_every', 'eval_every',
-              'checkpoint_every', 'keep_checkpoints']
-  for key in positive:
-    if int(config[key]) <= 0:
-      raise ValueError(f'config.{key} must be positive, got {config[key]}.')
-  if config.eval_steps < 0:
-    raise ValueError('config.eval_steps must be >= 0 (0 skips evaluation).')
+  check_ranges(config)
   if config.model.position == 'learned' and config.seq_len > config.model.max_len:
     raise ValueError(f'config.seq_len={config.seq_len} exceeds the {config.model.max_len} learned '
                      'positions: raise config.model.max_len or lower config.seq_len.')
@@ -84,8 +150,14 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   if config.nonfinite.policy not in ('skip', 'stop'):
     raise ValueError(f'config.nonfinite.policy must be "skip" or "stop", got '
                      f'{config.nonfinite.policy!r}.')
-  if config.optimizer.learning_rate <= 0:
-    raise ValueError('config.optimizer.learning_rate must be positive.')
+  head_dim = config.model.head_dim or config.model.embed_dim // config.model.num_heads
+  if not config.model.head_dim and config.model.embed_dim % config.model.num_heads:
+    raise ValueError(f'config.model.embed_dim={config.model.embed_dim} does not divide by '
+                     f'config.model.num_heads={config.model.num_heads}: change one, or set '
+                     'config.model.head_dim.')
+  if config.model.position == 'rotary' and head_dim % 2:
+    raise ValueError(f'rotary positions need an even head dimension, got {head_dim}: change '
+                     'config.model.head_dim (or embed_dim / num_heads).')
 
 
 def check_batch(config: ml_collections.ConfigDict, data_parallel: int, process_count: int) -> None:
@@ -117,8 +189,20 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   def relevant(key):
     return not any(key == k or key.startswith(k + '.') for k in RESUMABLE_CHANGES)
 
+  if saved.get('objective') != current.get('objective') or any(
+      k.startswith('objective.') and saved.get(k) != current.get(k) for k in set(saved) | set(current)):
+    raise ValueError(f'{workdir} holds a run of config.objective={_objective_of(saved)!r} but this '
+                     f'run has {_objective_of(current)!r}: use a new --workdir, or pass '
+                     '--config.allow_config_change=True to resume anyway.')
   for key in sorted(set(saved) | set(current)):
     if relevant(key) and saved.get(key) != current.get(key):
       raise ValueError(f'{workdir} holds a run with config.{key}={saved.get(key)!r} but this run '
                        f'has {current.get(key)!r}: use a new --workdir, or pass '
                        '--config.allow_config_change=True to resume anyway.')
+
+
+def _objective_of(flat: Mapping[str, Any]) -> Any:
+  """config.objective of a flattened config: a name, or {name: weight}."""
+  if 'objective' in flat:
+    return flat['objective']
+  return {k.split('.', 1)[1]: v for k, v in flat.items() if k.startswith('objective.')}

@@ -1,0 +1,87 @@
+"""Config validation before compilation: every numeric setting's range, and resume refusals
+that name the setting that changed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from configs import base, bert, clm, mlm, plm
+from training import checks
+
+PRESETS = [(clm, 'tiny'), (clm, 'gpt2_small'), (mlm, 'tiny'), (mlm, 'base'), (bert, 'tiny'),
+           (bert, 'bert_base'), (bert, 'sop_tiny'), (plm, 'tiny'), (plm, 'xlnet_base')]
+
+
+@pytest.mark.parametrize('module, preset', PRESETS)
+def test_every_preset_passes(module, preset):
+  config = module.get_config(preset)
+  checks.check_keys(config)
+  checks.check_values(config)
+
+
+@pytest.mark.parametrize('key, value, expected', [
+    ('nonfinite.max_consecutive', 0, 'config.nonfinite.max_consecutive must be >= 1, got 0.'),
+    ('nonfinite.max_consecutive', -3, 'config.nonfinite.max_consecutive must be >= 1, got -3.'),
+    ('optimizer.warmup_steps', -1, 'config.optimizer.warmup_steps must be >= 0, got -1.'),
+    ('optimizer.b2', 1.0, 'config.optimizer.b2 must be >= 0 and < 1, got 1.0.'),
+    ('optimizer.end_learning_rate_ratio', 1.5,
+     'config.optimizer.end_learning_rate_ratio must be >= 0 and <= 1, got 1.5.'),
+    ('optimizer.eps', 0.0, 'config.optimizer.eps must be > 0, got 0.0.'),
+    ('optimizer.grad_clip_norm', -1.0, 'config.optimizer.grad_clip_norm must be > 0, got -1.0.'),
+    ('optimizer.learning_rate', float('nan'), 'config.optimizer.learning_rate must be finite'),
+    ('model.dropout', 1.0, 'config.model.dropout must be >= 0 and < 1, got 1.0.'),
+    ('model.init_std', 0.0, 'config.model.init_std must be > 0, got 0.0.'),
+    ('model.num_token_types', -2, 'config.model.num_token_types must be >= 0, got -2.'),
+    ('data.short_seq_prob', 1.5, 'config.data.short_seq_prob must be >= 0 and <= 1, got 1.5.'),
+    ('data.vocab_size', 5, 'config.data.vocab_size must be >= 8, got 5.'),
+    ('seed', -1, 'config.seed must be >= 0, got -1.'),
+    ('seq_len', 1, 'config.seq_len must be >= 2, got 1.'),
+    ('pause_at_step', -5, 'config.pause_at_step must be >= 0, got -5.'),
+    ('keep_checkpoints', 0, 'config.keep_checkpoints must be > 0, got 0.'),
+    ('eval_steps', -1, 'config.eval_steps must be >= 0, got -1.'),
+    ('total_steps', 2.5, 'config.total_steps must be an integer, got 2.5.'),
+    ('model.embed_dim', 102, 'config.model.embed_dim=102 does not divide by'),
+])
+def test_out_of_range_settings_are_one_line_errors(key, value, expected):
+  config = clm.get_config('tiny')
+  with config.unlocked():
+    *parents, leaf = key.split('.')
+    target = config
+    for parent in parents:
+      target = target[parent]
+    del target[leaf]  # ConfigDict keeps a field's type; a config file may give any value
+    target[leaf] = value
+  with pytest.raises(ValueError) as error:
+    checks.check_values(config)
+  assert str(error.value).startswith(expected) and '\n' not in str(error.value)
+
+
+def _saved_run(tmp_path, config):
+  (tmp_path / 'config.json').write_text(config.to_json())
+  return str(tmp_path)
+
+
+@pytest.mark.parametrize('saved, now', [('clm', 'mlm'), ('mlm', {'mlm': 1.0, 'nsp': 1.0}),
+                                        ({'mlm': 1.0, 'nsp': 1.0}, {'mlm': 1.0, 'nsp': 0.5})])
+def test_objective_change_refusal_names_config_objective(tmp_path, saved, now):
+  workdir = _saved_run(tmp_path, base.get_config(saved, 'tiny'))
+  with pytest.raises(ValueError) as error:
+    checks.check_resume(base.get_config(now, 'tiny'), workdir)
+  message = str(error.value)
+  assert message.startswith(f'{workdir} holds a run of config.objective={saved!r} but this run '
+                            f'has {now!r}'), message
+  assert '--config.allow_config_change=True' in message
+
+
+def test_other_changes_name_their_setting(tmp_path):
+  workdir = _saved_run(tmp_path, base.get_config('mlm', 'tiny'))
+  config = base.get_config('mlm', 'tiny')
+  config.mlm.mask_rate = 0.2
+  with pytest.raises(ValueError, match=r'config.mlm.mask_rate=0.15 but this run has 0.2'):
+    checks.check_resume(config, workdir)
+  config.mlm.mask_rate = 0.15
+  config.total_steps = 10  # may change on resume
+  checks.check_resume(config, workdir)
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
