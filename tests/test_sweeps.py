@@ -1,20 +1,22 @@
-"""Sweep expansion, run names and the commands tools/launch.py prints or runs."""
+"""Sweep expansion, run names from the keys that vary, and what tools/launch.py prints or runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
-import types
 
 import pytest
 
 from configs.sweeps import objectives, product, zip_
 from tools import launch
+from tools.backends import record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(REPO, 'configs', 'sweeps', 'objectives.py')
+FAKE_BIN = os.path.join(REPO, 'tests', 'fake_bin')
 
 
 def test_product_and_zip():
@@ -26,14 +28,16 @@ def test_product_and_zip():
     zip_(a=[1], b=[1, 2])
 
 
-def test_objectives_sweep_expands_to_named_runs():
+def test_objectives_sweep_names_runs_from_the_keys_that_vary():
   runs = launch.expand(objectives.get_sweep(), 'runs/sweep')
   assert len(runs) == 3 * 2 * 2
   assert {run.config for run in runs} == {'configs/clm.py:tiny', 'configs/mlm.py:tiny',
                                           'configs/plm.py:tiny'}
   first = runs[0]
-  assert first.name == ('clm-tiny_model.num_layers=2_model.embed_dim=128_'
-                        'optimizer.learning_rate=0.001')
+  # '-tiny' is common to every config and the key prefixes are left out.
+  assert first.name == 'clm_num_layers=2_embed_dim=128_learning_rate=0.001'
+  assert first.overrides == (('model.num_layers', 2), ('model.embed_dim', 128),
+                             ('optimizer.learning_rate', 0.001))
   assert first.workdir == os.path.join('runs/sweep', first.name)
   assert len({run.name for run in runs}) == len(runs)
   assert [run.name for run in launch.expand(objectives.get_sweep(), 'r')] == \
@@ -41,11 +45,32 @@ def test_objectives_sweep_expands_to_named_runs():
   assert all(launch.MAX_NAME_CHARS >= len(run.name) for run in runs)
 
 
-def test_run_names_are_filesystem_safe_and_bounded():
-  name = launch.run_name('configs/clm.py:tiny', [('data.train_files', '/a b/*.txt')])
-  assert name == 'clm-tiny_data.train_files=-a-b--.txt'
-  long = launch.run_name('configs/clm.py', [(f'k{i}', 'v' * 20) for i in range(10)])
-  assert len(long) == launch.MAX_NAME_CHARS and long.startswith('clm_k0=')
+def test_names_leave_out_what_every_run_shares():
+  files = launch.expand(product(config=['configs/clm.py:tiny'], **{
+      'data.source': ['text'], 'data.validation_files': ['/data/valid.txt'],
+      'data.train_files': ['/data/wikitext-2/train.txt', '/data/wikitext-103/train.txt']}), 'r')
+  assert [run.name for run in files] == ['train_files=wikitext-2', 'train_files=wikitext-103']
+  assert files[1].overrides[-1] == ('data.train_files', '/data/wikitext-103/train.txt')
+  # Two varying keys with one last part keep their full names; a dict value stays readable.
+  clash = launch.run_names([{'config': 'c.py', 'a.seed': 1, 'b.seed': 2},
+                            {'config': 'c.py', 'a.seed': 3, 'b.seed': 4}])
+  assert clash == ['a.seed=1_b.seed=2', 'a.seed=3_b.seed=4']
+  mixed = launch.run_names([{'config': 'configs/compare.py:mlm_nsp:tiny', 'objective': {
+      'mlm': 1.0, 'nsp': 1.0}}, {'config': 'configs/compare.py:clm:tiny', 'objective': 'clm'}])
+  assert mixed == ['mlm_nsp_objective=mlm1.0+nsp1.0', 'clm_objective=clm']
+  assert launch.run_names([{'config': 'configs/clm.py:tiny'}]) == ['clm-tiny']
+
+
+def test_run_names_are_filesystem_safe_bounded_and_unique():
+  names = launch.run_names([{'config': 'c.py', 'data.train_files': '/a b/*.txt'},
+                            {'config': 'c.py', 'data.train_files': '/a b/?.txt'}])
+  assert names == ['train_files=-.txt'] * 2  # '/a b/' is common; '*' and '?' are unsafe
+  runs = launch.expand([{'config': 'c.py', 'data.train_files': '/a b/*.txt'},
+                        {'config': 'c.py', 'data.train_files': '/a b/?.txt'}], 'r')
+  assert len({run.name for run in runs}) == 2
+  long = launch.run_names([{'config': 'configs/clm.py', **{f'k{i}': 'v' * 20 for i in range(10)}},
+                           {'config': 'configs/clm.py', **{f'k{i}': 'w' * 20 for i in range(10)}}])
+  assert all(len(name) == launch.MAX_NAME_CHARS for name in long) and long[0] != long[1]
   with pytest.raises(ValueError, match='same run'):
     launch.expand([{'config': 'configs/clm.py'}] * 2, 'r')
   with pytest.raises(ValueError, match='config'):
@@ -53,74 +78,96 @@ def test_run_names_are_filesystem_safe_and_bounded():
 
 
 def test_gcs_workdirs_join_with_slashes():
-  runs = launch.expand([{'config': 'configs/mlm.py:tiny', 'seed': 3}], 'gs://bucket/sweep/')
-  assert runs[0].workdir == 'gs://bucket/sweep/mlm-tiny_seed=3'
+  runs = launch.expand([{'config': 'configs/mlm.py:tiny', 'seed': 3},
+                        {'config': 'configs/mlm.py:tiny', 'seed': 4}], 'gs://bucket/sweep/')
+  assert runs[0].workdir == 'gs://bucket/sweep/seed=3'
 
 
-def test_tpu_dry_run_prints_gcloud_commands(capsys):
-  status = launch.main(['--sweep', SWEEP, '--workdir_root', 'gs://bucket/sweep', '--mode', 'tpu',
-                        '--tpu', 'my-tpu', '--zone', 'us-central2-b', '--data_dir',
-                        'gs://bucket/tfds', '--dry_run'],
-                       execute=lambda *a, **k: pytest.fail('dry run executed a command'))
-  assert status == 0
+def test_local_dry_run_prints_train_commands(capsys):
+  assert launch.main(['--sweep', SWEEP, '--workdir_root', 'runs/sweep', '--dry_run']) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   assert len(lines) == 12
-  words = shlex.split(lines[0])
-  assert words[:9] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', 'my-tpu',
-                       '--zone=us-central2-b', '--worker=all', words[8]]
-  remote = words[8].removeprefix('--command=')
-  name = 'clm-tiny_model.num_layers=2_model.embed_dim=128_optimizer.learning_rate=0.001'
-  assert remote == (
-      'cd ~/pretraining-objectives && python3 train.py --config configs/clm.py:tiny --workdir '
-      f'gs://bucket/sweep/{name} --config.model.num_layers=2 --config.model.embed_dim=128 '
-      '--config.optimizer.learning_rate=0.001 --config.data.data_dir=gs://bucket/tfds')
+  name = 'plm_num_layers=4_embed_dim=256_learning_rate=0.003'
+  assert shlex.split(lines[-1]) == [
+      sys.executable, 'train.py', '--config', 'configs/plm.py:tiny', '--workdir',
+      f'runs/sweep/{name}', '--config.model.num_layers=4', '--config.model.embed_dim=256',
+      '--config.optimizer.learning_rate=0.003']
+  assert not os.path.exists('runs/sweep') or name not in os.listdir('runs/sweep')
 
 
-def test_tpu_mode_needs_gcs_and_a_tpu(capsys):
+def test_unknown_backend_and_bad_flags_are_one_line(capsys):
   with pytest.raises(SystemExit):
-    launch.main(['--sweep', SWEEP, '--workdir_root', 'runs/sweep', '--mode', 'tpu', '--tpu', 't',
-                 '--zone', 'z'])
+    launch.main(['--sweep', SWEEP, '--workdir_root', 'r', '--backend', 'k8s'])
+  assert "Unknown --backend 'k8s'" in capsys.readouterr().err
+  assert launch.main(['--sweep', SWEEP, '--workdir_root', 'r', '--backend', 'tpu-vm', '--zone',
+                      'z', '--accelerator_type', 'v4-8']) == 2
   assert 'gs://' in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    launch.main(['--sweep', SWEEP, '--workdir_root', 'gs://b/s', '--mode', 'tpu'])
+  assert launch.main(['--sweep', 'nope.py', '--workdir_root', 'r']) == 2
+  assert capsys.readouterr().err.strip() == 'launch.py: error: --sweep nope.py does not exist.'
 
 
-def test_local_mode_runs_train_commands_in_order(tmp_path, capsys):
-  executed = []
-
-  def execute(command, **kwargs):
-    executed.append((command, kwargs))
-    return types.SimpleNamespace(returncode=0)
-
-  root = str(tmp_path / 'sweep')
-  assert launch.main(['--sweep', SWEEP, '--workdir_root', root, '--mode', 'local'],
-                     execute=execute) == 0
-  assert len(executed) == 12
-  command, kwargs = executed[-1]
-  name = 'plm-tiny_model.num_layers=4_model.embed_dim=256_optimizer.learning_rate=0.003'
-  assert command == [sys.executable, 'train.py', '--config', 'configs/plm.py:tiny', '--workdir',
-                     os.path.join(root, name), '--config.model.num_layers=4',
-                     '--config.model.embed_dim=256', '--config.optimizer.learning_rate=0.003']
-  assert kwargs['cwd'] == REPO
-
-
-def test_local_mode_stops_at_a_failed_run(tmp_path, capsys):
-  calls = []
-
-  def execute(command, **kwargs):  # pylint: disable=unused-argument
-    calls.append(command)
-    return types.SimpleNamespace(returncode=2)
-
-  assert launch.main(['--sweep', SWEEP, '--workdir_root', str(tmp_path), '--mode', 'local'],
-                     execute=execute) == 2
-  assert len(calls) == 1
-  assert 'exited with 2' in capsys.readouterr().err
+def _fake_train(tmp_path, codes):
+  """A stand-in interpreter for train.py: exits with the next scripted code for its workdir and
+  writes a metrics record; exit 2 prints train.py's one-line error."""
+  script = tmp_path / 'fake_python'
+  script.write_text(f'''#!{sys.executable}
+import json, os, sys
+workdir = sys.argv[sys.argv.index('--workdir') + 1]
+os.makedirs(workdir, exist_ok=True)
+path = os.path.join(workdir, 'calls')
+calls = int(open(path).read()) if os.path.exists(path) else 0
+open(path, 'w').write(str(calls + 1))
+codes = {codes!r}.get(os.path.basename(workdir), [0])
+code = codes[min(calls, len(codes) - 1)]
+with open(os.path.join(workdir, 'config.json'), 'w') as f:
+  json.dump({{'total_steps': 10}}, f)
+with open(os.path.join(workdir, 'metrics.jsonl'), 'a') as f:
+  f.write(json.dumps({{'step': 10 if code == 0 else 5, 'split': 'train', 'loss': 1.5}}) + '\\n')
+if code == 2:
+  print('train.py: error: config.seq_len=999 is longer than config.model.max_len=64.',
+        file=sys.stderr)
+sys.exit(code)
+''')
+  script.chmod(0o755)
+  return str(script)
 
 
-def test_dry_mode_from_the_command_line():
+def test_local_backend_requeues_preempted_runs_and_records_failures(tmp_path):
+  sweep = tmp_path / 'sweep.py'
+  sweep.write_text('def get_sweep():\n  return [{"config": "configs/clm.py:tiny", "seed": s} '
+                   'for s in (1, 2, 3)]\n')
+  python = _fake_train(tmp_path, {'seed=1': [143, 0], 'seed=2': [2], 'seed=3': [0]})
+  root = str(tmp_path / 'runs')
+  args = ['--sweep', str(sweep), '--workdir_root', root, '--python', python, '--parallel', '2',
+          '--keep_going', '--max_retries', '1']
+  assert launch.main(args) == 1
+  calls = {name: int((tmp_path / 'runs' / name / 'calls').read_text())
+           for name in ('seed=1', 'seed=2', 'seed=3')}
+  assert calls == {'seed=1': 2, 'seed=2': 1, 'seed=3': 1}  # a bad config is not retried
+  saved = {name: record.read(os.path.join(root, name)) for name in calls}
+  assert [saved[n]['state'] for n in calls] == ['done', 'failed', 'done']
+  assert (saved['seed=1']['preemptions'], saved['seed=1']['attempts']) == (1, 2)
+  assert saved['seed=2']['reason'] == 'config.seq_len=999 is longer than config.model.max_len=64.'
+  assert saved['seed=2']['overrides'] == {'seed': 2}
+  assert saved['seed=2']['command'][-2:] == [os.path.join(root, 'seed=2'), '--config.seed=2']
+  logs = os.listdir(os.path.join(root, 'seed=1', 'launch_logs'))
+  assert sorted(logs) == ['attempt_1.log', 'attempt_2.log']
+  # A changed sweep whose names now point at other runs' workdirs is refused before anything
+  # runs: batch_size is the same in every run, so it is not in the names.
+  sweep.write_text('def get_sweep():\n  return [{"config": "configs/clm.py:tiny", "seed": s, '
+                   '"batch_size": 4} for s in (1, 2)]\n')
+  assert [run.name for run in launch.expand(launch.load_sweep(str(sweep)), root)] == \
+      ['seed=1', 'seed=2']
+  assert launch.main(args) == 2
+  assert calls['seed=1'] == int((tmp_path / 'runs' / 'seed=1' / 'calls').read_text())
+  assert json.loads((tmp_path / 'runs' / 'seed=2' / 'launch.json').read_text())['overrides'] == \
+      {'seed': 2}
+
+
+def test_dry_run_from_the_command_line():
   done = subprocess.run([sys.executable, 'tools/launch.py', '--sweep', 'configs/sweeps/objectives.py',
-                         '--workdir_root', 'runs/sweep'], cwd=REPO, capture_output=True, text=True,
-                        timeout=60, check=False)
+                         '--workdir_root', 'runs/sweep', '--dry_run'], cwd=REPO,
+                        capture_output=True, text=True, timeout=60, check=False)
   assert done.returncode == 0, done.stderr
   lines = done.stdout.strip().splitlines()
-  assert len(lines) == 12 and all(line.startswith('python train.py --config configs/') for line in lines)
+  assert len(lines) == 12 and all(' train.py --config configs/' in line for line in lines)

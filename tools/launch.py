@@ -1,40 +1,38 @@
-"""Expands a sweep into train.py runs and prints them, runs them here, or runs them on a TPU VM.
+"""Launches a sweep: every run of a sweep module on a backend (local, tpu_vm, gke, slurm).
 
-  python tools/launch.py --sweep configs/sweeps/objectives.py --workdir_root runs/sweep
-  python tools/launch.py --sweep configs/sweeps/objectives.py --workdir_root runs/sweep --mode local
-  python tools/launch.py --sweep configs/sweeps/objectives.py --workdir_root gs://BUCKET/sweep \\
-      --mode tpu --tpu NAME --zone ZONE --data_dir gs://BUCKET/tfds [--dry_run]
+  python tools/launch.py --sweep configs/sweeps/objectives.py --workdir_root runs/sweep --dry_run
+  python tools/launch.py --sweep configs/sweeps/objectives.py --workdir_root runs/sweep \\
+      [--backend local --parallel 2]
+  python tools/launch.py --sweep S --workdir_root gs://BUCKET/sweep --backend tpu_vm \\
+      --zone us-central2-b --accelerator_type v4-8 --spot --max_slices 4
 
-Every run gets its own workdir under --workdir_root, named from its overrides, so launching
-the same sweep again resumes each run where it stopped.
+A run's workdir is named from the keys that vary across the sweep (`lr=0.001_seed=1`); its full
+overrides and command are kept in the workdir's launch.json. Names are deterministic, so
+launching the same sweep again resumes every run where it stopped. `tools/status.py` shows
+where every run stands.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import importlib.util
+import json
 import os
 import re
-import shlex
-import subprocess
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
+
+if __package__ in (None, ''):  # run as a script: python tools/launch.py
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools import backends  # pylint: disable=wrong-import-position
+from tools.backends import base, record as record_lib  # pylint: disable=wrong-import-position
+from tools.backends.base import Run, format_value, train_command  # pylint: disable=unused-import,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME_CHARS = 120
-DEFAULT_TPU_REPO_DIR = '~/pretraining-objectives'
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """One training run of a sweep."""
-
-  name: str
-  config: str  # config file and preset, e.g. configs/clm.py:tiny
-  overrides: tuple[tuple[str, Any], ...]
-  workdir: str
+_UNSAFE = re.compile(r'[^A-Za-z0-9._=+-]')
 
 
 def load_sweep(path: str) -> list[dict[str, Any]]:
@@ -54,13 +52,6 @@ def load_sweep(path: str) -> list[dict[str, Any]]:
   return list(module.get_sweep())
 
 
-def format_value(value: Any) -> str:
-  """A value as train.py's --config.key= flag reads it (floats in shortest form)."""
-  if isinstance(value, float):
-    return repr(value)
-  return str(value)
-
-
 def config_label(config: str) -> str:
   """'configs/clm.py:tiny' -> 'clm-tiny'."""
   path, _, preset = config.partition(':')
@@ -68,14 +59,78 @@ def config_label(config: str) -> str:
   return f'{stem}-{preset}' if preset else stem
 
 
-def run_name(config: str, overrides: Sequence[tuple[str, Any]]) -> str:
-  """A short, filesystem-safe, deterministic name: config label then key=value parts."""
-  parts = [config_label(config)] + [f'{key}={format_value(value)}' for key, value in overrides]
-  name = re.sub(r'[^A-Za-z0-9._=+-]', '-', '_'.join(parts))
+def _value_text(value: Any) -> str:
+  if isinstance(value, dict):  # an objective mix: {'mlm': 1.0, 'nsp': 1.0} -> mlm1.0+nsp1.0
+    return '+'.join(f'{k}{format_value(v)}' for k, v in value.items())
+  return format_value(value)
+
+
+def _strip_common(texts: list[str], separators: str) -> list[str]:
+  """Drops the parts all texts share at their start and end, cut only at a separator, so
+  ['/d/wikitext-2/train.txt', '/d/wikitext-103/train.txt'] -> ['wikitext-2', 'wikitext-103']."""
+  if len(set(texts)) < 2:
+    return texts
+  prefix = os.path.commonprefix(texts)
+  cut = max((prefix.rfind(s) + 1 for s in separators), default=0)
+  texts = [t[cut:] for t in texts]
+  suffix = os.path.commonprefix([t[::-1] for t in texts])[::-1]
+  cut = max((len(suffix) - suffix.find(s) if s in suffix else 0 for s in separators), default=0)
+  stripped = [t[:len(t) - cut] for t in texts]
+  return stripped if all(stripped) and len(set(stripped)) == len(set(texts)) else texts
+
+
+def varying_keys(entries: Sequence[dict[str, Any]]) -> list[str]:
+  """The keys whose values differ between entries (or that some entries lack), in first-seen
+  order; 'config' first."""
+  keys: list[str] = []
+  for entry in entries:
+    keys += [key for key in entry if key not in keys]
+  varying = [key for key in keys
+             if len({json.dumps(entry.get(key, '<unset>'), sort_keys=True, default=str)
+                     for entry in entries}) > 1]
+  return sorted(varying, key=lambda key: key != 'config')
+
+
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+  """'optimizer.learning_rate' -> 'learning_rate', unless two keys would share a short name."""
+  leaves = [key.rsplit('.', 1)[-1] for key in keys]
+  return {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)}
+
+
+def _bounded(name: str) -> str:
+  name = _UNSAFE.sub('-', name)
   if len(name) > MAX_NAME_CHARS:
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     name = f'{name[:MAX_NAME_CHARS - 9]}-{digest}'
   return name
+
+
+def run_names(entries: Sequence[dict[str, Any]]) -> list[str]:
+  """Short, filesystem-safe, deterministic names from the keys that vary across the sweep.
+
+  The config label comes first when configs differ (or when nothing varies); then key=value
+  per varying key, keys shortened to their last part and values stripped of what all values
+  share (a common directory, a common '-tiny'). A run that lacks a varying key leaves it out.
+  """
+  keys = varying_keys(entries)
+  short = _short_keys([key for key in keys if key != 'config'])
+  texts: dict[str, list[str]] = {}
+  for key in keys:
+    values = [_value_text(config_label(str(e[key])) if key == 'config' else e[key])
+              if key in e else '' for e in entries]
+    present = [v for v in values if v]
+    stripped = iter(_strip_common(present, '/-_.:' if key == 'config' else '/'))
+    texts[key] = [next(stripped) if v else '' for v in values]
+  names = []
+  for index, entry in enumerate(entries):
+    parts = []
+    if 'config' in keys or not keys:
+      parts.append(texts['config'][index] if 'config' in keys else config_label(
+          str(entry['config'])))
+    parts += [f'{short[key]}={texts[key][index]}' for key in keys
+              if key != 'config' and key in entry]
+    names.append(_bounded('_'.join(parts)))
+  return names
 
 
 def join(root: str, name: str) -> str:
@@ -83,101 +138,97 @@ def join(root: str, name: str) -> str:
 
 
 def expand(sweep: Sequence[dict[str, Any]], workdir_root: str) -> list[Run]:
-  """One Run per sweep entry; every entry must name its 'config' and names must be unique."""
-  runs, seen = [], {}
+  """One Run per sweep entry; every entry must name its 'config' and differ from the others."""
+  entries = []
   for index, entry in enumerate(sweep):
-    entry = dict(entry)
     if 'config' not in entry:
       raise ValueError(f'Sweep entry {index} {entry} has no "config" (e.g. configs/clm.py:tiny).')
+    entries.append(dict(entry))
+  seen: dict[str, int] = {}
+  for index, entry in enumerate(entries):
+    key = json.dumps(entry, sort_keys=True, default=str)
+    if key in seen:
+      raise ValueError(f'Sweep entries {seen[key]} and {index} are the same run {entry}.')
+    seen[key] = index
+  names = run_names(entries)
+  for index, name in enumerate(names):  # distinct entries whose names collide after cleaning
+    if names.count(name) > 1:
+      digest = hashlib.sha1(json.dumps(entries[index], sort_keys=True, default=str).encode())
+      names[index] = _bounded(f'{name[:MAX_NAME_CHARS - 7]}-{digest.hexdigest()[:6]}')
+  runs = []
+  for index, (entry, name) in enumerate(zip(entries, names)):
     config = str(entry.pop('config'))
-    overrides = tuple(entry.items())
-    name = run_name(config, overrides)
-    if name in seen:
-      raise ValueError(f'Sweep entries {seen[name]} and {index} are the same run {name!r}.')
-    seen[name] = index
-    runs.append(Run(name, config, overrides, join(workdir_root, name)))
+    runs.append(Run(name, config, tuple(entry.items()), join(workdir_root, name), index))
   return runs
 
 
-def train_command(run: Run, data_dir: str = '', python: str = 'python') -> list[str]:
-  """The train.py command line of one run."""
-  command = [python, 'train.py', '--config', run.config, '--workdir', run.workdir]
-  command += [f'--config.{key}={format_value(value)}' for key, value in run.overrides]
-  if data_dir:
-    command.append(f'--config.data.data_dir={data_dir}')
-  return command
-
-
-def _remote_path(path: str) -> str:
-  """Quotes a path for the remote shell, leaving a leading ~/ to expand there."""
-  if path.startswith('~/'):
-    return '~/' + shlex.quote(path[2:])
-  return shlex.quote(path)
-
-
-def tpu_command(run: Run, tpu: str, zone: str, repo_dir: str = DEFAULT_TPU_REPO_DIR,
-                data_dir: str = '') -> list[str]:
-  """gcloud ssh to every worker of a TPU VM, running the same train.py command on each."""
-  remote = f'cd {_remote_path(repo_dir)} && ' + shlex.join(
-      train_command(run, data_dir, python='python3'))
-  return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', tpu, f'--zone={zone}', '--worker=all',
-          f'--command={remote}']
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog='Backends: ' + ', '.join(backends.names()) + '. See docs/sweeps.md.')
   parser.add_argument('--sweep', required=True, help='Sweep file, e.g. configs/sweeps/objectives.py.')
   parser.add_argument('--workdir_root', required=True, help='Parent of the runs\' workdirs.')
-  parser.add_argument('--mode', choices=('dry', 'local', 'tpu'), default='dry',
-                      help='dry: print train.py commands; local: run them here one after another; '
-                      'tpu: run them on a TPU VM over gcloud.')
+  parser.add_argument('--backend', default='local', help=f'One of {", ".join(backends.names())} '
+                      '(default local).')
   parser.add_argument('--dry_run', action='store_true',
-                      help='With --mode local or tpu: print the commands instead of running them.')
-  parser.add_argument('--tpu', default='', help='TPU VM name (--mode tpu).')
-  parser.add_argument('--zone', default='', help='TPU VM zone (--mode tpu).')
-  parser.add_argument('--repo_dir', default=DEFAULT_TPU_REPO_DIR,
-                      help='Checkout of this repository on the TPU VM.')
+                      help='Print exactly what would be run or submitted, and do nothing.')
+  parser.add_argument('--only', default='',
+                      help='Launch only the runs whose name contains this text.')
   parser.add_argument('--data_dir', default='', help='Sets config.data.data_dir, e.g. gs://BUCKET/tfds.')
-  parser.add_argument('--keep_going', action='store_true', help='Continue after a failed run.')
+  parser.add_argument('--max_retries', type=int, default=3,
+                      help='Times a preempted or failed run is started again (default 3).')
+  parser.add_argument('--keep_going', action='store_true',
+                      help='Local: start the other runs after one failed.')
+  parser.add_argument('--mode', choices=('dry', 'local'), help=argparse.SUPPRESS)  # older name
+  for name in backends.names():
+    backends.get(name).add_flags(parser)
   args = parser.parse_args(argv)
-  if args.mode == 'tpu':
-    if not args.tpu or not args.zone:
-      parser.error('--mode tpu needs --tpu NAME and --zone ZONE.')
-    if not args.workdir_root.startswith('gs://'):
-      parser.error('--mode tpu needs a gs:// --workdir_root: every worker writes to it.')
+  if args.mode:
+    args.backend, args.dry_run = 'local', args.dry_run or args.mode == 'dry'
+  try:
+    args.backend = backends.get(args.backend).name
+  except ValueError as error:
+    parser.error(str(error))
+  if args.max_retries < 0:
+    parser.error(f'--max_retries {args.max_retries}: give 0 or more.')
   return args
 
 
-def commands(args: argparse.Namespace, runs: Sequence[Run]) -> list[list[str]]:
-  if args.mode == 'tpu':
-    return [tpu_command(run, args.tpu, args.zone, args.repo_dir, args.data_dir) for run in runs]
-  python = sys.executable if args.mode == 'local' and not args.dry_run else 'python'
-  return [train_command(run, args.data_dir, python=python) for run in runs]
+def _records(backend: base.Backend, runs: Sequence[Run]) -> dict[str, record_lib.RunRecord]:
+  """Writes each run's launch.json (state queued, full overrides and command)."""
+  return {run.name: record_lib.RunRecord.start(
+      run.workdir, name=run.name, config=run.config, overrides=dict(run.overrides),
+      command=backend.record_command(run), backend=backend.name) for run in runs}
 
 
-def main(argv: Sequence[str] | None = None,
-         execute: Callable[..., Any] = subprocess.run) -> int:
-  """Prints or runs the sweep's commands; returns the exit status."""
+def main(argv: Sequence[str] | None = None) -> int:
+  """Prints or launches the sweep's runs; returns the exit status."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  backend = backends.get(args.backend)(args)
   try:
     runs = expand(load_sweep(args.sweep), args.workdir_root)
+    runs = [run for run in runs if args.only in run.name]
+    if not runs:
+      raise ValueError(f'--only {args.only!r} matches no run of {args.sweep}.')
+    backend.check(runs)
+    if not args.dry_run:
+      for run in runs:
+        problem = record_lib.mismatch(run.workdir, run.config, dict(run.overrides))
+        if problem:
+          raise ValueError(problem)
   except (ValueError, FileNotFoundError) as error:
     print(f'launch.py: error: {error}', file=sys.stderr)
     return 2
-  status = 0
-  for index, (run, command) in enumerate(zip(runs, commands(args, runs))):
-    print(shlex.join(command), flush=True)
-    if args.mode == 'dry' or args.dry_run:
-      continue
-    print(f'[{index + 1}/{len(runs)}] {run.name}', file=sys.stderr, flush=True)
-    done = execute(command, cwd=REPO, check=False)
-    if done.returncode:
-      print(f'launch.py: {run.name} exited with {done.returncode}; its workdir {run.workdir} '
-            'resumes when launched again.', file=sys.stderr)
-      status = done.returncode
-      if not args.keep_going:
-        return status
-  return status
+  if args.dry_run:
+    backend.dry_run(runs)
+    return 0
+  try:
+    records = _records(backend, runs)
+  except (OSError, ImportError) as error:
+    print(f'launch.py: error: cannot write launch.json under {args.workdir_root}: {error} '
+          '(gs:// needs gcsfs: pip install gcsfs).', file=sys.stderr)
+    return 2
+  return backend.launch(runs, records)
 
 
 if __name__ == '__main__':
