@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from downstream import heads, strategies
 from models.config import ModelConfig
-from models.transformer import ModelInputs, Transformer
+from models.transformer import ModelInputs, ModelOutputs, Transformer
 
 Array = jax.Array
 
@@ -41,22 +41,27 @@ class DownstreamModel:
   def head(self):
     return heads.make_head(self.kind, self.num_labels, self.pooling, self.head_dropout)
 
-  def inputs(self, batch: dict[str, Array]) -> ModelInputs:
+  def inputs(self, batch: dict[str, Array], logits: bool = False) -> ModelInputs:
     return ModelInputs(
         tokens=batch['tokens'], positions=batch['positions'], segment_ids=batch['segment_ids'],
-        token_types=batch['token_types'] if self.model_config.num_token_types else None,
-        causal=self.causal, compute_logits=False)
+        token_types=batch.get('token_types') if self.model_config.num_token_types else None,
+        causal=self.causal, compute_logits=logits)
 
   def hidden(self, params: dict[str, Any], batch: dict[str, Array], *, train: bool,
              rng: Array) -> Array:
     """Final hidden states [batch, length, embed] of the text tokens."""
+    return self.outputs(params, batch, train=train, rng=rng).hidden
+
+  def outputs(self, params: dict[str, Any], batch: dict[str, Array], *, train: bool, rng: Array,
+              logits: bool = False) -> ModelOutputs:
+    """The backbone's outputs at the text tokens (vocabulary logits only if `logits`)."""
     backbone = params['backbone']
     if 'lora' in params:
       backbone = strategies.merge_lora(backbone, params['lora'], self.lora_scale)
-    inputs = self.inputs(batch)
+    inputs = self.inputs(batch, logits)
     rngs = {'dropout': rng}
     if 'prompt' not in params:
-      return self.backbone.apply({'params': backbone}, inputs, train=train, rngs=rngs).hidden
+      return self.backbone.apply({'params': backbone}, inputs, train=train, rngs=rngs)
     prompt = params['prompt']
     count, length = prompt.shape[0], inputs.tokens.shape[1]
     size = inputs.tokens.shape[0]
@@ -72,7 +77,8 @@ class DownstreamModel:
         token_types=None if inputs.token_types is None else pad(inputs.token_types, 0))
     outputs = self.backbone.apply({'params': backbone}, prefixed, train=train, rngs=rngs,
                                   token_embeddings=embedded)
-    return outputs.hidden[:, count:count + length]
+    return ModelOutputs(hidden=outputs.hidden[:, count:count + length],
+                        logits=None if outputs.logits is None else outputs.logits[:, count:])
 
   def apply(self, params: dict[str, Any], batch: dict[str, Array], *, train: bool = False,
             rng: Array | None = None) -> Array:

@@ -1,0 +1,49 @@
+"""Downstream evaluation of a pretraining run (tools/finetune.py). The preset names the task:
+
+  python tools/finetune.py --config configs/finetune.py:stdlib_package --workdir runs/clm
+  python tools/finetune.py --config configs/finetune.py:local --workdir runs/bert \\
+      --config.task.train_file=train.tsv --config.task.validation_file=dev.tsv
+
+`config.task` holds that task's settings (downstream/tasks/); everything else is the recipe.
+"""
+
+import ml_collections
+
+from downstream.tasks import registry
+
+
+def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
+  task = preset or 'stdlib_package'
+  config = ml_collections.ConfigDict()
+  config.mode = 'finetune'  # finetune | prompt (zero/few-shot, causal) | instruct (causal)
+  config.step = -1  # pretraining checkpoint step; -1 = the latest
+  config.task = ml_collections.ConfigDict(dict(name=task, **registry.defaults(task)))
+  config.strategy = 'full'  # full | linear_probe | ffn_only | prompt_tuning | lora
+  config.lora_rank = 8
+  config.lora_alpha = 16.0
+  config.prompt_length = 20  # soft-prompt vectors (prompt_tuning)
+  config.pooling = ''  # '' = by objective: first token (bidirectional), last real token (causal); or mean
+  config.seq_len = 0  # 0 = the checkpoint's learned positions (minus the soft prompt)
+  config.batch_size = 32
+  config.learning_rates = (1e-4, 3e-4, 1e-3)  # the grid, selected on the dev split
+  config.epochs = (3,)
+  config.seeds = (0, 1, 2)
+  config.warmup_fraction = 0.1
+  config.weight_decay = 0.01
+  config.max_steps = 0  # > 0 caps each run's steps (smoke runs)
+  config.head_dropout = 0.1
+  config.model = ml_collections.ConfigDict(dict(dropout=0.1))  # overrides of the run's model
+  config.tokenizer = ''  # '' = the run's tokenizer.model
+  config.doc_stride = 64  # QA: tokens between the starts of a context's windows
+  config.max_query_tokens = 32
+  config.max_answer_tokens = 30
+  config.prompting = ml_collections.ConfigDict(dict(
+      shots=(0, 4),  # k demonstrations per prompt, one result file each
+      seeds=(0, 1, 2),  # demonstration draws (k > 0)
+      normalize=False,  # score label words by mean rather than total log-likelihood
+      split='validation'))
+  config.instruct = ml_collections.ConfigDict(dict(
+      name='instruct', train_file='', validation_file='', prompt_field='prompt',
+      response_field='response'))
+  config.output_dir = ''  # '' = <workdir>/downstream
+  return config

@@ -1,0 +1,108 @@
+"""Instruction fine-tuning of a causal checkpoint: causal-LM loss on the response tokens of
+prompt/response pairs only (the prompt is context, never a target), with any strategy that
+trains backbone parameters, adapters or soft prompts (full, ffn_only, lora, prompt_tuning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import optax
+
+from downstream import encoding, strategies
+from downstream.model import DownstreamModel
+from downstream.tasks import local
+from objectives.base import token_cross_entropy
+
+
+def read_pairs(path: str, setting: str, prompt_field: str = 'prompt',
+               response_field: str = 'response') -> list[dict[str, str]]:
+  """{'prompt', 'response'} records of a JSONL file."""
+  pairs = []
+  for number, record in enumerate(local.read_records(path, setting), 1):
+    for field in (prompt_field, response_field):
+      if not isinstance(record.get(field), str):
+        raise ValueError(f'{path}: record {number} has no string field {field!r}: set '
+                         'config.instruct.prompt_field / response_field.')
+    pairs.append({'prompt': record[prompt_field], 'response': record[response_field]})
+  if not pairs:
+    raise ValueError(f'{setting}={path} holds no prompt/response pairs.')
+  return pairs
+
+
+def response_loss(model: DownstreamModel, params: Any, batch: dict[str, Any], *, train: bool,
+                  rng: jax.Array):
+  """(mean cross-entropy over response tokens, metrics as (total, count) pairs)."""
+  outputs = model.outputs(params, batch, train=train, rng=rng, logits=True)
+  return token_cross_entropy(outputs.logits, batch['targets'], batch['weights'])
+
+
+@dataclasses.dataclass
+class InstructResult:
+  scores: dict[str, float]  # response-token loss and accuracy on the validation pairs
+  trained_params: int
+  steps: int
+  examples_per_sec: float
+  params: Any = None
+
+
+def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, backbone: Any,
+                       tokenizer, train_pairs: Sequence[dict[str, str]],
+                       validation_pairs: Sequence[dict[str, str]], *, seq_len: int,
+                       learning_rate: float, epochs: int, batch_size: int, seed: int = 0,
+                       keep_params: bool = False) -> InstructResult:
+  if strategy.name == 'linear_probe':
+    raise ValueError('config.strategy=linear_probe trains only a task head, and instruction '
+                     'tuning has none: choose full, ffn_only, lora or prompt_tuning.')
+  if not model.causal:
+    raise ValueError('Instruction tuning needs a causal (clm) checkpoint.')
+  train = encoding.encode_instructions(tokenizer, train_pairs, seq_len, tokenizer.vocab)
+  validation = encoding.encode_instructions(tokenizer, validation_pairs, seq_len, tokenizer.vocab)
+  key = jax.random.key(seed)
+  params = strategy.add_params(key, {'backbone': backbone}, tokenizer.vocab.ordinary_ids)
+  labels = strategy.labels(params)
+  batch_size = min(batch_size, len(train['tokens']))
+  steps = (len(train['tokens']) // batch_size) * epochs
+  schedule = optax.linear_schedule(learning_rate, 0.0, max(steps, 1))
+  tx = strategies.make_optimizer(labels, schedule, weight_decay=0.0, grad_clip_norm=1.0)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def train_step(params, opt_state, batch, step):
+    rng = jax.random.fold_in(key, step)
+    grads = jax.grad(lambda p: response_loss(model, p, batch, train=True, rng=rng)[0])(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return strategies.apply_updates(params, updates, labels), opt_state
+
+  order_rng = np.random.default_rng(seed)
+  step, start, timed = 0, None, 0
+  for _ in range(epochs):
+    order = order_rng.permutation(len(train['tokens']))
+    for i in range(len(order) // batch_size):
+      rows = order[i * batch_size:(i + 1) * batch_size]
+      params, opt_state = train_step(params, opt_state, {k: v[rows] for k, v in train.items()}, step)
+      step += 1
+      if start is None:
+        jax.block_until_ready(params)
+        start = time.perf_counter()
+      else:
+        timed += batch_size
+  jax.block_until_ready(params)
+  elapsed = time.perf_counter() - start if start else 0.0
+  evaluate = jax.jit(lambda p, b: response_loss(model, p, b, train=False, rng=key)[1])
+  totals: dict[str, list[float]] = {}
+  for begin in range(0, len(validation['tokens']), batch_size):
+    batch = {k: v[begin:begin + batch_size] for k, v in validation.items()}
+    for name, (total, count) in evaluate(params, batch).items():
+      sums = totals.setdefault(name, [0.0, 0.0])
+      sums[0] += float(total)
+      sums[1] += float(count)
+  scores = {f'response_{name}': total / max(count, 1e-12)
+            for name, (total, count) in totals.items() if name in ('loss', 'accuracy')}
+  return InstructResult(scores=scores, trained_params=strategies.trained_count(params, labels),
+                        steps=step, examples_per_sec=timed / elapsed if elapsed else 0.0,
+                        params=params if keep_params else None)

@@ -1,0 +1,109 @@
+"""A pretraining run's checkpoint, ready for downstream use: parameters, model config,
+tokenizer, attention kind and pretraining compute.
+
+Loading goes through `training/experiment.py`'s `restore_params`, so the run is assembled
+exactly as it was trained. A tokenizer or model settings given for the task are checked
+against the checkpoint before anything compiles: a vocabulary or parameter shape that
+differs is a one-line error naming both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+from models.config import ModelConfig
+from models.transformer import Transformer
+
+
+@dataclasses.dataclass
+class Pretrained:
+  workdir: str
+  step: int
+  params: Any
+  model_config: ModelConfig
+  tokenizer: Any
+  causal: bool  # the objective trained left-to-right attention
+  objective: Any  # config.objective of the run (a name or name -> weight)
+  flops_per_step: float
+  data_format: str
+  example_batch: dict[str, np.ndarray]
+  prepare: Any  # the run's objective.prepare, for tracing model inputs
+
+  @property
+  def flops(self) -> float:
+    return self.step * self.flops_per_step
+
+  @property
+  def param_count(self) -> int:
+    return int(sum(np.prod(p.shape) for p in jax.tree.leaves(self.params)))
+
+
+def is_causal(prepare, example_batch: Mapping[str, np.ndarray]) -> bool:
+  """Whether an objective's prepared inputs use left-to-right attention (traced, not run)."""
+  inputs = jax.eval_shape(lambda key: prepare(key, example_batch)[0], jax.random.key(0))
+  return bool(inputs.causal)
+
+
+def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {'/'.join(key): tuple(value.shape)
+          for key, value in traverse_util.flatten_dict(tree).items()}
+
+
+def check_compatible(params: Any, model_config: ModelConfig, tokenizer, *, checkpoint: str,
+                     prepare, example_batch) -> None:
+  """One-line ValueError when the checkpoint's vocabulary or any parameter shape differs from
+  what `tokenizer` and `model_config` give, naming both; traces only, compiles nothing."""
+  rows = params['token_embed']['embedding'].shape[0]
+  if rows != tokenizer.size:
+    raise ValueError(f'{checkpoint} has a {rows}-entry vocabulary but the task tokenizer '
+                     f'{tokenizer.path} has {tokenizer.size} pieces: fine-tune with the run\'s '
+                     'own tokenizer (config.tokenizer="").')
+
+  def init(key):
+    inputs, _ = prepare(key, example_batch)
+    return nn.unbox(Transformer(model_config).init({'params': key, 'dropout': key}, inputs))['params']
+
+  expected = _shapes(jax.eval_shape(init, jax.random.key(0)))
+  found = _shapes(params)
+  for name in sorted(set(expected) | set(found)):
+    if expected.get(name) != found.get(name):
+      raise ValueError(f'{checkpoint} has {name} of shape {found.get(name)} but the task\'s model '
+                       f'config gives {expected.get(name)}: drop the config.model overrides that '
+                       'change the architecture.')
+
+
+def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
+         model_overrides: Mapping[str, Any] | None = None) -> Pretrained:
+  """The checkpoint of `workdir` at `step` (None: the latest), checked against the task's
+  tokenizer (`tokenizer_path`, '' = the run's) and model settings (the run's plus overrides)."""
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from training import experiment  # pylint: disable=import-outside-toplevel
+
+  if not os.path.isdir(workdir):
+    raise ValueError(f'--workdir {workdir} does not exist: give a pretraining run\'s workdir.')
+  params, step, exp = experiment.restore_params(workdir, step)
+  tokenizer = exp.tokenizer
+  if tokenizer_path:
+    if not os.path.exists(tokenizer_path):
+      raise ValueError(f'config.tokenizer={tokenizer_path} does not exist.')
+    tokenizer = tokenizer_lib.Tokenizer(tokenizer_path)
+  model_config = exp.model_config
+  if model_overrides:
+    values = dataclasses.asdict(model_config)
+    values.update(dict(model_overrides))
+    model_config = ModelConfig.from_config(values)
+  example = exp.example_batch()
+  prepare = exp.objective.prepare
+  check_compatible(params, model_config, tokenizer, checkpoint=f'The checkpoint {workdir} step '
+                   f'{step}', prepare=prepare, example_batch=example)
+  return Pretrained(workdir=workdir, step=int(step), params=params, model_config=model_config,
+                    tokenizer=tokenizer, causal=is_causal(prepare, example),
+                    objective=exp.config.objective, flops_per_step=float(exp.flops_per_step),
+                    data_format=exp.data_format, example_batch=example, prepare=prepare)
