@@ -326,3 +326,41 @@ def test_metrics_reader_and_writer_tolerate_a_partial_last_line(tmp_path):
   writer.close()
   assert [(r['step'], r['loss']) for r in metrics.read_records(str(path))] == [(1, 2.0), (3, 1.0)]
   assert [r['step'] for r in read_metrics(str(tmp_path))] == [1, 3]  # every line parses
+
+
+def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_lock(tmp_path):
+  import socket  # pylint: disable=import-outside-toplevel
+
+  from training import workdir_lock  # pylint: disable=import-outside-toplevel
+
+  workdir = str(tmp_path / 'run')
+  lock = os.path.join(workdir, workdir_lock.LOCK_NAME)
+  with workdir_lock.workdir_lock(workdir) as held:
+    assert held == lock
+    owner = json.loads(open(lock, encoding='utf-8').read())
+    assert owner['host'] == socket.gethostname() and owner['pid'] == os.getpid()
+    with pytest.raises(workdir_lock.WorkdirLocked) as error:
+      with workdir_lock.workdir_lock(workdir):
+        pass
+    assert str(error.value) == (f'{workdir} is in use by another run (pid {os.getpid()} on this '
+                                'host): wait for it or use another --workdir.')
+  assert not os.path.exists(lock)  # released
+
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  with open(lock, 'w', encoding='utf-8') as f:  # a run killed without releasing it
+    json.dump({'host': socket.gethostname(), 'pid': int(dead.stdout), 'time': time.time()}, f)
+  with workdir_lock.workdir_lock(workdir):
+    assert json.loads(open(lock, encoding='utf-8').read())['pid'] == os.getpid()
+  with open(lock, 'w', encoding='utf-8') as f:  # this pid, but reused since the lock was taken
+    json.dump({'host': socket.gethostname(), 'pid': os.getpid(), 'time': 1000.0}, f)
+  with workdir_lock.workdir_lock(workdir):
+    assert json.loads(open(lock, encoding='utf-8').read())['time'] > 1000.0
+
+  with open(lock, 'w', encoding='utf-8') as f:
+    json.dump({'host': 'other-host', 'pid': 1, 'time': time.time()}, f)
+  with pytest.raises(workdir_lock.WorkdirLocked, match=f'run on host other-host .* delete {lock} '
+                     'if that run is dead'):
+    with workdir_lock.workdir_lock(workdir):
+      pass
+  assert json.loads(open(lock, encoding='utf-8').read())['host'] == 'other-host'  # untouched
