@@ -115,13 +115,9 @@ def get_config(spec: str | None = None):
   config.model.update(**arm.model)
   config.optimizer.update(**OPTIMIZER)
   config.data.source = 'builtin'
-  if 'format' in config.data:
-    config.data.format = arm.data_format
-  elif arm.data_format and arm.data_format != 'packed' and base_names(arm.objective) == ['mlm']:
-    raise ValueError(f'Arm {arm_name!r} needs config.data.format, which this checkout lacks.')
-  if 'budget' in config:
-    config.budget.tokens = budget_tokens
-    config.budget.keep_fractions = BUDGET_FRACTIONS
+  config.data.format = arm.data_format
+  config.budget.tokens = budget_tokens
+  config.budget.keep_fractions = BUDGET_FRACTIONS
   if 'mlm' in base_names(arm.objective):
     config.mlm.update(mask_rate=0.15, unit='token', max_predictions=0)
   return config

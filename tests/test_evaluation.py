@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import types
 
 import flax.linen as nn
@@ -16,6 +17,8 @@ from data import pipeline
 from models.config import ModelConfig
 from models.transformer import Transformer
 from training import evaluation, mesh as mesh_lib
+
+from tests.conftest import TEST_CACHE_ENV
 
 WORDS = ('alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi '
          'rho sigma tau upsilon phi chi psi omega').split()
@@ -33,9 +36,18 @@ def _documents(count: int, seed: int) -> list[str]:
 
 @pytest.fixture(scope='module')
 def tokenizer(tmp_path_factory):
-  path = tmp_path_factory.mktemp('tok') / 'tokenizer.model'
-  path.write_bytes(tokenizer_lib.train_model(_documents(200, 0), vocab_size=400))
-  return tokenizer_lib.Tokenizer(str(path))
+  folder = tmp_path_factory.mktemp('tok')
+  config = compare.get_config('mlm:tiny')
+  config.data.vocab_size = 400
+  previous = os.environ.get(TEST_CACHE_ENV)
+  os.environ[TEST_CACHE_ENV] = str(folder / 'cache')
+  try:
+    return tokenizer_lib.load_or_train(config.data, str(folder), _documents(200, 0))
+  finally:
+    if previous is None:
+      del os.environ[TEST_CACHE_ENV]
+    else:
+      os.environ[TEST_CACHE_ENV] = previous
 
 
 def _experiment(arm: str, tokenizer, batch_size: int = 8):
@@ -95,7 +107,7 @@ def test_exact_pass_covers_every_example_once_and_repeats(arm, tokenizer, tmp_pa
   assert metrics == again  # same checkpoint, same numbers, bit for bit
   for key in examples:
     np.testing.assert_array_equal(examples[key], examples_again[key])
-  batches = evaluation.exact_batches(exp, 'validation', documents)
+  batches = list(evaluation.exact_batches(exp, 'validation', documents))
   real = np.concatenate([b['segment_ids'].any(axis=1) for b in batches])
   assert metrics['examples'] == int(real.sum()) == len(examples['key'])
   assert real[:real.sum()].all()  # only the last batch carries padding rows

@@ -84,45 +84,16 @@ def _eval_config(config):
   return config
 
 
-def _single_pass(exp, split: str, documents) -> Iterator[dict[str, np.ndarray]]:
-  """This process's examples of one unshuffled pass, one example at a time."""
-  from data import packing, pairs  # pylint: disable=import-outside-toplevel
+def exact_batches(exp, split: str, documents) -> Iterator[dict[str, np.ndarray]]:
+  """Every example of the split once (data/reader.py's exact pass), in batches of the run's
+  local batch size; the last batches are padded with empty rows (segment ids 0), and every
+  process yields as many batches. Pairs are built with the eval seed, not the run's."""
+  from data import pipeline  # pylint: disable=import-outside-toplevel
 
-  common = dict(documents=documents, tokenize=exp.tokenizer.encode, seq_len=exp.config.seq_len,
-                local_batch_size=1, process_index=jax.process_index(),
-                process_count=jax.process_count(), seed=EVAL_SEED, shuffle=False, repeat=False)
-  if exp.data_format == 'packed':
-    iterator = packing.PackedIterator(vocab=exp.tokenizer.vocab, **common)
-  elif exp.data_format in ('sentence_pairs', 'sentence_order_pairs'):
-    iterator = pairs.SentencePairIterator(
-        vocab=exp.tokenizer.vocab, short_seq_prob=exp.config.data.get('short_seq_prob', 0.1),
-        sentence_order=exp.data_format == 'sentence_order_pairs', name=f'The {split} split',
-        **common)
-  else:
-    raise ValueError(f'Evaluation has no exact pass for data format {exp.data_format!r}.')
-  for example in iterator:
-    if example['segment_ids'].any():
-      yield {key: value[0] for key, value in example.items()}
-
-
-def exact_batches(exp, split: str, documents) -> list[dict[str, np.ndarray]]:
-  """Every example of the split once, in batches of the run's local batch size; the last
-  batch is padded with empty rows (segment ids 0) and every process gets as many batches."""
-  examples = list(_single_pass(exp, split, documents))
-  size = exp.local_batch_size
-  count = math.ceil(len(examples) / size)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    count = int(np.max(multihost_utils.process_allgather(np.asarray(count))))
-  if not examples:
-    raise ValueError(f'The {split} split gives no example for format {exp.data_format!r}.')
-  empty = {key: np.zeros_like(value) for key, value in examples[0].items()}
-  batches = []
-  for start in range(0, count * size, size):
-    rows = examples[start:start + size]
-    rows += [empty] * (size - len(rows))
-    batches.append({key: np.stack([row[key] for row in rows]) for key in empty})
-  return batches
+  return pipeline.make_iterator(
+      _eval_config(exp.config), exp.data_format, split, exp.tokenizer, documents,
+      local_batch_size=exp.local_batch_size, process_index=jax.process_index(),
+      process_count=jax.process_count(), exact_pass=True)
 
 
 def _part_kind(outputs, targets) -> str:

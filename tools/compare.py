@@ -1,0 +1,234 @@
+"""Runs every arm and seed of an objective comparison, evaluates each, then writes the report.
+
+  python tools/compare.py --root runs/compare [--preset tiny] [--arms clm,mlm] [--seeds 0,1] \\
+      [--config.data.source=text --config.data.train_files=...]
+  python tools/compare.py --root gs://BUCKET/compare --preset base --mode sweep   # for launch.py
+
+--mode local trains the runs here one after another (each resumes where it stopped), then
+evaluates every finished run on the validation split (tools/evaluate.py, skipped when already
+done for its last checkpoint) and writes report.md, results.csv and PNGs (tools/report.py)
+into --root. A progress line names the arm, seed and step, and estimates the time left for
+the whole comparison. --mode sweep writes <root>/sweep.py for tools/launch.py and prints the
+command; run --mode local afterwards (where the workdirs are readable) to evaluate and report.
+`--config.key=value` overrides apply to every arm that has the key (shared settings such as
+the data source), so the arms stay controlled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+from configs import compare  # pylint: disable=wrong-import-position
+
+CONFIG_FILE = 'configs/compare.py'
+_STEP_LINE = re.compile(r'^step\s+(\d+)/(\d+)')
+# Settings an arm owns: a shared override of one of these would break the control.
+ARM_KEYS = ('objective', 'data.format')
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+def parse_overrides(extra: Sequence[str]) -> list[tuple[str, str]]:
+  """['--config.a.b=1'] -> [('a.b', '1')]; anything else is a one-line error."""
+  overrides = []
+  for arg in extra:
+    match = re.fullmatch(r'--config\.([\w.]+)=(.*)', arg)
+    if not match:
+      raise ValueError(f'Unknown argument {arg!r}: overrides look like --config.key=value.')
+    key = match.group(1)
+    if any(key == k or key.startswith(k + '.') for k in ARM_KEYS) or key.split('.')[0] in (
+        {'nsp', 'sop', 'clm', 'mlm', 'plm'}):
+      raise ValueError(f'--config.{key} is what the arms differ in; choose arms with --arms '
+                       'instead (or edit configs/compare.py).')
+    overrides.append((key, match.group(2)))
+  return overrides
+
+
+def has_key(config, key: str) -> bool:
+  target = config
+  for part in key.split('.'):
+    if not hasattr(target, 'keys') or part not in target:
+      return False
+    target = target[part]
+  return True
+
+
+def sweep_entries(arms: Sequence[str], seeds: Sequence[int], preset: str,
+                  overrides: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+  """One launch.py sweep entry per (arm, seed); shared overrides only where the arm has them."""
+  entries = []
+  for arm in arms:
+    config = compare.get_config(f'{arm}:{preset}')
+    for key, _ in overrides:
+      if not has_key(config, key):
+        raise ValueError(f'--config.{key} names no setting of arm {arm}: fix its name.')
+    for seed in seeds:
+      entries.append({'config': f'{CONFIG_FILE}:{arm}:{preset}', 'seed': seed, **dict(overrides)})
+  return entries
+
+
+def train_command(run, python: str = sys.executable) -> list[str]:
+  return ([python, 'train.py', '--config', run.config, '--workdir', run.workdir]
+          + [f'--config.{key}={value}' for key, value in run.overrides])
+
+
+class ComparisonProgress:
+  """Turns each run's step lines into one comparison progress line with the time left."""
+
+  def __init__(self, runs: Sequence[Any], stream=None):
+    self.runs = runs
+    self.stream = stream or sys.stdout
+    self.seconds_per_step: float | None = None
+
+  def line(self, index: int, arm: str, seed: int, text: str, step: int, total: int,
+           started: float, first_step: int) -> str:
+    done = step - first_step
+    if done > 0:
+      self.seconds_per_step = (time.time() - started) / done
+    left = ''
+    if self.seconds_per_step is not None:
+      remaining = (total - step) + total * (len(self.runs) - index - 1)
+      left = f' | comparison left ~{format_duration(remaining * self.seconds_per_step)}'
+    return f'[{index + 1}/{len(self.runs)} {arm} seed {seed}] {text}{left}'
+
+
+def arm_and_seed(run) -> tuple[str, int]:
+  arm = run.config.split(':')[1]
+  seed = dict(run.overrides).get('seed', 0)
+  return arm, int(seed)
+
+
+def train_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.Popen,
+              stream=None) -> int:
+  """Trains each run (resuming), printing the comparison progress; returns the first failure."""
+  progress = ComparisonProgress(runs, stream)
+  out = progress.stream
+  for index, run in enumerate(runs):
+    arm, seed = arm_and_seed(run)
+    print(f'[{index + 1}/{len(runs)} {arm} seed {seed}] {run.workdir}', file=out, flush=True)
+    child = execute(train_command(run), cwd=REPO, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True, bufsize=1)
+    started, first_step = time.time(), None
+    for raw in child.stdout:
+      text = raw.rstrip('\n')
+      match = _STEP_LINE.match(text)
+      if match:
+        step, total = int(match.group(1)), int(match.group(2))
+        if first_step is None:
+          first_step, started = step, time.time()
+        text = progress.line(index, arm, seed, text, step, total, started, first_step)
+      elif text:
+        text = f'[{index + 1}/{len(runs)} {arm} seed {seed}] {text}'
+      print(text, file=out, flush=True)
+    code = child.wait()
+    if code:
+      print(f'compare.py: {arm} seed {seed} exited with {code}; run the same command again to '
+            f'resume it ({run.workdir}).', file=sys.stderr)
+      return code
+  return 0
+
+
+def latest_checkpoint(workdir: str) -> int | None:
+  folder = os.path.join(workdir, 'checkpoints')
+  steps = [int(name) for name in os.listdir(folder) if name.isdigit()] if os.path.isdir(
+      folder) else []
+  return max(steps) if steps else None
+
+
+def needs_evaluation(workdir: str) -> bool:
+  """True unless eval/validation.json exists for the run's latest checkpoint."""
+  from tools import evaluate  # pylint: disable=import-outside-toplevel
+
+  latest = latest_checkpoint(workdir)
+  if latest is None:
+    return False
+  path = evaluate.outputs(workdir, 'validation')[0]
+  if not os.path.exists(path):
+    return True
+  with open(path, encoding='utf-8') as f:
+    return json.load(f).get('step') != latest
+
+
+def evaluate_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.run) -> int:
+  for index, run in enumerate(runs):
+    if needs_evaluation(run.workdir):
+      arm, seed = arm_and_seed(run)
+      print(f'[{index + 1}/{len(runs)} {arm} seed {seed}] evaluating {run.workdir}', flush=True)
+      done = execute([sys.executable, 'tools/evaluate.py', '--workdir', run.workdir], cwd=REPO,
+                     check=False)
+      if done.returncode:
+        return done.returncode
+  return 0
+
+
+def write_sweep(root: str, entries: Sequence[dict[str, Any]]) -> str:
+  """<root>/sweep.py: a launch.py sweep module holding these entries."""
+  os.makedirs(root, exist_ok=True)
+  path = os.path.join(root, 'sweep.py')
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('"""Objective comparison written by tools/compare.py: one run per arm and seed."""\n\n'
+            f'ENTRIES = {json.dumps(list(entries), indent=2)}\n\n\n'
+            'def get_sweep():\n  return [dict(entry) for entry in ENTRIES]\n')
+  return path
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--root', required=True, help='Parent of the runs\' workdirs; the report '
+                      'goes here too.')
+  parser.add_argument('--preset', default=compare.DEFAULT_PRESET, choices=sorted(compare.RUNS))
+  parser.add_argument('--arms', default='', help='Comma-separated arms (default: every arm: '
+                      'the defaults plus every registered objective).')
+  parser.add_argument('--seeds', default='0,1', help='Comma-separated training seeds.')
+  parser.add_argument('--mode', choices=('local', 'sweep', 'report'), default='local',
+                      help='local: train, evaluate and report here; sweep: write a sweep for '
+                      'tools/launch.py; report: only write the report.')
+  args, extra = parser.parse_known_args(argv)
+  return args, parse_overrides(extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from tools import launch, report  # pylint: disable=import-outside-toplevel
+
+  try:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    arms = [a for a in args.arms.split(',') if a] or compare.arm_names()
+    for arm in arms:
+      compare.get_arm(arm)
+    seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    entries = sweep_entries(arms, seeds, args.preset, overrides)
+    runs = launch.expand(entries, args.root)
+  except ValueError as error:
+    print(f'compare.py: error: {str(error).splitlines()[0]}', file=sys.stderr)
+    return 2
+  if args.mode == 'sweep':
+    path = write_sweep(args.root, entries)
+    print(f'python tools/launch.py --sweep {path} --workdir_root {args.root}')
+    print(f'# then: python tools/compare.py --root {args.root} --preset {args.preset} '
+          f'--arms {",".join(arms)} --seeds {args.seeds} (evaluates and reports)')
+    return 0
+  if args.mode == 'local':
+    status = train_all(runs) or evaluate_all(runs)
+    if status:
+      return status
+  return report.main(['--root', args.root])
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,71 @@
+"""Evaluates a finished pretraining run on a split: one exact, deterministic pass.
+
+  python tools/evaluate.py --workdir runs/clm [--split test] [--step N]
+
+Prints the metrics (training/evaluation.py) and writes them, with the per-example numbers the
+report's bootstrap intervals need, to <workdir>/eval/<split>.json and <split>_examples.npz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a finished pretraining run.')
+_SPLIT = flags.DEFINE_string('split', 'validation', 'validation, or test where the source has one.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+_SAVE = flags.DEFINE_bool('save', True, 'Write eval/<split>.json and <split>_examples.npz.')
+
+EVAL_DIR = 'eval'
+
+
+def outputs(workdir: str, split: str) -> tuple[str, str]:
+  """(metrics json, per-example npz) paths of a split's evaluation in a workdir."""
+  folder = os.path.join(workdir, EVAL_DIR)
+  return os.path.join(folder, f'{split}.json'), os.path.join(folder, f'{split}_examples.npz')
+
+
+def run(workdir: str, split: str = 'validation', step: int | None = None,
+        save: bool = True) -> dict[str, float]:
+  """Restores the run's parameters, evaluates them on `split`, optionally writes the results."""
+  from training import evaluation, experiment  # pylint: disable=import-outside-toplevel
+
+  params, step, exp = experiment.restore_params(workdir, step)
+  metrics, examples = evaluation.evaluate_examples(exp, params, split)
+  metrics = {'step': int(step), 'split': split, **metrics}
+  if save:
+    metrics_path, examples_path = outputs(workdir, split)
+    os.makedirs(os.path.dirname(metrics_path), exist_ok=True)
+    evaluation.save_examples(examples_path, examples)
+    temporary = metrics_path + '.tmp'
+    with open(temporary, 'w', encoding='utf-8') as f:
+      json.dump(metrics, f, indent=2)
+    os.replace(temporary, metrics_path)
+  return metrics
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not _WORKDIR.value:
+    print('evaluate.py: error: --workdir is required (a finished pretraining run).',
+          file=sys.stderr)
+    sys.exit(2)
+  try:
+    metrics = run(_WORKDIR.value, _SPLIT.value, _STEP.value, _SAVE.value)
+  except ValueError as error:
+    print(f'evaluate.py: error: {str(error).strip().splitlines()[0]}', file=sys.stderr)
+    sys.exit(2)
+  print(' | '.join(f'{key} {value:.4f}' if isinstance(value, float) else f'{key} {value}'
+                   for key, value in metrics.items()), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
