@@ -1,0 +1,124 @@
+"""The report builds from workdirs alone: every arm and seed, a CSV that reads back, valid PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from configs import compare
+from tools import report
+from training import evaluation
+
+ARMS = ('clm', 'mlm', 'mlm_nsp')
+SEEDS = (0, 1)
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def _examples(arm: str, seed: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng([ARMS.index(arm), seed])
+  n = 40
+  examples = {'key': np.arange(n, dtype=np.uint32)}
+  parts = ['clm'] if arm == 'clm' else ['mlm'] + (['nsp'] if arm == 'mlm_nsp' else [])
+  for part in parts:
+    count = np.ones(n, np.int32) if part == 'nsp' else rng.integers(5, 20, n).astype(np.int32)
+    examples[f'{part}.count'] = count
+    examples[f'{part}.nll'] = count * rng.uniform(1.0, 3.0, n)
+    examples[f'{part}.correct'] = rng.binomial(count, 0.4).astype(np.int32)
+    if part != 'nsp':
+      examples[f'{part}.bytes'] = count * 4
+  return examples
+
+
+def _make_run(root: str, arm: str, seed: int) -> dict[str, float]:
+  workdir = os.path.join(root, f'{arm}_seed={seed}')
+  os.makedirs(os.path.join(workdir, 'eval'))
+  config = compare.get_config(f'{arm}:tiny')
+  config.seed = seed
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(config.to_json())
+  name = 'clm' if arm == 'clm' else 'mlm'
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w', encoding='utf-8') as f:
+    for step in (0, 10, 20, 30):
+      if step:
+        f.write(json.dumps({'step': step, 'split': 'train', 'loss': 5.0, 'tokens': 1000 * step,
+                            'flops': 1e9 * step, 'wall_time': 0.5 * step,
+                            'tokens_per_sec': 2000.0 + seed}) + '\n')
+      f.write(json.dumps({'step': step, 'split': 'eval', f'{name}_loss': 6.0 - step / 10,
+                          f'{name}_bits_per_byte': 2.0 - step / 30 + 0.01 * seed}) + '\n')
+  examples = _examples(arm, seed)
+  objective = type('O', (), {'parts': tuple((p, 1.0, None) for p in
+                                            sorted({k.split('.')[0] for k in examples} - {'key'}))})
+  metrics = {'step': 30, 'split': 'validation', **evaluation.summarize(objective, examples)}
+  evaluation.save_examples(os.path.join(workdir, 'eval', 'validation_examples.npz'), examples)
+  with open(os.path.join(workdir, 'eval', 'validation.json'), 'w', encoding='utf-8') as f:
+    json.dump(metrics, f)
+  return metrics
+
+
+def test_report_lists_every_run_and_reads_back(tmp_path):
+  root = str(tmp_path / 'compare')
+  expected = {(arm, seed): _make_run(root, arm, seed) for arm in ARMS for seed in SEEDS}
+  written = report.write_report(root, root)
+  text = open(written['report'], encoding='utf-8').read()
+  for arm in ARMS:
+    assert f'| {arm} | 2 |' in text  # the summary row: two seeds
+    for seed in SEEDS:
+      assert f'| {arm} | {seed} | {arm}_seed={seed} |' in text
+  rows = report.read_csv(os.path.join(root, 'results.csv'))
+  assert len(rows) == len(expected)
+  for row in rows:
+    metrics = expected[(row['arm'], row['seed'])]
+    for key, value in metrics.items():
+      if isinstance(value, (int, float)):
+        assert row[key] == value, key  # exact round trip
+    assert row['tokens'] == 30_000 and row['flops'] == 3e10
+  assert sorted(written['plots']) == ['throughput.png', 'validation_vs_flops.png',
+                                      'validation_vs_tokens.png']
+  for path in written['plots'].values():
+    with open(path, 'rb') as f:
+      data = f.read()
+    assert data[:8] == PNG_SIGNATURE and len(data) > 1000
+    width, height = int.from_bytes(data[16:20], 'big'), int.from_bytes(data[20:24], 'big')
+    assert width > 100 and height > 100
+  assert 'Only objective fields and the features they require differ.' in text
+  assert written['uncontrolled'] == []
+
+
+def test_mean_and_std_over_seeds_in_the_table(tmp_path):
+  root = str(tmp_path / 'compare')
+  values = {seed: _make_run(root, 'clm', seed)['clm_bits_per_byte'] for seed in SEEDS}
+  rows = report.write_csv(str(tmp_path / 'r.csv'), report.find_runs(root))
+  table = '\n'.join(report.summary_table(rows))
+  mean, std = np.mean(list(values.values())), np.std(list(values.values()), ddof=1)
+  assert f'{report._fmt(float(mean))} ± {report._fmt(float(std))}' in table
+
+
+def test_bootstrap_difference_by_hand():
+  examples = _examples('clm', 0)
+  same = report.bootstrap_difference([examples], [examples], 'clm', 'bits_per_byte')
+  assert same['paired'] and same['difference'] == 0.0 and same['low'] == same['high'] == 0.0
+  shifted = dict(examples, **{'clm.nll': examples['clm.nll'] + math.log(2) * examples['clm.bytes']})
+  result = report.bootstrap_difference([examples], [shifted], 'clm', 'bits_per_byte')
+  # Adding one bit per byte to every example shifts bits per byte by exactly 1.
+  assert result['difference'] == pytest.approx(1.0)
+  assert result['low'] == pytest.approx(1.0) and result['high'] == pytest.approx(1.0)
+  other = dict(examples, key=examples['key'] + 1000)
+  unpaired = report.bootstrap_difference([examples], [other], 'clm', 'accuracy')
+  assert not unpaired['paired'] and unpaired['low'] < 0.0 < unpaired['high']
+
+
+def test_downstream_results_are_read(tmp_path):
+  root = str(tmp_path / 'compare')
+  _make_run(root, 'clm', 0)
+  folder = os.path.join(root, 'clm_seed=0', 'downstream', 'topic', 'full')
+  os.makedirs(folder)
+  with open(os.path.join(folder, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump({'metrics': {'accuracy': 0.75}, 'pretrain_step': 20}, f)
+  (run,) = report.find_runs(root)
+  assert run['downstream'] == [dict(task='topic', strategy='full', step=20, metric='accuracy',
+                                    score=0.75)]
+  assert report.plot_downstream(str(tmp_path / 'd.png'), [run])
