@@ -4,7 +4,9 @@ An objective is a frozen dataclass with
   - `data_format`: the host examples it needs ('packed' windows or 'sentence_pairs'),
   - `model_overrides()`: model features it needs (a pooler head, the query stream),
   - `prepare(rng, batch, inputs) -> (inputs, targets)`: pure and jit-able; it edits
-    the model inputs (masking, attention order, which positions get logits),
+    the model inputs (masking, attention order, which positions get logits). `inputs` are
+    what the objectives before it produced, starting from `base_inputs(batch)`; the weighted
+    objective the registry builds has the same signature with `inputs=None` meaning that start,
   - `loss(outputs, targets) -> (loss, metrics)`: pure and jit-able; metrics map a
     name to a (total, count) pair so they reduce exactly over devices and steps.
 """
@@ -109,8 +111,9 @@ class WeightedObjectives:
         merged[key] = value
     return merged
 
-  def prepare(self, rng: Array, batch: Batch) -> tuple[ModelInputs, tuple[Any, ...]]:
-    inputs = base_inputs(batch)
+  def prepare(self, rng: Array, batch: Batch,
+              inputs: ModelInputs | None = None) -> tuple[ModelInputs, tuple[Any, ...]]:
+    inputs = base_inputs(batch) if inputs is None else inputs
     targets = []
     for index, (_, _, part) in enumerate(self.parts):
       inputs, part_targets = part.prepare(jax.random.fold_in(rng, index), batch, inputs)

@@ -9,7 +9,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('data', 'fsdp')
 
 
 def mesh_shape(mesh_config: Any, device_count: int) -> tuple[int, int, int]:
@@ -51,10 +50,26 @@ def logical_rules(mesh_config: Any) -> tuple[tuple[str, Any], ...]:
   return tuple(rules)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Examples split over data and fsdp; everything else replicated."""
-  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_axes(rules: Any) -> tuple[str, ...]:
+  """The mesh axes the examples are split over: the target of the 'batch' rule, and only it."""
+  for name, target in rules:
+    if name == 'batch':
+      if target is None:
+        return ()
+      axes = (target,) if isinstance(target, str) else tuple(target)
+      unknown = [axis for axis in axes if axis not in AXES]
+      if unknown:
+        raise ValueError(f'config.mesh.rules maps "batch" onto {unknown}, which are not mesh axes '
+                         f'{AXES}: fix the rule.')
+      return axes
+  raise ValueError('config.mesh.rules has no "batch" rule: add ("batch", ("data", "fsdp")).')
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-  return int(np.prod([mesh.shape[name] for name in BATCH_AXES]))
+def batch_sharding(mesh: Mesh, rules: Any) -> NamedSharding:
+  """Examples split over the mesh axes of the 'batch' rule; everything else replicated."""
+  return NamedSharding(mesh, PartitionSpec(batch_axes(rules) or None))
+
+
+def data_parallel_size(mesh: Mesh, rules: Any) -> int:
+  """How many ways a global batch is split (the product of the batch axes' sizes)."""
+  return int(np.prod([mesh.shape[name] for name in batch_axes(rules)] or [1]))

@@ -1,0 +1,222 @@
+"""The one assembly of a run: config -> mesh, tokenizer, objective, model config, iterators, FLOPs.
+
+`build(config, workdir)` is what train.py, the benchmarks, the tests and every other command
+(evaluate, fine-tune, generate, compare) call, so a run is put together in one place only.
+It validates the config, joins the processes, builds the mesh, loads or trains the tokenizer,
+builds the objective and the model config, makes the iterators and probes their first batch.
+It compiles nothing and writes nothing into the workdir but the tokenizer copy; the loop
+writes config.json once the checkpoint (if any) has been restored.
+"""
+
+# pylint: disable=import-outside-toplevel
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import ml_collections
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a command needs of a run, nothing compiled yet."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  tokenizer: Any
+  objective: Any
+  model_config: Any
+  mesh: Any
+  rules: Any
+  train_iter: Any  # None when built without data
+  make_eval_iter: Callable[..., Any] | None  # None without data or with config.eval_steps=0
+  local_batch_size: int
+  flops_per_step: float  # training FLOPs of one global batch (training/flops.py)
+  data_cleaning: dict[str, dict[str, int]]  # split -> what the corpus build skipped or repaired
+  data_format: str = 'packed'
+
+  def model(self):
+    """The shared Transformer of this run."""
+    from models.transformer import Transformer
+    return Transformer(self.model_config)
+
+  def example_batch(self, batch_size: int = 2) -> dict[str, Any]:
+    """Zeros shaped like a host batch of this run's format (for tracing and init)."""
+    from data import pipeline
+    return pipeline.example_batch(self.data_format, batch_size, self.config.seq_len)
+
+  def init_params_fn(self) -> Callable[[Any], Any]:
+    """key -> boxed parameters, traced through the objective's own prepare()."""
+    model, example = self.model(), self.example_batch()
+
+    def init_params(key):
+      inputs, _ = self.objective.prepare(key, example)
+      return model.init({'params': key, 'dropout': key}, inputs)['params']
+
+    return init_params
+
+  def init_state(self, tx, seed: int | None = None):
+    """The sharded train state, initialised from `seed` (default config.seed)."""
+    import jax
+
+    from training import state as state_lib
+    seed = self.config.seed if seed is None else seed
+    return state_lib.sharded_init(self.init_params_fn(), tx, self.mesh, self.rules,
+                                  jax.random.key(seed), objective=self.objective,
+                                  model_config=self.model_config)
+
+
+def _capped(documents, max_chars: int):
+  """The first documents of a split, up to `max_chars` characters (the tokenizer's text)."""
+  total = 0
+  for index in range(len(documents)):
+    text = documents[index]
+    yield text
+    total += len(text)
+    if total >= max_chars:
+      return
+
+
+def check_first_batch(iterator, split: str) -> None:
+  """Reads one batch and rewinds (the iterators restore exactly), so data that yields no
+  example fails here, before compilation, as one line."""
+  state = iterator.get_state()
+  try:
+    next(iterator)
+  except (ValueError, StopIteration) as error:
+    fix = ' (config.eval_steps=0 trains without evaluation)' if split == 'validation' else ''
+    raise ValueError(f'The {split} split gives no batch: {error}{fix}') from error
+  iterator.set_state(state)
+
+
+def data_format_of(config, objective) -> str:
+  """The host format: `config.data.format` where set, else what the objective reads."""
+  wanted = config.data.get('format', '') or ''
+  native = objective.data_format
+  if not wanted or wanted == native:
+    return native
+  parts = getattr(objective, 'parts', ())
+  readers = {part.data_format for _, _, part in parts} - {'any'}
+  if readers and wanted not in readers:
+    raise ValueError(f'config.data.format={wanted!r} does not suit config.objective (it reads '
+                     f'{native!r}): set config.data.format="" or {native!r}.')
+  return wanted
+
+
+def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
+          tokenizer_path: str | None = None) -> Experiment:
+  """Validates `config` and assembles the run; see the module docstring.
+
+  With `data=False` no corpus is read: the tokenizer must exist (config.data.tokenizer,
+  `tokenizer_path`, or the workdir's tokenizer.model), and the iterators are None.
+  """
+  import jax
+
+  from data import pipeline
+  from data import tokenizer as tokenizer_lib
+  from models.config import ModelConfig
+  from objectives import registry
+  from training import checks, distributed, flops, mesh as mesh_lib
+
+  checks.check_keys(config)
+  checks.check_values(config)
+  distributed.maybe_initialize(config.distributed)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  rules = mesh_lib.logical_rules(config.mesh)
+  checks.check_batch(config, mesh_lib.data_parallel_size(mesh, rules), jax.process_count())
+  if config.resume and os.path.isdir(workdir):
+    checks.check_resume(config, workdir)
+
+  train_docs = pipeline.load_documents(config.data, 'train') if data else None
+  if data:
+    os.makedirs(workdir, exist_ok=True)
+    tokenizer = tokenizer_lib.load_or_train(
+        config.data, workdir, _capped(train_docs, config.data.tokenizer_max_chars))
+  else:
+    path = tokenizer_path or config.data.tokenizer or os.path.join(workdir, 'tokenizer.model')
+    if not os.path.exists(path):
+      raise ValueError(f'No tokenizer at {path}: point config.data.tokenizer at the run\'s '
+                       'tokenizer.model.')
+    tokenizer = tokenizer_lib.Tokenizer(path)
+  vocab_size = checks.check_vocab(config, tokenizer.size)
+  objective = registry.build(config.objective, lambda name: config.get(name, {}),
+                             vocab=tokenizer.vocab, seq_len=config.seq_len)
+  model_values = dict(config.model)
+  model_values['vocab_size'] = vocab_size
+  model_config = ModelConfig.from_config(model_values, **objective.model_overrides())
+  data_format = data_format_of(config, objective)
+
+  local_batch = config.batch_size // jax.process_count()
+  train_iter, make_eval_iter, cleaning = None, None, {}
+  if data:
+    iterator_args = dict(local_batch_size=local_batch, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+    train_iter = pipeline.make_iterator(config, data_format, 'train', tokenizer, train_docs,
+                                        **iterator_args)
+    check_first_batch(train_iter, 'train')
+    cleaning['train'] = train_docs.cleaning
+    if config.eval_steps:
+      eval_docs = pipeline.load_documents(config.data, 'validation')
+      if len(eval_docs) < jax.process_count():
+        raise ValueError(f'The validation split of config.data.source={config.data.source!r} '
+                         f'has {len(eval_docs)} documents, fewer than the processes: add '
+                         'validation data or set config.eval_steps=0.')
+
+      def make_eval_iter(**kwargs):
+        return pipeline.make_iterator(config, data_format, 'validation', tokenizer, eval_docs,
+                                      **iterator_args, **kwargs)
+
+      check_first_batch(make_eval_iter(), 'validation')
+      cleaning['validation'] = eval_docs.cleaning
+
+  flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
+      objective, model_config, config.seq_len)
+  return Experiment(config, workdir, tokenizer, objective, model_config, mesh, rules, train_iter,
+                    make_eval_iter, local_batch, flops_per_step, cleaning, data_format)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run saved in `workdir/config.json`."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir} holds no config.json: give the workdir of a pretraining run.')
+  with open(path, encoding='utf-8') as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_params(workdir: str, step: int | None = None, *,
+                   config: ml_collections.ConfigDict | None = None) -> tuple[Any, int, Experiment]:
+  """A pretraining run's parameters at `step` (default: its latest checkpoint).
+
+  Returns (params, step, experiment); the experiment is built without data, on this
+  machine's devices, with the run's own tokenizer and model.
+  """
+  import jax
+
+  from training import checkpoint as checkpoint_lib, optim, state as state_lib
+
+  config = load_config(workdir) if config is None else config
+  with config.unlocked():
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.distributed.auto = False
+    config.resume = False
+  exp = build(config, workdir, data=False)
+  # The restore target is the run's whole train state (its optimizer included); only the
+  # parameters are kept.
+  state, _ = exp.init_state(optim.make_optimizer(config.optimizer, config.total_steps))
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, jax.process_index())
+  try:
+    steps = checkpointer.complete_steps()
+    if not steps:
+      raise ValueError(f'{workdir} holds no complete checkpoint: train it first.')
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+      raise ValueError(f'{workdir} has no checkpoint at step {step}: it has {steps}.')
+    restored, _ = checkpointer.restore(step, state_lib.abstract_state(state))
+    params = restored.params
+  finally:
+    checkpointer.close()
+  return params, step, exp
