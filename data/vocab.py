@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -14,7 +15,10 @@ class Vocab:
   `is_special[i]` marks ids that are never masked, predicted as random
   replacements or counted as ordinary text (pad, unk, bos, eos, cls, sep, mask).
   `word_start[i]` marks pieces that begin a word (SentencePiece's '▁' prefix),
-  which whole-word masking needs. An id of -1 means the token does not exist.
+  which whole-word masking needs. `is_whitespace[i]` marks pieces that are only whitespace
+  ('▁', a line break, a whitespace byte), which BERT never masks; it defaults to none, for
+  vocabularies built without it (see `whitespace_flags`). An id of -1 means the token does not
+  exist.
   """
 
   size: int
@@ -27,9 +31,12 @@ class Vocab:
   mask_id: int
   is_special: np.ndarray
   word_start: np.ndarray
+  is_whitespace: np.ndarray | None = None
 
   def __post_init__(self):
-    for name in ('is_special', 'word_start'):
+    if self.is_whitespace is None:
+      object.__setattr__(self, 'is_whitespace', np.zeros(self.size, np.bool_))
+    for name in ('is_special', 'word_start', 'is_whitespace'):
       array = getattr(self, name)
       if array.shape != (self.size,) or array.dtype != np.bool_:
         raise ValueError(f'Vocab.{name} must be a bool array of shape ({self.size},), got '
@@ -39,7 +46,8 @@ class Vocab:
   # dataclass that jit treats as static.
   def _key(self):
     return (self.size, self.pad_id, self.unk_id, self.bos_id, self.eos_id, self.cls_id,
-            self.sep_id, self.mask_id, self.is_special.tobytes(), self.word_start.tobytes())
+            self.sep_id, self.mask_id, self.is_special.tobytes(), self.word_start.tobytes(),
+            self.is_whitespace.tobytes())
 
   def __hash__(self):
     return hash(self._key())
@@ -51,6 +59,22 @@ class Vocab:
   def ordinary_ids(self) -> np.ndarray:
     """Ids of ordinary (non-special) pieces, e.g. for MLM's random replacements."""
     return np.flatnonzero(~self.is_special).astype(np.int32)
+
+
+def whitespace_flags(pieces: Sequence[str]) -> np.ndarray:
+  """`is_whitespace` for SentencePiece pieces: True where the text is only whitespace ('▁'
+  is a space; byte pieces '<0x0A>' count by their byte)."""
+
+  def blank(piece: str) -> bool:
+    if len(piece) == 6 and piece.startswith('<0x') and piece.endswith('>'):
+      try:
+        return chr(int(piece[3:5], 16)).isspace()
+      except ValueError:
+        return False
+    text = piece.replace('▁', ' ')
+    return bool(text) and text.isspace()
+
+  return np.array([blank(piece) for piece in pieces], np.bool_)
 
 
 def toy_vocab(size: int = 64) -> Vocab:

@@ -1,9 +1,12 @@
 """Masked language modeling (BERT), with whole-word (BERT wwm) and span (SpanBERT) masking.
 
 Per sequence a budget of num_to_predict = min(max_predictions, max(1, round(n * mask_rate)))
-tokens is chosen among the n real tokens (segment id > 0, not special). The chosen tokens
-become [MASK] (mask_token_rate), a random ordinary id (random_token_rate) or stay unchanged,
-and the model predicts the originals at those positions only.
+tokens is chosen among the n real tokens (segment id > 0, not special, not a whitespace-only
+piece: BERT's tokenizer has none, so it never masks whitespace). The chosen tokens become
+[MASK] (mask_token_rate), a random ordinary id (random_token_rate) or stay unchanged, and the
+model predicts the originals at those positions only. That choice is drawn per token for
+token and word units (BERT, BERT wwm) and once per span for spans (SpanBERT), whose random
+case then replaces each token of the span by its own random id.
 
 Units:
   token: single tokens, uniformly without replacement (BERT).
@@ -51,9 +54,20 @@ def span_length_probs(p: float, max_len: int) -> np.ndarray:
   return probs / probs.sum()
 
 
-def mask_candidates(tokens: Array, segment_ids: Array, is_special: Array) -> Array:
-  """True on real (non-padding), non-special tokens: the only ones MLM may choose."""
-  return (segment_ids > 0) & ~is_special[tokens]
+def mask_candidates(tokens: Array, segment_ids: Array, is_special: Array,
+                    is_whitespace: Array | None = None) -> Array:
+  """True on real (non-padding), non-special, non-whitespace tokens: the only ones MLM may
+  choose."""
+  candidates = (segment_ids > 0) & ~is_special[tokens]
+  return candidates if is_whitespace is None else candidates & ~is_whitespace[tokens]
+
+
+def span_starts(selected: Array, segment_ids: Array) -> Array:
+  """[B, T] True at the first token of each run of selected tokens (a run never crosses a
+  document boundary); with span masking each run is one span."""
+  previous = jnp.pad(selected[:, :-1], ((0, 0), (1, 0)))
+  same_segment = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1) == segment_ids
+  return selected & ~(previous & same_segment)
 
 
 def prediction_budget(candidates: Array, mask_rate: float, max_predictions: int) -> Array:
@@ -160,14 +174,21 @@ class MaskedLM:
   def model_overrides(self) -> dict[str, Any]:
     return {}
 
+  @property
+  def replacement_ids(self) -> np.ndarray:
+    """Ids a random replacement draws from: ordinary pieces that are not only whitespace."""
+    ordinary = self.vocab.ordinary_ids
+    return ordinary[~self.vocab.is_whitespace[ordinary]]
+
   def select(self, rng: Array, tokens: Array, segment_ids: Array) -> Array:
     """The positions [B, T] to predict, at most max_predictions per sequence."""
     is_special = jnp.asarray(self.vocab.is_special)
+    is_whitespace = jnp.asarray(self.vocab.is_whitespace)
     word_start = jnp.asarray(self.vocab.word_start)
     span_probs = span_length_probs(self.span_p, self.span_max) if self.unit == 'span' else None
 
     def one(key, tokens, segment_ids):
-      candidates = mask_candidates(tokens, segment_ids, is_special)
+      candidates = mask_candidates(tokens, segment_ids, is_special, is_whitespace)
       budget = prediction_budget(candidates, self.mask_rate, self.max_predictions)
       if self.unit == 'token':
         return select_tokens(key, candidates, budget, self.max_predictions)
@@ -178,11 +199,18 @@ class MaskedLM:
     keys = jax.random.split(rng, tokens.shape[0])
     return jax.vmap(one)(keys, tokens, segment_ids)
 
-  def corrupt(self, rng: Array, tokens: Array, selected: Array) -> Array:
-    """Replaces selected tokens by [MASK], a random ordinary id or themselves (80/10/10)."""
+  def corrupt(self, rng: Array, tokens: Array, selected: Array,
+              segment_ids: Array | None = None) -> Array:
+    """Replaces selected tokens by [MASK], a random ordinary id or themselves (80/10/10),
+    drawn per token, or per span (each run of selected tokens) for unit='span'."""
     choice_key, id_key = jax.random.split(rng)
     draw = jax.random.uniform(choice_key, tokens.shape)
-    ordinary = jnp.asarray(self.vocab.ordinary_ids)
+    if self.unit == 'span':
+      segments = jnp.ones_like(tokens) if segment_ids is None else segment_ids
+      index = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+      first = jax.lax.cummax(jnp.where(span_starts(selected, segments), index, 0), axis=1)
+      draw = jnp.take_along_axis(draw, first, axis=1)  # every token of a span: its first's draw
+    ordinary = jnp.asarray(self.replacement_ids)
     random_ids = ordinary[jax.random.randint(id_key, tokens.shape, 0, ordinary.shape[0])]
     masked = selected & (draw < self.mask_token_rate)
     randomised = selected & ~masked & (draw < self.mask_token_rate + self.random_token_rate)
@@ -196,7 +224,8 @@ class MaskedLM:
     selected = self.select(select_key, tokens, inputs.segment_ids)
     index, weights = prediction_slots(selected, self.max_predictions)
     targets = jnp.where(weights > 0, jnp.take_along_axis(tokens, index, axis=1), 0)
-    inputs = inputs.replace(tokens=self.corrupt(corrupt_key, tokens, selected),
+    inputs = inputs.replace(tokens=self.corrupt(corrupt_key, tokens, selected,
+                                                inputs.segment_ids),
                             attn_order=None, causal=False, predict_index=index)
     return inputs, {'targets': targets, 'weights': weights}
 
@@ -231,7 +260,7 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> M
   if vocab.mask_id < 0:
     raise ValueError('config.objective includes mlm but the vocabulary has no mask token '
                      '(mask_id < 0): use a tokenizer with a [MASK] piece.')
-  if random_token_rate > 0 and vocab.ordinary_ids.size == 0:
+  if random_token_rate > 0 and not (~vocab.is_special & ~vocab.is_whitespace).any():
     raise ValueError('config.mlm.random_token_rate > 0 needs ordinary (non-special) ids in '
                      'the vocabulary.')
   unit = values['unit']

@@ -218,3 +218,60 @@ def test_vocab_without_mask_token_is_rejected():
   vocab = dataclasses.replace(VOCAB, mask_id=-1)
   with pytest.raises(ValueError, match='mask'):
     registry.build('mlm', lambda name: {}, vocab=vocab, seq_len=64)
+
+
+def _runs(selected_row, segments_row):
+  """(start, end) of each run of selected positions that stays inside one segment."""
+  runs, start = [], None
+  for t, chosen in enumerate(list(selected_row) + [False]):
+    boundary = start is not None and t < len(segments_row) and segments_row[t] != segments_row[t - 1]
+    if start is not None and (not chosen or boundary):
+      runs.append((start, t))
+      start = None
+    if chosen and start is None:
+      start = t
+  return runs
+
+
+def test_span_masking_applies_80_10_10_to_each_span_as_a_whole():
+  """SpanBERT: a span is all [MASK], all random ids, or all unchanged; never a mixture."""
+  objective = _objective(seq_len=128, unit='span')
+  batch = _batch(8, batch=384, length=128)
+  inputs, _, selected = _prepare(objective, batch, 8)
+  new, old = np.asarray(inputs.tokens), batch['tokens']
+  counts = {'mask': 0, 'random': 0, 'kept': 0}
+  long_spans = 0
+  for row in range(new.shape[0]):
+    for start, end in _runs(selected[row], batch['segment_ids'][row]):
+      masked = new[row, start:end] == VOCAB.mask_id
+      assert masked.all() or not masked.any(), (row, start, end)
+      changed = new[row, start:end] != old[row, start:end]
+      kind = 'mask' if masked.all() else 'random' if changed.any() else 'kept'
+      counts[kind] += 1
+      long_spans += end - start > 2
+  total = sum(counts.values())
+  assert total > 1000 and long_spans > 300
+  # Per span: 0.8 / 0.1 / 0.1; a random span equal to the original (1/57 per token) counts as kept.
+  assert abs(counts['mask'] / total - 0.8) < 0.03
+  assert abs(counts['random'] / total - 0.1) < 0.025
+  assert abs(counts['kept'] / total - 0.1) < 0.025
+
+
+@pytest.mark.parametrize('unit', ['token', 'span'])
+def test_whitespace_only_pieces_are_never_masked_nor_drawn_as_replacements(unit):
+  whitespace = np.zeros(VOCAB.size, bool)
+  whitespace[7:15] = True  # 8 of the 57 ordinary ids, word starts among them
+  vocab = dataclasses.replace(VOCAB, is_whitespace=whitespace)
+  objective = registry.build('mlm', lambda name: {'unit': unit, 'mask_token_rate': 0.0,
+                                                  'random_token_rate': 1.0},
+                             vocab=vocab, seq_len=64)
+  batch = _batch(9, batch=128)
+  inputs, _, selected = _prepare(objective, batch, 9)
+  tokens = batch['tokens']
+  candidates = _candidates(batch) & ~whitespace[tokens]
+  assert whitespace[tokens][_candidates(batch)].mean() > 0.1  # plenty of them to choose from
+  assert not (selected & whitespace[tokens]).any()
+  assert abs(selected.sum() / candidates.sum() - 0.15) < 0.02
+  replaced = np.asarray(inputs.tokens)[selected]  # every chosen token replaced at random
+  assert len(replaced) > 500 and not whitespace[replaced].any()
+  assert not VOCAB.is_special[replaced].any()
