@@ -45,6 +45,12 @@ class Pretrained:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(self.params)))
 
 
+def objective_of(config) -> Any:
+  """config.objective as plain JSON: a name, or a dict name -> weight."""
+  objective = config.objective
+  return objective if isinstance(objective, str) else {k: float(v) for k, v in objective.items()}
+
+
 def is_causal(prepare, example_batch: Mapping[str, np.ndarray]) -> bool:
   """Whether an objective's prepared inputs use left-to-right attention (traced, not run)."""
   inputs = jax.eval_shape(lambda key: prepare(key, example_batch)[0], jax.random.key(0))
@@ -89,6 +95,9 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir {workdir} does not exist: give a pretraining run\'s workdir.')
   params, step, exp = experiment.restore_params(workdir, step)
+  # Fine-tuning, prompting and instruction tuning run on one device: small heads and batches
+  # gain nothing from the pretraining mesh, and replicated steps would repeat the work.
+  params = jax.device_put(params, jax.local_devices()[0])
   tokenizer = exp.tokenizer
   if tokenizer_path:
     if not os.path.exists(tokenizer_path):
@@ -105,5 +114,5 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
                    f'{step}', prepare=prepare, example_batch=example)
   return Pretrained(workdir=workdir, step=int(step), params=params, model_config=model_config,
                     tokenizer=tokenizer, causal=is_causal(prepare, example),
-                    objective=exp.config.objective, flops_per_step=float(exp.flops_per_step),
+                    objective=objective_of(exp.config), flops_per_step=float(exp.flops_per_step),
                     data_format=exp.data_format, example_batch=example, prepare=prepare)
