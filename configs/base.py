@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
+from data import config as data_config
 from objectives import registry
 
 # Model shapes; the CPU preset `tiny` is what the README's first command trains.
@@ -83,23 +84,8 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       **MODEL_PRESETS[preset],
   ))
 
-  config.data = ml_collections.ConfigDict(dict(
-      source='builtin',  # builtin (standard-library docstrings) | text (local files) | tfds
-      tfds_name='',  # e.g. 'c4/en:3.1.0' with source=tfds
-      text_field='text',
-      data_dir='',  # '' = the local cache; may be gs://... for tfds
-      train_files='',  # comma-separated globs with source=text
-      validation_files='',
-      train_split='train',
-      validation_split='validation',
-      builtin_max_files=0,  # 0 = the whole standard library
-      min_doc_chars=200,
-      tokenizer='',  # path to a SentencePiece .model; '' trains one on the training split
-      vocab_size=shape['vocab_size'],
-      tokenizer_max_chars=5_000_000,
-      shuffle=True,
-      short_seq_prob=0.1,  # sentence pairs: chance of a shorter target length (BERT)
-  ))
+  # Shared data settings plus each registered source's and format's own (data/config.py).
+  config.data = data_config.data_config(shape['vocab_size'])
 
   # Mesh axes sizes; -1 takes the devices left over. Rules map logical axis names of
   # parameters and activations onto mesh axes (size-1 axes shard nothing).

@@ -1,4 +1,8 @@
-"""Host-side input: documents -> tokenizer -> examples of the format the objective reads."""
+"""Host-side input: documents -> tokenizer -> examples of the format the objective reads.
+
+The facade the trainer and tools call. Sources live in data/sources/, formats in
+data/formats/, and the reader every format shares in data/reader.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from data import corpora, packing, tokenizer as tokenizer_lib
+from data import formats, reader as reader_lib, sources
+from data.tokens import EncodedDocuments, tokenizer_fingerprint
 
 
 class ExampleIterator(Protocol):
@@ -27,41 +32,60 @@ class ExampleIterator(Protocol):
     ...
 
 
+def load_documents(data_config, split: str):
+  """The documents of `split` ('train', 'validation' or 'test') of `config.data.source`."""
+  return sources.load_documents(data_config, split)
+
+
 def example_batch(data_format: str, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
-  """A batch of zeros with the shapes and dtypes `data_format` produces (for tracing)."""
-  ones = np.ones((batch_size, seq_len), np.int32)
-  batch = {'tokens': ones * 7, 'segment_ids': ones,
-           'positions': np.broadcast_to(np.arange(seq_len, dtype=np.int32), ones.shape).copy()}
-  if data_format in ('sentence_pairs', 'sentence_order_pairs'):
-    batch['token_types'] = np.zeros_like(ones)
-    batch['next_sentence_label'] = np.zeros((batch_size,), np.int32)
+  """A batch with the shapes and dtypes `data_format` produces (for tracing): token 7 on
+  every position of one segment, positions 0..seq_len-1, other fields zero."""
+  spec = formats.get(data_format).spec(batch_size, seq_len)
+  batch = {name: np.zeros(shape, dtype) for name, (shape, dtype) in spec.items()}
+  batch['tokens'][...] = 7
+  batch['segment_ids'][...] = 1
+  batch['positions'][...] = np.arange(seq_len, dtype=np.int32)
   return batch
 
 
-def make_iterator(config, data_format: str, split: str, tokenizer: tokenizer_lib.Tokenizer,
-                  documents: corpora.DocumentSource, *, local_batch_size: int,
-                  process_index: int, process_count: int) -> ExampleIterator:
-  """This process's endless iterator: shuffled for training, in a fixed order for validation.
+def tokenized_view(documents: Any, tokenizer: Any) -> Any:
+  """Documents as the formats read them: stored ids (pretokenized) or text encoded on the fly.
 
-  Validation repeats too, so every process yields the same number of eval batches
-  (config.eval_steps) even when their shards differ in length.
+  Stored ids made by another tokenizer than the run's are a one-line error.
   """
-  train = split == 'train'
-  common = dict(
-      documents=documents, tokenize=tokenizer.encode, seq_len=config.seq_len,
-      local_batch_size=local_batch_size, process_index=process_index,
-      process_count=process_count, seed=config.seed, shuffle=train and config.data.shuffle,
-      repeat=True)
-  if data_format == 'packed':
-    return packing.PackedIterator(vocab=tokenizer.vocab, **common)
-  if data_format in ('sentence_pairs', 'sentence_order_pairs'):
-    from data import pairs  # pylint: disable=import-outside-toplevel
+  if hasattr(documents, 'document') and hasattr(documents, 'sentences'):
+    made_by = documents.fingerprint()['tokenizer']
+    if made_by != tokenizer_fingerprint(tokenizer.encode):
+      raise ValueError(f'{documents.name} was tokenized by another tokenizer than the run\'s '
+                       f'({tokenizer.path}); leave config.data.tokenizer empty to use the '
+                       'tokenizer.model stored with the shards.')
+    return documents
+  return EncodedDocuments(documents, tokenizer.encode, getattr(tokenizer, 'encode_batch', None))
 
-    return pairs.SentencePairIterator(
-        vocab=tokenizer.vocab, short_seq_prob=config.data.get('short_seq_prob', 0.1),
-        sentence_order=data_format == 'sentence_order_pairs',
-        name=f'The {split} split ({getattr(documents, "name", "documents")})', **common)
-  raise ValueError(f'Unknown data format {data_format!r} asked for by config.objective.')
+
+def make_iterator(config, data_format: str, split: str, tokenizer, documents, *,
+                  local_batch_size: int, process_index: int, process_count: int,
+                  exact_pass: bool = False) -> ExampleIterator:
+  """This process's iterator over `split` in `data_format`.
+
+  Training reads an endless stream, shuffled when config.data.shuffle. Other splits repeat in
+  a fixed order, so every process yields the same number of batches (config.eval_steps) even
+  when shards differ in length; `exact_pass=True` instead makes one deterministic pass where
+  every example of the split appears exactly once across processes (see
+  reader.ExactPassIterator).
+  """
+  fmt = formats.get(data_format)(tokenizer.vocab, config.seq_len, config.data)
+  view = tokenized_view(documents, tokenizer)
+  name = f'The {split} split ({getattr(documents, "name", "documents")})'
+  if exact_pass:
+    return reader_lib.ExactPassIterator(
+        fmt, view, local_batch_size=local_batch_size, process_index=process_index,
+        process_count=process_count, seed=config.seed, name=name)
+  train = split == 'train'
+  return reader_lib.ExampleIterator(
+      fmt, view, local_batch_size=local_batch_size, process_index=process_index,
+      process_count=process_count, seed=config.seed, shuffle=train and config.data.shuffle,
+      repeat=True, name=name)
 
 
 def stats_values(iterator: ExampleIterator) -> dict[str, float]:

@@ -22,18 +22,22 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from etils import epath
 
-from data.corpora import cache_root
+from data.cache import cache_root
 from data.vocab import Vocab
 
 MODEL_FILENAME = 'tokenizer.model'
 SPECIAL_PIECES = ('[CLS]', '[SEP]', '[MASK]')
-# Settings that change the trained model; part of the cache key.
+# Whitespace other than the space, kept as pieces of its own so that no piece spans a line
+# break and the piece after one starts a word (BERT's tokenizer splits words there too).
+WHITESPACE_PIECES = ('\n', '\t')
+MODEL_TYPES = ('unigram', 'bpe', 'char', 'word')
+# Settings that change the trained model; with the config's (`trainer_settings`) the cache key.
 TRAINER_SETTINGS = dict(
-    model_type='unigram', byte_fallback=True, normalization_rule_name='identity',
+    byte_fallback=True, normalization_rule_name='identity',
     remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
     split_digits=True, character_coverage=0.9995, max_sentence_length=1 << 16,
     input_sentence_size=200_000, shuffle_input_sentence=True, hard_vocab_limit=False,
-    pad_id=0, unk_id=1, bos_id=2, eos_id=3, user_defined_symbols=list(SPECIAL_PIECES))
+    pad_id=0, unk_id=1, bos_id=2, eos_id=3)
 _TRAINER_SEED = 0
 # Fixed rather than os.cpu_count(): the trained pieces depend on the thread count, and every
 # host (and every later run) must train the very same model from the same text.
@@ -59,9 +63,9 @@ class Tokenizer:
     """Piece ids of `text`, without bos/eos (packing adds those)."""
     return self._sp.EncodeAsIds(text)
 
-  def encode_batch(self, texts: list[str]) -> list[list[int]]:
-    """Piece ids of several texts, encoded on all cores."""
-    return self._sp.Encode(texts, out_type=int, num_threads=os.cpu_count() or 1)
+  def encode_batch(self, texts: list[str], num_threads: int | None = None) -> list[list[int]]:
+    """Piece ids of several texts in one call, on `num_threads` threads (default: all cores)."""
+    return self._sp.Encode(texts, out_type=int, num_threads=num_threads or os.cpu_count() or 1)
 
   def decode(self, ids: Iterable[int]) -> str:
     """Text of piece ids; control ids (pad, bos, eos) decode to nothing."""
@@ -76,10 +80,14 @@ def _vocab_of(sp: spm.SentencePieceProcessor, model_proto: bytes) -> Vocab:
   size = sp.GetPieceSize()
   user_defined = model_pb2.ModelProto.SentencePiece.USER_DEFINED
   pieces = model_pb2.ModelProto.FromString(model_proto).pieces
-  # Byte pieces (<0x41>) are ordinary text; control, unknown and user-defined ones are not.
+  # Byte pieces (<0x41>) and a user's own symbols are ordinary text; control, unknown and
+  # the [CLS]/[SEP]/[MASK] pieces are not.
   is_special = np.array([sp.IsControl(i) or sp.IsUnknown(i) or sp.IsUnused(i)
-                         or pieces[i].type == user_defined for i in range(size)], np.bool_)
-  word_start = np.array([sp.IdToPiece(i).startswith('▁') for i in range(size)], np.bool_)
+                         or (pieces[i].type == user_defined and pieces[i].piece in SPECIAL_PIECES)
+                         for i in range(size)], np.bool_)
+  # A word starts at a space ('▁') or at a line break or tab piece.
+  word_start = np.array([sp.IdToPiece(i).startswith(('▁', *WHITESPACE_PIECES))
+                         for i in range(size)], np.bool_)
 
   def piece_id(piece: str) -> int:
     index = sp.PieceToId(piece)
@@ -102,8 +110,34 @@ def _capped_texts(texts: Iterable[str], max_chars: int) -> list[str]:
   return kept
 
 
-def train_model(texts: list[str], vocab_size: int, log_path: str | None = None) -> bytes:
-  """A serialized SentencePiece model trained in memory on `texts`."""
+def trainer_settings(data_config: ml_collections.ConfigDict) -> dict:
+  """SentencePiece trainer settings: the fixed ones plus the config's model type and symbols.
+
+  Configs older than these keys train what they always did (unigram, no line-break pieces).
+  """
+  model_type = data_config.get('tokenizer_model_type', 'unigram')
+  if model_type not in MODEL_TYPES:
+    raise ValueError(f'config.data.tokenizer_model_type={model_type!r} is not one of '
+                     f'{", ".join(repr(t) for t in MODEL_TYPES)}.')
+  user = [s.strip() for s in data_config.get('tokenizer_user_symbols', '').split(',') if s.strip()]
+  for symbol in user:
+    if symbol in ('<unk>', '<s>', '</s>', '<pad>'):
+      raise ValueError(f'config.data.tokenizer_user_symbols holds {symbol!r}, which is a '
+                       'control piece of SentencePiece; choose another spelling.')
+  whitespace = list(WHITESPACE_PIECES) if 'tokenizer_model_type' in data_config else []
+  symbols = list(dict.fromkeys([*SPECIAL_PIECES, *whitespace, *user]))
+  return dict(TRAINER_SETTINGS, model_type=model_type, user_defined_symbols=symbols)
+
+
+def train_model(texts: list[str], vocab_size: int, log_path: str | None = None,
+                settings: dict | None = None) -> bytes:
+  """A serialized SentencePiece model trained in memory on `texts`.
+
+  SentencePiece's refusals (a vocabulary larger than the text supports, say) are one-line
+  ValueErrors naming the setting.
+  """
+  settings = settings or dict(TRAINER_SETTINGS, model_type='unigram',
+                              user_defined_symbols=list(SPECIAL_PIECES))
   model = io.BytesIO()
   spm.set_random_generator_seed(_TRAINER_SEED)
   with open(log_path or os.devnull, 'w') as log:
@@ -113,10 +147,32 @@ def train_model(texts: list[str], vocab_size: int, log_path: str | None = None) 
       log_args = {'logstream': log}
     except (AttributeError, OSError, ValueError):
       log_args = {}
-    spm.SentencePieceTrainer.Train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
-        num_threads=_TRAINER_THREADS, **log_args, **TRAINER_SETTINGS)
+    try:
+      spm.SentencePieceTrainer.Train(
+          sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+          num_threads=_TRAINER_THREADS, **log_args, **settings)
+    except RuntimeError as error:
+      reason = str(error).strip().splitlines()[-1] if str(error).strip() else 'failed'
+      reason = reason.split('] ')[-1].strip()
+      raise ValueError(
+          f'SentencePiece cannot train a {settings["model_type"]} tokenizer with '
+          f'config.data.vocab_size={vocab_size} on {sum(map(len, texts))} characters ({reason}); '
+          'lower config.data.vocab_size or give more text (config.data.tokenizer_max_chars).'
+      ) from None
   return model.getvalue()
+
+
+def _trained_with(model_proto: bytes) -> dict:
+  """The settings a model file was trained with that the config chooses."""
+  spec = model_pb2.ModelProto.FromString(model_proto).trainer_spec
+  model_type = model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
+  return {'vocab_size': spec.vocab_size, 'model_type': model_type,
+          'user_defined_symbols': list(spec.user_defined_symbols)}
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  checkpoints = epath.Path(workdir) / 'checkpoints'
+  return checkpoints.exists() and any(checkpoints.iterdir())
 
 
 def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
@@ -125,9 +181,14 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
 
   A trained model is cached under the cache root keyed by a hash of the training text it
   saw and the trainer settings, and copied to `workdir/tokenizer.model` so a resumed run
-  (or a later evaluation) uses the very same pieces.
+  (or a later evaluation) uses the very same pieces. A workdir's model trained with other
+  settings than the config's is replaced when the workdir has no checkpoint yet (a run that
+  failed before its first save) and is a one-line error otherwise. The pretokenized source
+  uses the tokenizer stored with its shards.
   """
   user_path = data_config.tokenizer
+  if not user_path and data_config.get('source') == 'pretokenized':
+    user_path = os.path.join(os.path.expanduser(data_config.pretokenized_dir), MODEL_FILENAME)
   if user_path:
     if not epath.Path(user_path).exists():
       raise FileNotFoundError(f'config.data.tokenizer={user_path!r} does not exist; point it at '
@@ -138,16 +199,39 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
                      'pieces and 7 special pieces come first; use at least 300.')
   if data_config.tokenizer_max_chars < 1:
     raise ValueError('config.data.tokenizer_max_chars must be positive.')
+  settings = trainer_settings(data_config)
+  user_symbols = settings['user_defined_symbols'][len(SPECIAL_PIECES):]
   resumed = epath.Path(workdir) / MODEL_FILENAME if workdir else None
   if resumed is not None and resumed.exists():
-    return Tokenizer(os.fspath(resumed))
+    model = resumed.read_bytes()
+    trained = _trained_with(model)
+    # Line-break pieces are not compared: models trained before them stay usable.
+    changed = [f'{key} {trained[key]!r} (config: {value!r})' for key, value in
+               (('vocab_size', data_config.vocab_size), ('model_type', settings['model_type']))
+               if trained[key] != value]
+    missing = [s for s in user_symbols
+               if s not in trained['user_defined_symbols'] and s not in WHITESPACE_PIECES]
+    if missing:
+      changed.append(f'no user symbols {missing!r} (config.data.tokenizer_user_symbols)')
+    if not changed:
+      return Tokenizer(os.fspath(resumed), model)
+    if _has_checkpoints(workdir):
+      raise ValueError(f'{resumed} was trained with {", ".join(changed)}; resume with the run\'s '
+                       'own tokenizer settings, or start a new workdir.')
+    # A run that failed before its first checkpoint left it: train the configured one.
 
   texts = _capped_texts(train_texts, data_config.tokenizer_max_chars)
   if not any(text.strip() for text in texts):
     raise ValueError('The training split has no text to train a tokenizer on; check '
                      'config.data.source and its files.')
   key = hashlib.sha256()
-  key.update(json.dumps([data_config.vocab_size, TRAINER_SETTINGS, _TRAINER_SEED,
+  legacy = settings == dict(TRAINER_SETTINGS, model_type='unigram',
+                            user_defined_symbols=list(SPECIAL_PIECES))
+  # The settings of configs made before the tokenizer keys hash as they did, so their cache
+  # entries stay valid.
+  key_settings = ({'model_type': 'unigram', **TRAINER_SETTINGS,
+                   'user_defined_symbols': list(SPECIAL_PIECES)} if legacy else settings)
+  key.update(json.dumps([data_config.vocab_size, key_settings, _TRAINER_SEED,
                          _TRAINER_THREADS, spm.__version__]).encode('utf-8'))
   for text in texts:
     key.update(hashlib.sha256(text.encode('utf-8')).digest())
@@ -158,7 +242,8 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
       model = f.read()
   else:
     os.makedirs(cache_dir, exist_ok=True)
-    model = train_model(texts, data_config.vocab_size, log_path=cached[:-len('.model')] + '.log')
+    model = train_model(texts, data_config.vocab_size, log_path=cached[:-len('.model')] + '.log',
+                        settings=settings)
     _write_atomically(epath.Path(cached), model)
   if resumed is None:
     return Tokenizer(cached, model)

@@ -302,7 +302,7 @@ def test_get_state_set_state_resumes_exactly():
   original, state = conftest.check_exact_resume(
       lambda: packed(documents, repeat=True, seq_len=16, local_batch_size=2), skip=7,
       compare=40)
-  assert original.get_state()['epoch'] >= 2  # the compared batches span several epochs
+  assert original.get_state()['reader']['epoch'] >= 2  # the compared batches span several epochs
   with pytest.raises(ValueError, match='seed'):
     packed(documents, seed=2).set_state(state)
 

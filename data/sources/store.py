@@ -1,0 +1,134 @@
+"""Corpora built once by a tfds builder into array_record files, and read back without TF.
+
+The builtin and local-text sources define builders on `TextBuilder`; the tfds source uses the
+registered ones. `build_and_load` builds under a file lock (concurrent processes build once)
+and returns the split as `DocumentSource`. Importing this module imports tensorflow_datasets,
+so sources import it only when loading.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from data.cache import cache_root
+from data.cleaning import why_empty
+from data.sources.documents import DocumentSource
+
+
+def data_dir_for(data_config: ml_collections.ConfigDict) -> str:
+  """The tfds data_dir: `config.data.data_dir`, or `<cache root>/tfds` when empty."""
+  return data_config.data_dir or os.path.join(cache_root(), 'tfds')
+
+
+def checksum(texts: list[str]) -> str:
+  """A hash of a split's every document, stored with the build to fingerprint the corpus."""
+  digest = hashlib.sha256()
+  for text in texts:
+    digest.update(hashlib.sha256(text.encode('utf-8')).digest())
+  return digest.hexdigest()[:16]
+
+
+class TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder of documents with one `text` feature, defined outside any tfds package.
+
+  `_split_generators` stores each split's cleaning counts in `info.metadata['cleaning']` and
+  a hash of its documents in `info.metadata['checksums']`.
+  """
+
+  DESCRIPTION = ''
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> None:
+    # No checksums or metadata files live next to this code; without this tfds inspects
+    # package resources, which needs `importlib_resources`, to look for them.
+    return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.DESCRIPTION, metadata=tfds.core.MetadataDict(),
+        features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+
+  def _generate_examples(self, items):
+    for key, text, _ in items:
+      yield key, {'text': text}
+
+  def _record_checksums(self, splits: dict[str, list]) -> None:
+    self.info.metadata['checksums'] = {
+        name: checksum([text for _, text, _ in items]) for name, items in splits.items()}
+
+
+@contextlib.contextmanager
+def build_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive file lock so concurrent processes build a dataset once."""
+  if '://' in data_dir:  # Remote data_dirs are prepared elsewhere; nothing to lock.
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  lock_path = os.path.join(data_dir, f'.{name.replace("/", "_").replace(":", "_")}.lock')
+  with open(lock_path, 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class _NoCustomConfigWarning(logging.Filter):
+  """Drops tfds' warning that a builder uses a config it does not list; ours all do."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return 'Using custom data configuration' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_NoCustomConfigWarning())
+
+
+def build_and_load(make_builder: Callable[[], Any], data_dir: str, split_name: str,
+                   text_field: str, *, setting: str, empty_fix: str) -> DocumentSource:
+  """Builds (once, under a lock) and opens `split_name` of the builder as documents.
+
+  `setting` names the config key that chose the split, for errors; `empty_fix` says what to
+  do when a split was built but nothing was left in it.
+  """
+  builder = make_builder()
+  config_name = builder.builder_config.name if builder.builder_config else ''
+  # Builders constructed before another process finished would hold a stale DatasetInfo, so
+  # re-create the builder under the lock.
+  with build_lock(data_dir, f'{builder.name}-{config_name}'):
+    builder = make_builder()
+    tfds.disable_progress_bar()
+    builder.download_and_prepare(file_format='array_record')
+  info = builder.info
+  if info.file_format is not None and info.file_format.value != 'array_record':
+    raise ValueError(f'{builder.name} in {data_dir} is stored as {info.file_format.value}, which '
+                     'cannot be read without TensorFlow; point config.data.data_dir at an empty '
+                     'directory so it is rebuilt as array_record.')
+  if text_field not in info.features:
+    raise ValueError(f'config.data.text_field={text_field!r} is not a feature of {builder.name} '
+                     f'(features: {", ".join(info.features)}).')
+  metadata = info.metadata or {}
+  cleaning = metadata.get('cleaning', {})
+  base_split = split_name.split('[')[0]
+  if base_split not in info.splits and base_split in cleaning:  # built, but nothing was left
+    raise ValueError(f'{setting} holds no non-empty documents ({why_empty(cleaning[base_split])})'
+                     f': {empty_fix}.')
+  if base_split not in info.splits:
+    raise ValueError(f'{setting}={split_name!r} is not a split of {builder.name} '
+                     f'(splits: {", ".join(info.splits)}).')
+  source = builder.as_data_source(split=split_name)
+  checksums = metadata.get('checksums', {})
+  identity = f'{info.full_name}[{split_name}]'
+  if base_split in checksums and base_split == split_name:
+    identity += f':{checksums[base_split]}'
+  return DocumentSource(source, text_field, f'{info.full_name}[{split_name}]',
+                        cleaning.get(split_name), identity=identity)

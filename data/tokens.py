@@ -1,0 +1,94 @@
+"""Tokenized views of documents, what formats read: whole-document ids or each sentence's ids.
+
+`EncodedDocuments` tokenizes text on the fly (lazily, with a batch of upcoming documents
+encoded in one call where the tokenizer has `encode_batch`); the pretokenized source
+(data/sources/pretokenized.py) gives the same view from stored ids. Both carry a
+`fingerprint()` of corpus and tokenizer, which the reader saves with its position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from data.formats.pairs import split_sentences
+from data.sources.documents import corpus_fingerprint
+
+# Text whose encoding identifies a tokenizer: prose, code, digits, whitespace and non-Latin.
+_PROBE = ('The quick brown fox jumps over the lazy dog. Return the number of items.\n\n'
+          '    >>> len([1, 2, 3])\n    3\n\tdef f(x): return x ** 2  # 2026-11-29\n'
+          'naïve café — 日本語 😀 ﬁ <unk> [CLS] \r\n  two  spaces')
+
+
+def tokenizer_fingerprint(encode: Callable[[str], Sequence[int]]) -> str:
+  """A short hash of how `encode` tokenizes a fixed probe text."""
+  ids = np.asarray(encode(_PROBE), np.int64)
+  return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+
+
+class EncodedSentences(Sequence):
+  """The sentences of one document, each tokenized on first access."""
+
+  def __init__(self, texts: list[str], encode, encode_batch):
+    self._texts = texts
+    self._encode = encode
+    self._encode_batch = encode_batch
+    self._ids: list[np.ndarray | None] = [None] * len(texts)
+
+  def __len__(self) -> int:
+    return len(self._texts)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    ids = self._ids[index]
+    if ids is None:
+      ids = self._ids[index] = np.asarray(self._encode(self._texts[index]), np.int32)
+    return ids
+
+  def __iter__(self):
+    missing = [i for i, ids in enumerate(self._ids) if ids is None]
+    if len(missing) > 1 and self._encode_batch is not None:
+      for i, ids in zip(missing, self._encode_batch([self._texts[i] for i in missing])):
+        self._ids[i] = np.asarray(ids, np.int32)
+    return (self[i] for i in range(len(self)))
+
+
+class EncodedDocuments:
+  """Documents tokenized on the fly by `encode` (ids without bos/eos)."""
+
+  def __init__(self, documents: Sequence[str], encode: Callable[[str], Sequence[int]],
+               encode_batch: Callable[[list[str]], list[Sequence[int]]] | None = None):
+    self.texts = documents
+    self._encode = encode
+    self._encode_batch = encode_batch
+    self._cache: dict[int, np.ndarray] = {}
+    self.name = getattr(documents, 'name', 'the documents')
+
+  def __len__(self) -> int:
+    return len(self.texts)
+
+  def document(self, index: int) -> np.ndarray:
+    ids = self._cache.pop(index, None)
+    if ids is None:
+      ids = np.asarray(self._encode(self.texts[index]), np.int32)
+    return ids
+
+  def sentences(self, index: int) -> EncodedSentences:
+    return EncodedSentences(split_sentences(self.texts[index]), self._encode, self._encode_batch)
+
+  def wants_prefetch(self) -> bool:
+    return self._encode_batch is not None and not self._cache
+
+  def prefetch(self, indices: Sequence[int]) -> None:
+    """Encodes documents about to be read in one batched call (kept until read)."""
+    indices = [int(i) for i in indices if int(i) not in self._cache]
+    if self._encode_batch is None or not indices:
+      return
+    for index, ids in zip(indices, self._encode_batch([self.texts[i] for i in indices])):
+      self._cache[index] = np.asarray(ids, np.int32)
+
+  def fingerprint(self) -> dict[str, Any]:
+    return {'corpus': corpus_fingerprint(self.texts), 'tokenizer':
+            tokenizer_fingerprint(self._encode), 'documents': len(self.texts)}
