@@ -1,0 +1,96 @@
+"""Downstream metrics against hand computations, and QA span decoding across stride windows."""
+
+import math
+
+import numpy as np
+import pytest
+
+from downstream import encoding, metrics
+
+
+def test_classification_metrics_match_hand_counts():
+  labels = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+  predictions = np.array([1, 1, 0, 0, 1, 0, 1, 0])
+  # tp=3 (rows 0,1,6), fp=1 (row 4), fn=1 (row 2), tn=3
+  assert metrics.accuracy(predictions, labels) == 6 / 8
+  assert metrics.binary_f1(predictions, labels) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+  mcc = (3 * 3 - 1 * 1) / math.sqrt((3 + 1) * (3 + 1) * (3 + 1) * (3 + 1))
+  assert metrics.matthews(predictions, labels) == pytest.approx(mcc)
+  assert metrics.matthews(np.ones(4, int), np.array([0, 1, 0, 1])) == 0.0  # undefined -> 0
+  # macro F1 over three classes: class 0 has tp 1, fp 1, fn 1 -> 1/2; class 1 has no tp -> 0;
+  # class 2 -> 1
+  three_labels, three_predictions = np.array([0, 0, 1, 2]), np.array([0, 1, 0, 2])
+  assert metrics.macro_f1(three_predictions, three_labels) == pytest.approx((1 / 2 + 0 + 1) / 3)
+
+
+def test_correlations_match_hand_values():
+  x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 4.0, 5.0, 9.0])
+  xc, yc = x - 2.5, y - 5.0
+  assert metrics.pearson(x, y) == pytest.approx((xc @ yc) / math.sqrt((xc @ xc) * (yc @ yc)))
+  assert metrics.spearman(x, y) == pytest.approx(1.0)  # monotone
+  # ties share their average rank: ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]
+  ties = np.array([1.0, 2.0, 2.0, 3.0])
+  ranks = np.array([1.0, 2.5, 2.5, 4.0])
+  assert metrics.spearman(ties, np.array([4.0, 3.0, 2.0, 1.0])) == pytest.approx(
+      metrics.pearson(ranks, np.array([4.0, 3.0, 2.0, 1.0])))
+  assert metrics.pearson(np.ones(3), np.arange(3.0)) == 0.0
+
+
+def test_squad_normalisation_exact_match_and_f1():
+  assert metrics.normalize_answer('The  Eiffel-Tower!') == 'eiffeltower'
+  assert metrics.normalize_answer('an apple, a pear') == 'apple pear'
+  assert metrics.answer_exact('the Eiffel Tower.', 'Eiffel tower') == 1.0
+  # prediction 'big red dog', truth 'the red dog barked': common {red, dog} = 2;
+  # precision 2/3, recall 2/3 ('the' dropped: truth is red dog barked) -> F1 2/3
+  assert metrics.answer_f1('big red dog', 'the red dog barked') == pytest.approx(2 / 3)
+  scores = metrics.squad_scores(['red dog', 'cat'], [['the red dog', 'dog'], ['a dog']])
+  assert scores['exact_match'] == pytest.approx(0.5)
+  assert scores['f1'] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_span_decoding_across_stride_windows(monkeypatch):
+  context = 'alpha beta gamma delta epsilon zeta eta theta'
+  words = context.split()
+  offsets = []
+  position = 0
+  for word in words:
+    start = context.index(word, position)
+    offsets.append((start, start + len(word)))
+    position = start + len(word)
+
+  class FakePieces:
+    def __init__(self, tokenizer):
+      del tokenizer
+
+    def __call__(self, text):
+      assert text == context
+      return list(range(10, 10 + len(words))), offsets
+
+  class FakeTokenizer:
+    def encode_batch(self, texts):
+      return [[7, 8] for _ in texts]  # a two-token question
+
+  monkeypatch.setattr(encoding, 'PieceOffsets', FakePieces)
+  layout = encoding.Layout(False, 4, 5, 5, 0)
+  example = {'question': 'q', 'context': context, 'answers': [{'text': 'zeta eta', 'start': 31}]}
+  # seq_len 10: [CLS] q q [SEP] + 5 context tokens + [SEP]; stride 3 -> windows at 0, 3
+  windows = encoding.encode_qa(FakeTokenizer(), [example], 10, layout, doc_stride=3,
+                               max_query_tokens=4)
+  assert list(windows.example_index) == [0, 0]
+  assert list(windows.arrays['tokens'][0]) == [4, 7, 8, 5, 10, 11, 12, 13, 14, 5]
+  assert list(windows.arrays['tokens'][1]) == [4, 7, 8, 5, 13, 14, 15, 16, 17, 5]
+  # 'zeta eta' = context tokens 5, 6: outside window 0, at positions 6, 7 of window 1
+  assert (windows.arrays['start'][0], windows.arrays['end'][0]) == (0, 0)
+  assert (windows.arrays['start'][1], windows.arrays['end'][1]) == (6, 7)
+  # Window 0 prefers 'beta' weakly; window 1 scores 'zeta eta' higher, and its best end
+  # before its best start ('delta' at 4) must not be chosen.
+  start = np.full((2, 10), -5.0)
+  end = np.full((2, 10), -5.0)
+  start[0, 5], end[0, 5] = 1.0, 1.0  # 'beta': score 2
+  start[1, 6], end[1, 7] = 3.0, 2.0  # 'zeta'..'eta': score 5
+  end[1, 4] = 4.0  # 'delta', before the start: invalid with start 6
+  start[1, 0] = end[1, 0] = 50.0  # [CLS] is not context
+  texts = encoding.decode_spans(start, end, windows, [context])
+  assert texts == ['zeta eta']
+  start[0, 5], end[0, 5] = 4.0, 4.0  # now window 0's 'beta' scores 8, above 'zeta eta' (5)
+  assert encoding.decode_spans(start, end, windows, [context]) == ['beta']
