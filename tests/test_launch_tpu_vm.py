@@ -1,0 +1,129 @@
+"""The Cloud TPU backend against a fake gcloud: slices made on demand and never more than
+--max_slices, a preempted run requeued once per preemption and resumed exactly, and every slice
+deleted, also when the launcher is interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests import launch_helpers as helpers
+from tests.conftest import read_metrics
+from tools import launch, status
+from tools.backends import record
+
+TPU = ['--backend', 'tpu_vm', '--zone', 'us-central2-b', '--accelerator_type', 'v4-8', '--spot',
+       '--poll_seconds', '0.05', '--mounted_workdir_root']
+
+
+def seeds_sweep(tmp_path, count: int) -> str:
+  return helpers.write_sweep(str(tmp_path / 'sweep.py'), [
+      {'config': 'configs/clm.py:tiny', 'seed': seed} for seed in range(1, count + 1)])
+
+
+def test_slices_are_capped_requeued_and_all_deleted(tmp_path, monkeypatch, capsys):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}, 'by_name': {
+      '-0-1': {'provision': 3, 'ssh': 'lost'},   # spot capacity taken back mid-run
+      '-1-1': {'end': 'FAILED'},                 # never becomes ACTIVE
+      '-3-1': {'ssh': 'fail'}, '-3-2': {'ssh': 'fail'}}})
+  root = str(tmp_path / 'runs')
+  code = launch.main(['--sweep', seeds_sweep(tmp_path, 4), '--workdir_root', root,
+                      '--max_slices', '2', '--max_retries', '1', '--log_dir',
+                      str(tmp_path / 'logs'), *TPU])
+  assert code == 1, capsys.readouterr().out
+  created, deleted, most = helpers.slice_lifetimes(state)
+  assert most == 2  # both slots were used, never a third slice
+  assert sorted(deleted) == sorted(created) and len(set(created)) == len(created) == 7
+  assert sorted(name.split('-', 2)[2] for name in created) == [
+      '0-1', '0-2', '1-1', '1-2', '2-1', '3-1', '3-2']
+  assert not os.listdir(os.path.join(state, 'qr'))
+  creates = [c for c in helpers.calls(state, 'gcloud') if helpers.words(c)[3] == 'create']
+  assert all('--spot' in c['args'] and '--accelerator-type=v4-8' in c['args'] for c in creates)
+  saved = {seed: record.read(os.path.join(root, f'seed={seed}')) for seed in (1, 2, 3, 4)}
+  assert [(s['state'], s['attempts'], s['preemptions'], s['failures'])
+          for s in saved.values()] == [('done', 2, 1, 0), ('done', 2, 0, 1), ('done', 1, 0, 0),
+                                       ('failed', 2, 0, 2)]
+  assert saved[4]['reason'].startswith('Cannot write metrics to /w/metrics.jsonl: No space left.')
+  # Every worker got the code archive before train.py was started on it.
+  scp = [c for c in helpers.calls(state, 'gcloud') if helpers.words(c)[3] == 'scp']
+  assert len(scp) == 6 and all('--worker=all' in c['args'] for c in scp)
+  table = status.table([status.read_run(os.path.join(root, f'seed={s}')) for s in (1, 2, 3, 4)])
+  lines = table.splitlines()
+  assert 'done, preempted and requeued 1x' in lines[1]
+  assert 'failed' in lines[4] and 'No space left' in lines[4]
+
+
+def test_preempted_run_resumes_with_the_losses_of_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                       shared_cache):
+  state = str(tmp_path / 'cloud')
+  # Two runs that differ only in how many checkpoints they keep; the first one's slice is
+  # preempted after step 3 (its checkpoint there), the second one's never.
+  helpers.use_fakes(monkeypatch, state, shared_cache, script={
+      'by_name': {'-0-1': {'ssh': 'preempt', 'pause_at': 3}}})
+  sweep = helpers.write_sweep(str(tmp_path / 'sweep.py'), [
+      dict(helpers.TINY_RUN, keep_checkpoints=k) for k in (2, 3)])
+  root = str(tmp_path / 'runs')
+  assert launch.main(['--sweep', sweep, '--workdir_root', root, '--max_slices', '2',
+                      '--log_dir', str(tmp_path / 'logs'), *TPU]) == 0
+  preempted = [r for r in read_metrics(os.path.join(root, 'keep_checkpoints=2'))
+               if r['split'] == 'train']
+  whole = [r for r in read_metrics(os.path.join(root, 'keep_checkpoints=3'))
+           if r['split'] == 'train']
+  assert [r['step'] for r in preempted] == [r['step'] for r in whole] == [1, 2, 3, 4, 5, 6]
+  assert [r['loss'] for r in preempted] == [r['loss'] for r in whole]
+  assert len({r['loss'] for r in whole}) == 6
+  saved = record.read(os.path.join(root, 'keep_checkpoints=2'))
+  assert (saved['state'], saved['attempts'], saved['preemptions']) == ('done', 2, 1)
+  created, deleted, _ = helpers.slice_lifetimes(state)
+  assert len(created) == 3 and sorted(deleted) == sorted(created)
+  # The second attempt ran the shipped code again: unpacked and installed in a new worker.
+  pip = [c for c in helpers.calls(state) if c['tool'] == 'pip']
+  homes = os.listdir(os.path.join(state, 'workers'))
+  assert len(homes) == 3 and not pip  # pip is a plain stand-in: it does not log
+  assert all(os.path.exists(os.path.join(state, 'workers', h, 'home', 'pretraining-objectives',
+                                         'train.py')) for h in homes)
+
+
+def test_interrupted_launcher_deletes_every_slice_it_made(tmp_path):
+  state = str(tmp_path / 'cloud')
+  env = dict(os.environ, **helpers.fake_environment(state))
+  helpers.write_script(state, {'default': {'ssh': 'hang'}})
+  launcher = subprocess.Popen(
+      [sys.executable, 'tools/launch.py', '--sweep', seeds_sweep(tmp_path, 3), '--workdir_root',
+       str(tmp_path / 'runs'), '--max_slices', '2', *TPU], cwd=helpers.REPO, env=env,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while len([c for c in helpers.calls(state) if helpers.words(c)[3:4] == ['scp']]) < 2:
+    assert time.time() < deadline and launcher.poll() is None, launcher.communicate()[0]
+    time.sleep(0.1)
+  launcher.send_signal(signal.SIGTERM)
+  output = launcher.communicate(timeout=60)[0]
+  assert launcher.returncode == 130, output
+  created, deleted, most = helpers.slice_lifetimes(state)
+  assert len(created) == 2 and most == 2 and sorted(deleted) == sorted(created), output
+  assert not os.listdir(os.path.join(state, 'qr'))
+  states = [record.read(str(tmp_path / 'runs' / f'seed={s}'))['state'] for s in (1, 2, 3)]
+  assert states == ['stopped'] * 3
+
+
+def test_dry_run_prints_every_gcloud_command(capsys, tmp_path):
+  assert launch.main(['--sweep', seeds_sweep(tmp_path, 2), '--workdir_root', 'gs://b/sweep',
+                      '--backend', 'tpu-vm', '--zone', 'z1', '--accelerator_type', 'v5litepod-16',
+                      '--reserved', '--project', 'p', '--data_dir', 'gs://b/tfds', '--dry_run']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith('# archive of this checkout') and lines[1] == '# seed=1'
+  create, describe, copy, ssh, delete = lines[2:7]
+  name = create.split()[5]
+  assert create == (f'gcloud compute tpus queued-resources create {name} --node-id={name} '
+                    '--zone=z1 --project=p --accelerator-type=v5litepod-16 '
+                    '--runtime-version=tpu-ubuntu2204-base --reserved')
+  assert name.startswith('po-') and name.endswith('-0-1')
+  assert copy.startswith(f'gcloud compute tpus tpu-vm scp ARCHIVE {name}:pretraining-objectives')
+  assert ssh.endswith("&& python3 train.py --config configs/clm.py:tiny --workdir "
+                      "gs://b/sweep/seed=1 --config.seed=1 --config.data.data_dir=gs://b/tfds'")
+  assert delete.endswith('--zone=z1 --project=p --force --quiet')
+  assert not os.path.exists(tmp_path / 'cloud')
