@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,6 +32,7 @@ from configs import compare  # pylint: disable=wrong-import-position
 
 CONFIG_FILE = 'configs/compare.py'
 _STEP_LINE = re.compile(r'^step\s+(\d+)/(\d+)')
+_MS_PER_STEP = re.compile(r'(\d+) ms/step')
 # Settings an arm owns: a shared override of one of these would break the control.
 ARM_KEYS = ('objective', 'data.format')
 
@@ -89,23 +89,23 @@ def train_command(run, python: str = sys.executable) -> list[str]:
 
 
 class ComparisonProgress:
-  """Turns each run's step lines into one comparison progress line with the time left."""
+  """Turns each run's step lines into one comparison progress line with the time left.
+
+  The time left assumes the runs still to come take as many steps, at the same speed, as the
+  one running now (arms differ a little in steps per token budget and in cost per step).
+  """
 
   def __init__(self, runs: Sequence[Any], stream=None):
     self.runs = runs
     self.stream = stream or sys.stdout
-    self.seconds_per_step: float | None = None
 
-  def line(self, index: int, arm: str, seed: int, text: str, step: int, total: int,
-           started: float, first_step: int) -> str:
-    done = step - first_step
-    if done > 0:
-      self.seconds_per_step = (time.time() - started) / done
-    left = ''
-    if self.seconds_per_step is not None:
-      remaining = (total - step) + total * (len(self.runs) - index - 1)
-      left = f' | comparison left ~{format_duration(remaining * self.seconds_per_step)}'
-    return f'[{index + 1}/{len(self.runs)} {arm} seed {seed}] {text}{left}'
+  def line(self, index: int, arm: str, seed: int, text: str, step: int, total: int) -> str:
+    prefix = f'[{index + 1}/{len(self.runs)} {arm} seed {seed}] {text}'
+    speed = _MS_PER_STEP.search(text)
+    if not speed:
+      return prefix
+    remaining = (total - step) + total * (len(self.runs) - index - 1)
+    return f'{prefix} | comparison left ~{format_duration(remaining * int(speed.group(1)) / 1000)}'
 
 
 def arm_and_seed(run) -> tuple[str, int]:
@@ -124,15 +124,11 @@ def train_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.Pope
     print(f'[{index + 1}/{len(runs)} {arm} seed {seed}] {run.workdir}', file=out, flush=True)
     child = execute(train_command(run), cwd=REPO, stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True, bufsize=1)
-    started, first_step = time.time(), None
     for raw in child.stdout:
       text = raw.rstrip('\n')
       match = _STEP_LINE.match(text)
       if match:
-        step, total = int(match.group(1)), int(match.group(2))
-        if first_step is None:
-          first_step, started = step, time.time()
-        text = progress.line(index, arm, seed, text, step, total, started, first_step)
+        text = progress.line(index, arm, seed, text, int(match.group(1)), int(match.group(2)))
       elif text:
         text = f'[{index + 1}/{len(runs)} {arm} seed {seed}] {text}'
       print(text, file=out, flush=True)
@@ -178,9 +174,12 @@ def evaluate_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.r
 
 
 def write_sweep(root: str, entries: Sequence[dict[str, Any]]) -> str:
-  """<root>/sweep.py: a launch.py sweep module holding these entries."""
-  os.makedirs(root, exist_ok=True)
-  path = os.path.join(root, 'sweep.py')
+  """<root>/sweep.py (compare_sweep.py here for a gs:// root): a launch.py sweep module."""
+  if '://' in root:
+    path = 'compare_sweep.py'
+  else:
+    os.makedirs(root, exist_ok=True)
+    path = os.path.join(root, 'sweep.py')
   with open(path, 'w', encoding='utf-8') as f:
     f.write('"""Objective comparison written by tools/compare.py: one run per arm and seed."""\n\n'
             f'ENTRIES = {json.dumps(list(entries), indent=2)}\n\n\n'

@@ -261,8 +261,9 @@ def uncontrolled(diff: Mapping[str, Mapping[str, Any]],
                  configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
   """Differing keys that are neither objective fields nor features objectives require."""
   sections = {name for config in configs.values() for name in objective_names(config['objective'])}
-  allowed = {'objective', 'data.format', 'model.num_token_types', 'model.two_stream',
-             'model.num_sentence_classes'}
+  allowed = {'objective', 'data.format', 'model.num_token_types'}  # the arm's format's features
+  for config in configs.values():
+    allowed |= set(model_features(config))  # what the objectives switch on themselves
   return [key for key in diff if key.split('.')[0] not in sections and key not in allowed
           and not key.startswith('objective.')]
 
