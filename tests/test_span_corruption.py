@@ -1,0 +1,150 @@
+"""Span corruption: T5's noise density and mean span length, every token exactly once,
+sentinels in order, the loss only on the targets, and a short train.py run."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import span_corruption as span_config
+from data.vocab import toy_vocab
+from models import masks
+from objectives import base, span_corruption
+from tests.test_prefix_lm import assert_train_loss_falls, runs_root, trained_run  # noqa: F401
+
+VOCAB = toy_vocab(64)
+
+
+def build(seq_len, **settings):
+  return span_corruption.make(settings, vocab=VOCAB, seq_len=seq_len)
+
+
+def prepare(objective, rng, batch):
+  return jax.jit(lambda r, b: objective.prepare(r, b, base.base_inputs(b)))(rng, batch)
+
+
+def batch_of(rows, seq_len, real, seed=0):
+  """rows windows of random ordinary tokens, the first real[r] of row r real, then padding."""
+  tokens = np.random.default_rng(seed).integers(7, VOCAB.size, (rows, seq_len)).astype(np.int32)
+  segments = (np.arange(seq_len)[None, :] < np.asarray(real)[:, None]).astype(np.int32)
+  tokens = np.where(segments > 0, tokens, 0)
+  return {'tokens': jnp.asarray(tokens), 'segment_ids': jnp.asarray(segments),
+          'positions': jnp.broadcast_to(jnp.arange(seq_len), tokens.shape)}
+
+
+def runs(mask):
+  edges = np.diff(np.concatenate([[0], mask.astype(int), [0]]))
+  return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+def reconstruct(inputs, targets, sentinel_base):
+  """The original tokens from the corrupted input and the targets, by replacing sentinel k of
+  the input with what follows sentinel k in the targets."""
+  spans, current = {}, None
+  for token in targets:
+    if token >= sentinel_base:
+      current = token - sentinel_base
+      spans[current] = []
+    else:
+      spans[current].append(token)
+  out = []
+  for token in inputs:
+    out.extend(spans.pop(token - sentinel_base) if token >= sentinel_base else [token])
+  assert not spans  # every span used exactly once
+  return out
+
+
+@pytest.mark.parametrize('density,mean', [(0.15, 3.0), (0.5, 8.0)])
+def test_density_and_mean_span_length_over_many_draws(density, mean):
+  objective = build(512, noise_density=density, mean_span_length=mean)
+  real = [objective.raw_len] * 24 + [300] * 8
+  batch = batch_of(32, 512, real)
+  corrupt = jax.jit(lambda rng: objective.corrupt_batch(rng, batch['tokens'],
+                                                        batch['segment_ids'])[-1])
+  noise_tokens, spans, total, lengths = 0, 0, 0, []
+  for seed in range(6):
+    masks_ = np.asarray(corrupt(jax.random.key(seed)))
+    for row, n in enumerate(real):
+      assert not masks_[row, n:].any() and not masks_[row, 0]  # T5 starts with non-noise
+      row_runs = runs(masks_[row])
+      noise_tokens, spans, total = noise_tokens + row_runs.sum(), spans + len(row_runs), total + n
+      lengths.extend(row_runs)
+  assert abs(noise_tokens / total - density) < 0.01
+  assert abs(noise_tokens / spans - mean) < 0.05 * mean
+  assert np.std(lengths) > 0.5 * mean ** 0.5  # lengths vary (random segmentation), not fixed
+
+
+@pytest.mark.parametrize('settings', [{}, {'noise_density': 0.5, 'mean_span_length': 2.0},
+                                      {'noise_density': 0.25, 'sequential': True}])
+def test_every_token_exactly_once_sentinels_in_order_loss_only_on_targets(settings):
+  seq_len = 64
+  objective = build(seq_len, **settings)
+  real = [objective.raw_len, objective.raw_len, 40, 9, 2]
+  batch = batch_of(len(real), seq_len, real, seed=1)
+  inputs, targets = prepare(objective, jax.random.key(3), batch)
+  sentinel = VOCAB.size
+  tokens, order = np.asarray(inputs.tokens), np.asarray(inputs.attn_order)
+  segments, index = np.asarray(inputs.segment_ids), np.asarray(inputs.predict_index)
+  weights, target_ids = np.asarray(targets['weights']), np.asarray(targets['targets'])
+  for row, n in enumerate(real):
+    original = list(np.asarray(batch['tokens'])[row, :n])
+    used = int(segments[row].sum())
+    prefix_len = int(((order[row] == 0) & (segments[row] > 0)).sum())
+    corrupted, target = list(tokens[row, :prefix_len]), list(tokens[row, prefix_len:used])
+    assert reconstruct(corrupted, target, sentinel) == original
+    in_input = [t - sentinel for t in corrupted if t >= sentinel]
+    in_target = [t - sentinel for t in target if t >= sentinel]
+    assert in_input == in_target == list(range(len(in_input)))
+    assert (len(in_input) >= 1) == (n >= 2)
+    assert used == n + 2 * len(in_input) <= seq_len
+    if settings.get('sequential') and n >= 2:
+      assert len(in_input) == 1 and corrupted[-1] == sentinel  # one span, at the end
+    # The prefix is bidirectional, the target causal and the only place with a loss.
+    np.testing.assert_array_equal(order[row, prefix_len:used], np.arange(1, len(target) + 1))
+    assert weights[row].sum() == len(target)
+    for slot in np.flatnonzero(weights[row]):
+      position = index[row, slot]
+      assert order[row, position + 1] > 0 and target_ids[row, slot] == tokens[row, position + 1]
+  mask = np.asarray(masks.attention_mask(inputs.segment_ids, inputs.segment_ids,
+                                         inputs.attn_order, inputs.attn_order))[0, 0]
+  used, prefix_len = int(segments[0].sum()), int(((order[0] == 0) & (segments[0] > 0)).sum())
+  assert mask[:prefix_len, :prefix_len].all() and not mask[:prefix_len, prefix_len:].any()
+  np.testing.assert_array_equal(mask[prefix_len:used, prefix_len:used],
+                                np.tril(np.ones((used - prefix_len,) * 2, bool)))
+  assert mask[prefix_len:used, :prefix_len].all() and not mask[used:].any()
+
+
+def test_loss_equals_hand_computation_over_the_targets():
+  objective = build(32)
+  batch = batch_of(2, 32, [32, 20], seed=2)
+  inputs, targets = prepare(objective, jax.random.key(0), batch)
+  logits = np.random.default_rng(1).normal(
+      size=(2, objective.max_target_len, VOCAB.size + objective.num_sentinels)).astype(np.float32)
+  loss, _ = objective.loss(base.ModelOutputs(hidden=None, logits=jnp.asarray(logits)), targets)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  weights, ids = np.asarray(targets['weights']), np.asarray(targets['targets'])
+  picked = [-logp[r, s, ids[r, s]] for r in range(2) for s in range(ids.shape[1]) if weights[r, s]]
+  np.testing.assert_allclose(float(loss), np.mean(picked), rtol=1e-5)
+  assert objective.model_overrides() == {'vocab_size': VOCAB.size + objective.num_sentinels}
+
+
+@pytest.mark.parametrize('settings,message', [
+    ({'noise_density': 1.5}, 'noise_density'), ({'mean_span_length': 0.5}, 'mean_span_length'),
+    ({'spans': 3}, 'Unknown setting config.span_corruption.spans')])
+def test_bad_settings_fail_in_one_line(settings, message):
+  with pytest.raises(ValueError, match=message) as error:
+    build(64, **settings)
+  assert '\n' not in str(error.value)
+
+
+def test_ul2_presets_set_the_denoisers():
+  assert span_config.get_config('ul2_s').span_corruption.sequential
+  assert span_config.get_config('ul2_x:small').span_corruption.noise_density == 0.5
+  assert span_config.get_config('tiny').span_corruption.mean_span_length == 3.0
+
+
+def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
+  workdir = trained_run(runs_root, span_config.get_config('t5'), shared_cache)
+  assert_train_loss_falls(workdir, margin=0.5)
