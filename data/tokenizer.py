@@ -26,11 +26,13 @@ from data.cache import cache_root
 from data.vocab import Vocab
 
 MODEL_FILENAME = 'tokenizer.model'
+SETTINGS_FILENAME = 'tokenizer.json'  # what tokenizer.model was trained for
 SPECIAL_PIECES = ('[CLS]', '[SEP]', '[MASK]')
 # Whitespace other than the space, kept as pieces of its own so that no piece spans a line
 # break and the piece after one starts a word (BERT's tokenizer splits words there too).
 WHITESPACE_PIECES = ('\n', '\t')
 MODEL_TYPES = ('unigram', 'bpe', 'char', 'word')
+_CONTROL_PIECES = {'unk': '<unk>', 'bos': '<s>', 'eos': '</s>', 'pad': '<pad>'}
 # Settings that change the trained model; with the config's (`trainer_settings`) the cache key.
 TRAINER_SETTINGS = dict(
     byte_fallback=True, normalization_rule_name='identity',
@@ -120,13 +122,13 @@ def trainer_settings(data_config: ml_collections.ConfigDict) -> dict:
     raise ValueError(f'config.data.tokenizer_model_type={model_type!r} is not one of '
                      f'{", ".join(repr(t) for t in MODEL_TYPES)}.')
   user = [s.strip() for s in data_config.get('tokenizer_user_symbols', '').split(',') if s.strip()]
-  for symbol in user:
-    if symbol in ('<unk>', '<s>', '</s>', '<pad>'):
-      raise ValueError(f'config.data.tokenizer_user_symbols holds {symbol!r}, which is a '
-                       'control piece of SentencePiece; choose another spelling.')
+  # A user symbol spelled like one of SentencePiece's control pieces (WikiText's literal
+  # '<unk>') renames that control piece, so the text keeps its own piece.
+  renamed = {f'{name}_piece': f'[{name.upper()}]' for name, piece in _CONTROL_PIECES.items()
+             if piece in user}
   whitespace = list(WHITESPACE_PIECES) if 'tokenizer_model_type' in data_config else []
   symbols = list(dict.fromkeys([*SPECIAL_PIECES, *whitespace, *user]))
-  return dict(TRAINER_SETTINGS, model_type=model_type, user_defined_symbols=symbols)
+  return dict(TRAINER_SETTINGS, model_type=model_type, user_defined_symbols=symbols, **renamed)
 
 
 def train_model(texts: list[str], vocab_size: int, log_path: str | None = None,
@@ -162,14 +164,6 @@ def train_model(texts: list[str], vocab_size: int, log_path: str | None = None,
   return model.getvalue()
 
 
-def _trained_with(model_proto: bytes) -> dict:
-  """The settings a model file was trained with that the config chooses."""
-  spec = model_pb2.ModelProto.FromString(model_proto).trainer_spec
-  model_type = model_pb2.TrainerSpec.ModelType.Name(spec.model_type).lower()
-  return {'vocab_size': spec.vocab_size, 'model_type': model_type,
-          'user_defined_symbols': list(spec.user_defined_symbols)}
-
-
 def _has_checkpoints(workdir: str) -> bool:
   checkpoints = epath.Path(workdir) / 'checkpoints'
   return checkpoints.exists() and any(checkpoints.iterdir())
@@ -202,17 +196,16 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
   settings = trainer_settings(data_config)
   user_symbols = settings['user_defined_symbols'][len(SPECIAL_PIECES):]
   resumed = epath.Path(workdir) / MODEL_FILENAME if workdir else None
+  wanted = {'vocab_size': data_config.vocab_size, 'model_type': settings['model_type'],
+            'user_symbols': user_symbols}
   if resumed is not None and resumed.exists():
     model = resumed.read_bytes()
-    trained = _trained_with(model)
-    # Line-break pieces are not compared: models trained before them stay usable.
-    changed = [f'{key} {trained[key]!r} (config: {value!r})' for key, value in
-               (('vocab_size', data_config.vocab_size), ('model_type', settings['model_type']))
-               if trained[key] != value]
-    missing = [s for s in user_symbols
-               if s not in trained['user_defined_symbols'] and s not in WHITESPACE_PIECES]
-    if missing:
-      changed.append(f'no user symbols {missing!r} (config.data.tokenizer_user_symbols)')
+    # What the model was trained for: the sidecar written with it (SentencePiece stores the
+    # size it reached, not the one asked for); runs from before the sidecar are not checked.
+    sidecar = resumed.parent / SETTINGS_FILENAME
+    trained = json.loads(sidecar.read_text()) if sidecar.exists() else wanted
+    changed = [f'{key} {trained.get(key)!r} (config: {value!r})' for key, value in wanted.items()
+               if trained.get(key) != value]
     if not changed:
       return Tokenizer(os.fspath(resumed), model)
     if _has_checkpoints(workdir):
@@ -249,6 +242,7 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
     return Tokenizer(cached, model)
   resumed.parent.mkdir(parents=True, exist_ok=True)
   _write_atomically(resumed, model)
+  _write_atomically(resumed.parent / SETTINGS_FILENAME, json.dumps(wanted).encode('utf-8'))
   return Tokenizer(os.fspath(resumed), model)
 
 
