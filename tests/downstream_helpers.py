@@ -36,7 +36,7 @@ def train_tokenizer(path: str, vocab_size: int = 320) -> str:
   texts = [e['text'] for e in toy_examples(200, 99)]
   texts += ['the quick brown fox jumps over the lazy dog and what is said is said'] * 20
   with open(path, 'wb') as f:
-    f.write(tokenizer_lib.train_model(texts, vocab_size))
+    f.write(tokenizer_lib.train_model(texts, vocab_size, log_path=path + '.log'))
   return path
 
 

@@ -1,0 +1,151 @@
+"""Which parameters each fine-tuning strategy changes, on a tiny freshly initialised model;
+QA windows from real SentencePiece offsets decode back to the gold answers; prompting and
+instruction-tuning pieces on hand examples."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from downstream import encoding, finetune, prompting, strategies
+from downstream.model import DownstreamModel
+from downstream.tasks import base
+from models.config import ModelConfig
+from models.transformer import ModelInputs, Transformer
+from tests import downstream_helpers as helpers
+
+
+@pytest.fixture(scope='module')
+def tokenizer(tmp_path_factory):
+  from data import tokenizer as tokenizer_lib
+  path = helpers.train_tokenizer(str(tmp_path_factory.mktemp('tok') / 'tok.model'))
+  return tokenizer_lib.Tokenizer(path)
+
+
+@pytest.fixture(scope='module')
+def setup(tokenizer):
+  task = base.Task('toy', 'classification', {'train': helpers.toy_examples(32, 1),
+                                             'validation': helpers.toy_examples(16, 2)},
+                   label_names=('a', 'b'))
+  config = ModelConfig(vocab_size=tokenizer.size, num_layers=1, embed_dim=32, num_heads=2,
+                       mlp_dim=64, max_len=32)
+  encoded = finetune.encode_task(task, tokenizer, 16, causal=True)
+  rows = {k: jnp.asarray(v[:2]) for k, v in encoded['train'].arrays.items()}
+  inputs = ModelInputs(tokens=rows['tokens'], positions=rows['positions'],
+                       segment_ids=rows['segment_ids'], causal=True)
+  backbone = nn.unbox(Transformer(config).init(jax.random.key(0), inputs)['params'])
+  return task, config, encoded, backbone
+
+
+def _changed(before, after):
+  flat_before = traverse_util.flatten_dict(before, sep='/')
+  flat_after = traverse_util.flatten_dict(after, sep='/')
+  return {name for name in flat_before
+          if not np.array_equal(np.asarray(flat_before[name]), np.asarray(flat_after[name]))}
+
+
+@pytest.mark.parametrize('name', strategies.NAMES)
+def test_strategy_changes_only_its_parameters(setup, tokenizer, name):
+  task, config, encoded, backbone = setup
+  strategy = strategies.Strategy(name, lora_rank=2, prompt_length=3)
+  model = DownstreamModel(config, 'classification', 2, True, 'last', 0.0, strategy.lora_scale)
+  settings = finetune.TrainSettings(learning_rate=1e-2, epochs=1, batch_size=8, max_steps=3,
+                                    warmup_fraction=0.0)
+  result = finetune.train_and_evaluate(model, strategy, backbone, task, encoded, settings,
+                                       ordinary_ids=tokenizer.vocab.ordinary_ids,
+                                       eval_splits=(), keep_params=True)
+  after = result.params
+  # Frozen backbone leaves are bit-identical; the ones a strategy trains all moved.
+  changed = _changed(backbone, after['backbone'])
+  every = set(traverse_util.flatten_dict(backbone, sep='/'))
+  if name == 'full':
+    assert changed == every - {'lm_bias'}  # the unused LM output bias: no gradient, no decay
+  elif name == 'ffn_only':
+    assert changed and all('/mlp/' in n for n in changed)
+    assert {n for n in every if '/mlp/' in n} == changed
+  else:
+    assert changed == set()
+  assert not np.array_equal(np.asarray(after['head']['output']['kernel']),
+                            np.zeros_like(after['head']['output']['kernel']))
+  extra = {'prompt_tuning': 'prompt', 'lora': 'lora'}.get(name)
+  assert set(after) == {'backbone', 'head'} | ({extra} if extra else set())
+  labels = strategy.labels(after)
+  trained_leaves = [p for p, l in zip(jax.tree.leaves(after), jax.tree.leaves(labels))
+                    if l == strategies.TRAINED]
+  assert result.trained_params == sum(p.size for p in trained_leaves)
+  head_size = 32 * 2 + 2
+  if name == 'linear_probe':
+    assert result.trained_params == head_size
+  if name == 'prompt_tuning':
+    assert result.trained_params == head_size + 3 * 32
+    assert not np.array_equal(np.asarray(after['prompt']),
+                              np.asarray(strategy.add_params(
+                                  jax.random.split(jax.random.key(0), 3)[1],
+                                  {'backbone': backbone}, tokenizer.vocab.ordinary_ids)['prompt']))
+  if name == 'lora':
+    # query/key/value: 32 -> 2x16, in 32 out 32; out: in 32 out 32; a [1,32,2], b [1,2,32]
+    assert result.trained_params == head_size + 4 * (32 * 2 + 2 * 32)
+    bs = [v for k, v in traverse_util.flatten_dict(after['lora'], sep='/').items()
+          if k.endswith('/b')]
+    assert len(bs) == 4 and all(np.abs(np.asarray(b)).max() > 0 for b in bs)
+
+
+def test_lora_merge_is_w_plus_scaled_ab(setup):
+  _, _, _, backbone = setup
+  lora = strategies.init_lora(jax.random.key(1), backbone, rank=2)
+  lora = jax.tree.map(lambda x: x + 0.5, lora)  # nonzero B
+  merged = strategies.merge_lora(backbone, lora, scale=3.0)
+  kernel = np.asarray(backbone['layers']['attention']['query']['kernel'])  # [1, 32, 2, 16]
+  a = np.asarray(lora['layers']['attention']['query']['a'])  # [1, 32, 2]
+  b = np.asarray(lora['layers']['attention']['query']['b'])  # [1, 2, 32]
+  expected = kernel + (a @ b * 3.0).reshape(kernel.shape)
+  np.testing.assert_allclose(np.asarray(merged['layers']['attention']['query']['kernel']),
+                             expected, rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(merged['layers']['mlp']['wi']['kernel']),
+                                np.asarray(backbone['layers']['mlp']['wi']['kernel']))
+
+
+def test_qa_windows_with_real_offsets_decode_gold_answers(tokenizer):
+  context = ' '.join(helpers.WORDS[0] + helpers.WORDS[1]) + ' the lazy dog'
+  answer = 'canyon island'
+  example = {'question': 'where', 'context': context,
+             'answers': [{'text': answer, 'start': context.index(answer)}]}
+  layout = encoding.layout_for(tokenizer.vocab, causal=False)
+  windows = encoding.encode_qa(tokenizer, [example], 16, layout, doc_stride=4,
+                               max_query_tokens=4)
+  assert len(windows.example_index) > 2  # the context needs several windows
+  inside = [w for w in range(len(windows.example_index)) if windows.arrays['start'][w] > 0]
+  assert inside
+  start = np.full((len(inside), 16), -1.0)
+  end = np.full((len(inside), 16), -1.0)
+  for row, w in enumerate(inside):
+    start[row, windows.arrays['start'][w]] = 5.0
+    end[row, windows.arrays['end'][w]] = 5.0
+  subset = encoding.QaWindows({k: v[inside] for k, v in windows.arrays.items()},
+                              windows.example_index[inside], [windows.offsets[w] for w in inside])
+  assert encoding.decode_spans(start, end, subset, [context]) == [answer]
+
+
+def test_prompt_rows_weight_only_the_label_word(tokenizer):
+  arrays = prompting.encode_choices(tokenizer, ['apple plum\nLabel:'], [' fruit', ' place'], 16)
+  context = tokenizer.encode('apple plum\nLabel:')
+  for row, word in enumerate(['fruit', 'place']):
+    ids = tokenizer.encode(word)
+    n = 1 + len(context) + len(ids)
+    np.testing.assert_array_equal(arrays['tokens'][row, :n],
+                                  [tokenizer.vocab.bos_id, *context, *ids])
+    weights = arrays['weights'][row]
+    assert weights.sum() == len(ids)
+    np.testing.assert_array_equal(arrays['targets'][row][weights > 0], ids)
+
+
+def test_instruction_targets_are_the_response_only(tokenizer):
+  arrays = encoding.encode_instructions(tokenizer, [{'prompt': 'apple plum', 'response': 'river'}],
+                                        16, tokenizer.vocab)
+  prompt, response = tokenizer.encode('apple plum'), tokenizer.encode('river')
+  weights = arrays['weights'][0]
+  np.testing.assert_array_equal(arrays['targets'][0][weights > 0],
+                                [*response, tokenizer.vocab.eos_id])
+  assert weights[:len(prompt)].sum() == 0  # no prompt token is a target
