@@ -12,7 +12,7 @@ import importlib
 
 from tools.backends.base import Backend
 
-_MODULES = ('local', 'tpu_vm', 'slurm')  # imported on first lookup
+_MODULES = ('local', 'tpu_vm', 'gke', 'slurm')  # imported on first lookup
 _REGISTRY: dict[str, type[Backend]] = {}
 
 

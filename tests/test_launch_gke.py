@@ -1,0 +1,84 @@
+"""The GKE backend: JobSet manifests that parse as YAML with the topology, slice count and
+command, applied through a fake kubectl, and a refused apply recorded as a failed run."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+import yaml
+
+from tests import launch_helpers as helpers
+from tools import launch
+from tools.backends import record
+
+GKE = ['--backend', 'gke', '--image', 'us-docker.pkg.dev/p/r/po:1', '--tpu_accelerator',
+       'tpu-v5p-slice', '--topology', '4x4x4', '--num_slices', '2', '--gke_spot']
+
+
+def sweep(tmp_path) -> str:
+  return helpers.write_sweep(str(tmp_path / 'sweep.py'), [
+      {'config': 'configs/compare.py:mlm_nsp:base', 'seed': s} for s in (1, 2, 3)])
+
+
+def check_jobset(jobset: dict, seed: int) -> None:
+  assert (jobset['apiVersion'], jobset['kind']) == ('jobset.x-k8s.io/v1alpha2', 'JobSet')
+  assert jobset['metadata']['annotations']['pretraining-objectives/run'] == f'seed={seed}'
+  assert jobset['spec']['failurePolicy'] == {'maxRestarts': 2}
+  (job,) = jobset['spec']['replicatedJobs']
+  assert job['replicas'] == 2  # slices
+  spec = job['template']['spec']
+  assert spec['parallelism'] == spec['completions'] == 16  # 64 chips, 4 per host
+  pod = spec['template']['spec']
+  assert pod['nodeSelector'] == {'cloud.google.com/gke-tpu-accelerator': 'tpu-v5p-slice',
+                                 'cloud.google.com/gke-tpu-topology': '4x4x4',
+                                 'cloud.google.com/gke-spot': 'true'}
+  (container,) = pod['containers']
+  assert container['resources']['limits']['google.com/tpu'] == 4
+  assert container['command'][:2] == ['bash', '-c']
+  assert shlex.split(container['command'][2]) == [
+      'cd', '/app', '&&', 'python3', 'train.py', '--config', 'configs/compare.py:mlm_nsp:base',
+      '--workdir', f'gs://b/sweep/seed={seed}', f'--config.seed={seed}']
+  env = {e['name']: e for e in container['env']}
+  assert env['MEGASCALE_NUM_SLICES']['value'] == '2'
+  assert env['MEGASCALE_SLICE_ID']['valueFrom']['fieldRef']['fieldPath'] == \
+      "metadata.labels['jobset.sigs.k8s.io/job-index']"
+
+
+def test_dry_run_manifests_parse_with_topology_slices_and_command(tmp_path, capsys):
+  assert launch.main(['--sweep', sweep(tmp_path), '--workdir_root', 'gs://b/sweep',
+                      '--max_retries', '2', '--dry_run', *GKE]) == 0
+  text = capsys.readouterr().out
+  assert text.splitlines()[0] == '# each manifest below is applied with: kubectl apply -f -'
+  jobsets = [doc for doc in yaml.safe_load_all(text) if doc]
+  assert len(jobsets) == 3
+  for seed, jobset in zip((1, 2, 3), jobsets):
+    check_jobset(jobset, seed)
+  assert len({j['metadata']['name'] for j in jobsets}) == 3
+
+
+def test_apply_through_kubectl_and_record_a_refusal(tmp_path, monkeypatch, capsys):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={})
+  root = str(tmp_path / 'runs')
+  args = ['--sweep', sweep(tmp_path), '--workdir_root', 'gs://b/sweep', '--max_retries', '2',
+          '--kube_context', 'ctx', *GKE]
+  # Workdirs must be gs://, which this machine cannot write: the check refuses a local root,
+  # and with the check lifted the launch writes its records under a local root instead.
+  assert launch.main(args[:3] + [root] + args[4:]) == 2
+  assert 'gs://' in capsys.readouterr().err
+  monkeypatch.setattr('tools.backends.gke.Gke.check', lambda self, runs: None)
+  assert launch.main(args[:3] + [root] + args[4:]) == 0
+  applied = helpers.calls(state, 'kubectl')
+  assert [c['args'] for c in applied] == [['--context=ctx', 'apply', '-f', '-']] * 3
+  with open(applied[0]['manifest'], encoding='utf-8') as f:
+    jobset = yaml.safe_load(f)
+  assert jobset['spec']['replicatedJobs'][0]['replicas'] == 2
+  saved = record.read(os.path.join(root, 'seed=1'))
+  assert saved['where'] == f'jobset {jobset["metadata"]["name"]}' and saved['state'] == 'queued'
+  helpers.write_script(state, {'kubectl': 'fail'})
+  assert launch.main(args[:3] + [root] + args[4:]) == 1
+  saved = record.read(os.path.join(root, 'seed=2'))
+  assert saved['state'] == 'failed'
+  assert saved['reason'].startswith('kubectl apply failed: exit code 1: error: resource mapping '
+                                    'not found')
