@@ -49,10 +49,11 @@ class RunStatus:
   workdir: str = ''
 
   def state_text(self) -> str:
-    text = self.state
+    if self.state == 'preempted':  # requeued, waiting for capacity
+      return f'preempted {max(self.preemptions, 1)}x, requeued'
     if self.preemptions and self.state != 'failed':
-      text += f', preempted and requeued {self.preemptions}x'
-    return text
+      return f'{self.state}, preempted and requeued {self.preemptions}x'
+    return self.state
 
 
 def _path(path: str):
@@ -128,6 +129,10 @@ def read_run(workdir: str, now: float | None = None, stale_s: float = 600) -> Ru
     status.state, status.reason = 'failed', str(written.get('reason', ''))
   elif launch:
     status.state = launch.get('state', 'queued')
+    metrics_time = _mtime(root / 'metrics.jsonl')
+    if (status.state in ('queued', 'preempted') and metrics_time is not None and
+        metrics_time > float(launch.get('updated', 0)) and now - metrics_time < stale_s):
+      status.state = 'running'  # a job system restarted it (SLURM, a JobSet) and it trains
     if status.state in ('failed', 'stopped', 'preempted', 'queued'):
       status.reason = str(launch.get('reason', ''))
   elif written.get('state') in ('done', 'preempted', 'running'):
