@@ -83,6 +83,16 @@ def test_gcs_workdirs_join_with_slashes():
   assert runs[0].workdir == 'gs://bucket/sweep/seed=3'
 
 
+def test_comparison_sweep_takes_a_preset_and_names_runs_arm_and_seed():
+  runs = launch.expand(launch.load_sweep('configs/sweeps/compare.py:small'), 'r')
+  assert [run.name for run in runs[:4]] == ['clm_seed=0', 'clm_seed=1', 'clm_seed=2', 'mlm_seed=0']
+  assert runs[0].config == 'configs/compare.py:clm:small' and runs[0].overrides == (('seed', 0),)
+  assert {run.name.rsplit('_seed=', 1)[0] for run in runs} >= {'clm', 'mlm', 'mlm_pairs',
+                                                               'mlm_nsp', 'mlm_sop', 'plm'}
+  with pytest.raises(ValueError, match='choose a preset'):
+    launch.load_sweep('configs/sweeps/compare.py:huge')
+
+
 def test_local_dry_run_prints_train_commands(capsys):
   assert launch.main(['--sweep', SWEEP, '--workdir_root', 'runs/sweep', '--dry_run']) == 0
   lines = capsys.readouterr().out.strip().splitlines()

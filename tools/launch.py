@@ -36,9 +36,12 @@ _UNSAFE = re.compile(r'[^A-Za-z0-9._=+-]')
 
 
 def load_sweep(path: str) -> list[dict[str, Any]]:
-  """Calls `get_sweep()` of the sweep module at `path` (a file, or a dotted module name)."""
+  """Calls `get_sweep()` of the sweep module at `path` (a file, or a dotted module name);
+  'FILE.py:ARG' calls `get_sweep('ARG')`, as --config FILE:preset does."""
   if REPO not in sys.path:
     sys.path.insert(0, REPO)
+  path, _, argument = path.partition('.py:') if '.py:' in path else (path, '', '')
+  path = path + '.py' if argument else path
   if path.endswith('.py'):
     spec = importlib.util.spec_from_file_location('_sweep', path)
     if spec is None or spec.loader is None or not os.path.exists(path):
@@ -49,7 +52,7 @@ def load_sweep(path: str) -> list[dict[str, Any]]:
     module = importlib.import_module(path)
   if not hasattr(module, 'get_sweep'):
     raise ValueError(f'--sweep {path} defines no get_sweep().')
-  return list(module.get_sweep())
+  return list(module.get_sweep(argument) if argument else module.get_sweep())
 
 
 def config_label(config: str) -> str:
