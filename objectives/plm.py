@@ -2,7 +2,10 @@
 
 Per sequence, `num_predict` targets (0: round(seq_len / k)) are chosen among the real
 tokens (segment id > 0, not special) in contiguous spans, and a factorisation order is
-sampled in which every non-target comes before every target:
+sampled in which every non-target comes before every target. A row with R real
+(non-padding) tokens of seq_len gets round(num_predict * R / seq_len) targets (at least one),
+so a mostly padded row (an exact evaluation's last batch) has the same fraction predicted as a
+full one, about 1/k:
   - non-targets all share rank 0, so they see each other bidirectionally (XLNet's data
     pipeline gives them the lowest rank, -1, for the same effect) and never see a target;
   - targets get ranks 1..n in a uniformly random order; target i's query stream sees the
@@ -15,9 +18,9 @@ tile the sequence's real tokens exactly (cell length ~ n * real_tokens / num_pre
 ~ n * k) and the last span is cut so the spans hold exactly num_predict tokens; XLNet uses
 cells of n * (1 + alpha / beta) tokens and tops the count up with random single tokens.
 Lengths count pieces, not whole words, and a span may run over a special token (e.g. the
-eos/bos pair between packed documents), which is skipped. A sequence with fewer real tokens
-than num_predict predicts all of them; its spare target slots point at non-real positions
-with weight 0. A document whose every token is a target (possible only without bos/eos,
+eos/bos pair between packed documents), which is skipped. A sequence with fewer candidates
+than its number of targets predicts all of them; spare target slots point at non-real
+positions with weight 0. A document whose every token is a target (possible only without bos/eos,
 which packed windows always have at document edges) gives its first target in the order
 back to the context, so every weighted target sees at least one token.
 """
@@ -56,12 +59,20 @@ def prediction_candidates(tokens: Array, segment_ids: Array, is_special: Array) 
   return (segment_ids > 0) & ~is_special[tokens]
 
 
+def scaled_num_predict(num_predict: int, real_tokens: Array, seq_len: int) -> Array:
+  """round(num_predict * real_tokens / seq_len), at least 1: the targets of a row with
+  `real_tokens` non-padding tokens (num_predict itself for a full row)."""
+  scaled = (num_predict * real_tokens + seq_len // 2) // seq_len
+  return jnp.clip(scaled, 1, num_predict).astype(jnp.int32)
+
+
 def sample_span_mask(rng: Array, num_slots: int, available: Array, num_predict: int,
-                     max_span: int) -> Array:
-  """Bool [num_slots]: exactly min(num_predict, available) of the first `available` slots,
-  in contiguous spans of 1..max_span that never touch when the cells have room."""
+                     max_span: int, goal: Array | None = None) -> Array:
+  """Bool [num_slots]: exactly min(goal, available) of the first `available` slots (goal
+  defaults to num_predict, which bounds it), in contiguous spans of 1..max_span that never
+  touch when the cells have room."""
   length_rng, offset_rng = jax.random.split(rng)
-  goal = jnp.minimum(num_predict, available)
+  goal = jnp.minimum(num_predict if goal is None else jnp.minimum(goal, num_predict), available)
   logits = jnp.log(jnp.asarray(span_length_probs(max_span), jnp.float32))
   lengths = jax.random.categorical(length_rng, logits, shape=(num_predict,)) + 1
   before = jnp.cumsum(lengths) - lengths
@@ -80,16 +91,19 @@ def sample_span_mask(rng: Array, num_slots: int, available: Array, num_predict: 
   return jnp.cumsum(edges)[:num_slots] > 0
 
 
-def sample_targets(rng: Array, candidates: Array, num_predict: int,
-                   max_span: int) -> tuple[Array, Array]:
+def sample_targets(rng: Array, candidates: Array, num_predict: int, max_span: int,
+                   goal: Array | None = None) -> tuple[Array, Array]:
   """Target positions [num_predict] of one sequence (targets first, in position order) and
-  their weights: 1 for the min(num_predict, #candidates) real targets, 0 for spare slots."""
+  their weights: 1 for the min(goal, #candidates) real targets (goal defaults to
+  num_predict), 0 for spare slots."""
   length = candidates.shape[0]
   # Candidate positions in order first: spans are drawn over the candidates only.
   candidate_positions = jnp.argsort(~candidates, stable=True)
-  in_span = sample_span_mask(rng, length, candidates.sum(), num_predict, max_span)
+  in_span = sample_span_mask(rng, length, candidates.sum(), num_predict, max_span, goal)
   is_target = jnp.zeros(length, jnp.bool_).at[candidate_positions].set(in_span)
-  index = jnp.argsort(~is_target, stable=True)[:num_predict].astype(jnp.int32)
+  # Targets first, then spare slots on padding or special positions (never a real token).
+  order = jnp.where(is_target, 0, jnp.where(candidates, 2, 1))
+  index = jnp.argsort(order, stable=True)[:num_predict].astype(jnp.int32)
   return index, is_target[index].astype(jnp.float32)
 
 
@@ -123,7 +137,8 @@ def sample_sequence(rng: Array, tokens: Array, segment_ids: Array, is_special: A
   """(ranks [T], target index [P], target weights [P]) for one sequence."""
   span_rng, order_rng = jax.random.split(rng)
   candidates = prediction_candidates(tokens, segment_ids, is_special)
-  index, weights = sample_targets(span_rng, candidates, num_predict, max_span)
+  goal = scaled_num_predict(num_predict, (segment_ids > 0).sum(), tokens.shape[0])
+  index, weights = sample_targets(span_rng, candidates, num_predict, max_span, goal)
   ranks = factorisation_ranks(order_rng, index, weights, tokens.shape[0])
   ranks, weights = demote_contextless(ranks, segment_ids, index, weights)
   return ranks, index, weights

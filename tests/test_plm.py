@@ -97,7 +97,8 @@ def test_targets_count_never_padding_or_special_and_last_in_order():
     for row in range(6):
       candidates = (segments[row] > 0) & ~VOCAB.is_special[tokens[row]]
       picked = index[row][weights[row] > 0]
-      assert weights[row].sum() == min(8, candidates.sum())  # 8, 8, 8, 8, 3, 8
+      real = (segments[row] > 0).sum()  # targets scale with the row's real tokens
+      assert weights[row].sum() == min(max(1, round(8 * real / 48)), candidates.sum())
       assert len(set(index[row])) == 8
       assert candidates[picked].all()  # never padding, bos or eos
       assert not candidates[index[row][weights[row] == 0]].any()
@@ -106,7 +107,7 @@ def test_targets_count_never_padding_or_special_and_last_in_order():
       others = np.setdiff1d(np.arange(48), picked)
       assert (ranks[row][others] == 0).all()
       assert sorted(ranks[row][picked]) == list(range(1, len(picked) + 1))
-  assert [int(w.sum()) for w in np.asarray(targets['weights'])] == [8, 8, 8, 8, 3, 8]
+  assert [int(w.sum()) for w in np.asarray(targets['weights'])] == [8, 8, 5, 2, 1, 6]
 
 
 def test_spans_are_contiguous_with_lengths_from_one_over_n():
@@ -214,7 +215,7 @@ def test_query_logits_never_see_their_own_token_or_later_ones(position):
         assert (got[1 - row] == 0.0).all()  # other sequences of the batch
         assert (got[row][visible] > 0.0).all() and visible.sum() > 0
         checked += 1
-    assert checked == 8
+    assert checked == 4 + 3  # the row of 11 real tokens of 16 gets round(4 * 11 / 16) = 3
 
 
 def test_identity_order_query_stream_is_strictly_causal():
@@ -296,9 +297,10 @@ def test_configs_build(preset):
 
 
 def test_a_document_of_targets_only_gives_its_first_target_to_the_context():
-  # No bos/eos: all four real tokens are candidates, fewer than num_predict=5.
-  tokens = jnp.asarray([[9, 10, 11, 12, 0, 0, 0, 0, 0, 0]], jnp.int32)
-  segments = jnp.asarray([[1, 1, 1, 1, 0, 0, 0, 0, 0, 0]], jnp.int32)
+  # No bos/eos: the first document's four tokens are the only candidates, fewer than the
+  # num_predict=5 a full row gets (the second document is special tokens only).
+  tokens = jnp.asarray([[9, 10, 11, 12, BOS, BOS, BOS, BOS, BOS, BOS]], jnp.int32)
+  segments = jnp.asarray([[1, 1, 1, 1, 2, 2, 2, 2, 2, 2]], jnp.int32)
   batch = {'tokens': tokens, 'segment_ids': segments, 'positions': jnp.arange(10)[None] * segments}
   for seed in range(4):
     _, inputs, targets = prepare(batch, seed, num_predict=5, max_span=2)
@@ -308,3 +310,18 @@ def test_a_document_of_targets_only_gives_its_first_target_to_the_context():
     assert (ranks[:4] == 0).sum() == 1 and sorted(ranks[:4]) == [0, 2, 3, 4]
     _, query = model_masks(inputs)
     assert query[0][weights > 0].any(axis=-1).all()
+
+
+def test_a_mostly_padded_row_gets_predictions_in_proportion_to_its_real_tokens():
+  """k=6 at seq_len 128 gives 21 targets per full row; a row of 30 real tokens gets
+  round(21 * 30 / 128) = 5 (1/6 of them, as a full row), not 21 of its 28 candidates."""
+  lengths = [[128], [30], [64, 32], [3]]
+  batch = packed_batch(lengths, 128, seed=3)
+  objective, inputs, targets = prepare(batch, 0)  # the defaults: k=6, max_span=5
+  assert objective.num_predict == 21
+  weights = np.asarray(targets['weights'])
+  assert [int(w.sum()) for w in weights] == [21, 5, 16, 1]
+  ranks = np.asarray(inputs.attn_order)
+  for row, count in enumerate([21, 5, 16, 1]):
+    assert sorted(ranks[row][ranks[row] > 0]) == list(range(1, count + 1))
+  assert float(weights[1].sum()) / 28 < 0.2  # 28 candidates: bos and eos are never targets
