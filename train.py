@@ -49,17 +49,25 @@ def train(exp) -> dict[str, float]:
 def run(config, workdir: str) -> dict[str, float]:
   """Validates, assembles and trains under the workdir lock; the library entry point behind
   the command line. Bad input raises `SetupError` with one line, before compilation."""
-  from configs import base
+  import contextlib
 
-  try:
-    base.apply_objective(config)
-    exp = setup(config, workdir)
-  except (ValueError, OSError, KeyError) as error:  # OSError: e.g. an unwritable workdir
-    raise SetupError(_one_line(error)) from error
-  try:
-    return train(exp)
-  except ValueError as error:  # a checkpoint that does not fit this config
-    raise SetupError(_one_line(error)) from error
+  import jax
+
+  from configs import base
+  from training import loop, workdir_lock
+
+  with contextlib.ExitStack() as stack:
+    try:
+      base.apply_objective(config)
+      os.makedirs(workdir, exist_ok=True)
+      stack.enter_context(workdir_lock.workdir_lock(workdir, enabled=jax.process_index() == 0))
+      exp = setup(config, workdir)
+    except (ValueError, OSError, KeyError, workdir_lock.WorkdirLocked) as error:
+      raise SetupError(_one_line(error)) from error  # OSError: e.g. an unwritable workdir
+    try:
+      return train(exp)
+    except loop.RestoreError as error:  # no checkpoint fits this config's model
+      raise SetupError(_one_line(error)) from error
 
 
 def dry_run(config, workdir: str) -> dict[str, Any]:
@@ -169,8 +177,31 @@ def _config_help(argv: list[str]) -> str:
   return '\n'.join(lines)
 
 
+_OBJECTIVE_FLAG = '--config.objective'
+_objective_override: list[str] = []  # a --config.objective value, applied after parsing
+
+
+def _take_objective(argv: list[str]) -> list[str]:
+  """Removes --config.objective from argv: absl would keep the type of the config's value
+  (a name or a dict), while a name may replace a mix and the reverse."""
+  kept, index = [argv[0]], 1
+  while index < len(argv):
+    arg = argv[index]
+    if arg == _OBJECTIVE_FLAG and index + 1 < len(argv):
+      _objective_override.append(argv[index + 1])
+      index += 2
+      continue
+    if arg.startswith(_OBJECTIVE_FLAG + '='):
+      _objective_override.append(arg.split('=', 1)[1])
+    else:
+      kept.append(arg)
+    index += 1
+  return kept
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, except that a broken --config file is one line naming file and line."""
+  argv = _take_objective(argv)
   path = _config_path(argv)
   problem = _config_file_problem(path) if path else None
   if problem:
@@ -212,12 +243,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep the progress lines readable
     _quiet_platform_messages()
   config = _CONFIG.value
+  from configs import base
+  try:
+    base.apply_objective(config, _objective_override[-1] if _objective_override else None)
+  except ValueError as error:
+    _fail(_one_line(error), 2)
   if _PRINT_CONFIG.value:
-    from configs import base
-    try:
-      base.apply_objective(config)
-    except ValueError as error:
-      _fail(_one_line(error), 2)
     print(config.to_json(indent=2))
     return
   if _WORKDIR.value is None:

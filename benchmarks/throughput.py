@@ -9,6 +9,7 @@ includes only the logits each objective really computes; MFU uses the datasheet 
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import jax
@@ -16,18 +17,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data import pipeline
 from data.vocab import toy_vocab
-from models.config import ModelConfig
-from models.transformer import Transformer
-from objectives import registry
-from training import checks, flops, mesh as mesh_lib, optim, state as state_lib, step as step_lib
+from training import experiment, flops, loop, mesh as mesh_lib, optim, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py:tiny', 'Config to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile step).')
 
 
 def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng) -> dict:
+  from data import pipeline  # pylint: disable=import-outside-toplevel
   example = pipeline.example_batch(data_format, batch, seq_len)
   example['tokens'] = rng.integers(7, vocab, size=(batch, seq_len), dtype=np.int32)
   if 'next_sentence_label' in example:
@@ -37,32 +35,21 @@ def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng) ->
 
 
 def benchmark(config, steps: int) -> dict[str, float]:
+  """Compiles the run's train step through the shared assembly and times it on random tokens."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
-  checks.check_keys(config)
   vocab_size = config.model.vocab_size or config.data.vocab_size
-  vocab = toy_vocab(vocab_size)
-  objective = registry.build(config.objective, lambda name: config.get(name, {}), vocab=vocab,
-                             seq_len=config.seq_len)
-  values = dict(config.model, vocab_size=vocab_size)
-  model_config = ModelConfig.from_config(values, **objective.model_overrides())
-  model = Transformer(model_config)
-  mesh = mesh_lib.make_mesh(config.mesh)
-  rules = mesh_lib.logical_rules(config.mesh)
-  tx = optim.make_optimizer(config.optimizer, config.total_steps)
-  example = pipeline.example_batch(objective.data_format, 2, config.seq_len)
-
-  def init_params(key):
-    inputs, _ = objective.prepare(key, example)
-    return model.init({'params': key, 'dropout': key}, inputs)['params']
-
-  state, shardings = state_lib.sharded_init(init_params, tx, mesh, rules, jax.random.key(0))
-  batch_sharding = mesh_lib.batch_sharding(mesh)
+  with tempfile.TemporaryDirectory() as workdir:
+    exp = experiment.build(config, workdir, data=False, vocab=toy_vocab(vocab_size))
+  model, objective, mesh, rules = exp.model(), exp.objective, exp.mesh, exp.rules
+  model_config = exp.model_config
+  state, shardings = exp.init_state(optim.make_optimizer(config.optimizer, config.total_steps))
+  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
   train_step = jax.jit(step_lib.make_train_step(
       model, objective, 0, optim.learning_rate_schedule(config.optimizer, config.total_steps)),
       in_shardings=(shardings, batch_sharding), donate_argnums=(0,))
   rng = np.random.default_rng(0)
-  batches = [jax.device_put(random_batch(objective.data_format, config.batch_size,
+  batches = [jax.device_put(random_batch(exp.data_format, config.batch_size,
                                          config.seq_len, vocab_size, rng), batch_sharding)
              for _ in range(2)]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -93,7 +80,7 @@ def main(argv):
   config = _CONFIG.value
   result = benchmark(config, _STEPS.value)
   device = jax.devices()[0]
-  print(f'{config.objective} | {device.device_kind} x{jax.device_count()} | batch '
+  print(f'{loop.describe_objective(config.objective)} | {device.device_kind} x{jax.device_count()} | batch '
         f'{config.batch_size} x seq {config.seq_len} | ' +
         ' | '.join(f'{k} {v:,.3f}' for k, v in result.items()))
 

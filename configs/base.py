@@ -6,6 +6,7 @@ Every key here may be overridden from the command line: `--config.model.num_laye
 
 from __future__ import annotations
 
+import ast
 from typing import Any, Mapping
 
 import ml_collections
@@ -55,6 +56,10 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
   config.pause_at_step = 0  # > 0: checkpoint and return at this step (time-sliced jobs)
   config.resume = True  # continue from the workdir's latest checkpoint
   config.allow_config_change = False  # resume even if the saved config differs
+  # Compute budgets: a run stops at `tokens` real (non-padding) training tokens or at `flops`
+  # training FLOPs instead of total_steps (0 = off). Checkpoints at `keep_fractions` of the
+  # run are never pruned, for downstream scores against compute.
+  config.budget = ml_collections.ConfigDict(dict(tokens=0, flops=0.0, keep_fractions=()))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=shape['learning_rate'],
@@ -118,7 +123,56 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
   return config
 
 
-def model_preset(name: str) -> dict[str, Any]:
-  if name not in MODEL_PRESETS:
-    raise ValueError(f'Unknown model preset {name!r}: choose from {sorted(MODEL_PRESETS)}.')
-  return dict(MODEL_PRESETS[name])
+def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b': value} for every leaf of a config (sections with no settings kept as {})."""
+  if isinstance(tree, (ml_collections.ConfigDict, dict)):
+    out: dict[str, Any] = {}
+    for key in tree.keys():
+      out.update(flatten(tree[key], f'{prefix}{key}.'))
+    if not out and prefix:
+      out[prefix[:-1]] = {}
+    return out
+  return {prefix[:-1]: tree}
+
+
+def apply_objective(config: ml_collections.ConfigDict,
+                    objective: Any = None) -> ml_collections.ConfigDict:
+  """Sets `config.objective` (to `objective` if given) with exactly its config sections.
+
+  A string such as `"{'mlm': 1, 'nsp': 1}"` (from the command line) becomes a dict, and a
+  name may replace a dict or the reverse; the sections of the objectives it names are added
+  with their defaults, and those of registered objectives it no longer names are removed
+  (their settings would be ignored).
+  """
+  objective = config.objective if objective is None else objective
+  if isinstance(objective, str) and objective.strip().startswith('{'):
+    try:
+      objective = ast.literal_eval(objective)
+    except (ValueError, SyntaxError) as error:
+      raise ValueError(f'config.objective={config.objective!r} is not a name or a dict such as '
+                       '"{\'mlm\': 1, \'nsp\': 1}".') from error
+  if isinstance(objective, (Mapping, ml_collections.ConfigDict)):
+    objective = {str(k): v for k, v in dict(objective).items()}
+    names = list(objective)
+  elif isinstance(objective, str):
+    names = [objective]
+  else:
+    raise ValueError(f'config.objective must be a name or a dict name -> weight, got '
+                     f'{objective!r}.')
+  known = registry.declared_names()
+  for name in names:
+    if name not in known:
+      raise ValueError(f'Unknown objective {name!r} in config.objective: choose from {known} '
+                       'or add a file under objectives/ that registers it.')
+  with config.unlocked():
+    if objective != config.objective:
+      del config['objective']
+      config.objective = objective
+    for name in known:
+      if name in config and name not in names and isinstance(config[name],
+                                                             ml_collections.ConfigDict):
+        del config[name]
+    for name in names:
+      if name not in config:
+        config[name] = ml_collections.ConfigDict(registry.defaults(name))
+  return config

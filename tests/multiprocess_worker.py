@@ -97,7 +97,7 @@ def main() -> None:
                          args.steps)
   run = train.setup(config, args.workdir)  # joins the other processes (training/distributed.py)
   global_shape = (config.batch_size, config.seq_len)
-  rows = process_rows(mesh_lib.batch_sharding(run.mesh), global_shape)
+  rows = process_rows(mesh_lib.batch_sharding(run.mesh, run.rules), global_shape)
   if len(rows) != run.local_batch_size:
     raise AssertionError(f'Process {jax.process_index()} holds {len(rows)} rows of the batch but '
                          f'train.setup planned {run.local_batch_size}.')

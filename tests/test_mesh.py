@@ -60,20 +60,10 @@ def test_losses_match_across_meshes(tmp_path, shared_cache, reference_losses, me
 
 
 def test_parameters_are_sharded_as_the_rules_say(tmp_path, shared_cache):
-  from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
-  from data import pipeline  # pylint: disable=import-outside-toplevel
-  from training import optim, state as state_lib  # pylint: disable=import-outside-toplevel
+  from training import optim  # pylint: disable=import-outside-toplevel
 
   run = train.setup(mesh_config(shared_cache, (1, 4, 2)), str(tmp_path / 'run'))
-  model = Transformer(run.model_config)
-  tx = optim.make_optimizer(run.config.optimizer, run.config.total_steps)
-  example = pipeline.example_batch(run.objective.data_format, 2, run.config.seq_len)
-
-  def init_params(key):
-    inputs, _ = run.objective.prepare(key, example)
-    return model.init({'params': key, 'dropout': key}, inputs)['params']
-
-  state, _ = state_lib.sharded_init(init_params, tx, run.mesh, run.rules, jax.random.key(0))
+  state, _ = run.init_state(optim.make_optimizer(run.config.optimizer, run.config.total_steps))
   flat = {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
   wi = [leaf for name, leaf in flat.items() if 'wi' in name and name.endswith('kernel')]

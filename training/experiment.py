@@ -107,11 +107,12 @@ def data_format_of(config, objective) -> str:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
-          tokenizer_path: str | None = None) -> Experiment:
+          tokenizer_path: str | None = None, vocab: Any = None) -> Experiment:
   """Validates `config` and assembles the run; see the module docstring.
 
-  With `data=False` no corpus is read: the tokenizer must exist (config.data.tokenizer,
-  `tokenizer_path`, or the workdir's tokenizer.model), and the iterators are None.
+  With `data=False` no corpus is read and the iterators are None: the tokenizer must exist
+  (config.data.tokenizer, `tokenizer_path`, or the workdir's tokenizer.model), unless a
+  `vocab` (data/vocab.py) is given, e.g. a toy one for benchmarks on random tokens.
   """
   import jax
 
@@ -135,15 +136,18 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
     os.makedirs(workdir, exist_ok=True)
     tokenizer = tokenizer_lib.load_or_train(
         config.data, workdir, _capped(train_docs, config.data.tokenizer_max_chars))
+  elif vocab is not None:
+    tokenizer = None
   else:
     path = tokenizer_path or config.data.tokenizer or os.path.join(workdir, 'tokenizer.model')
     if not os.path.exists(path):
       raise ValueError(f'No tokenizer at {path}: point config.data.tokenizer at the run\'s '
                        'tokenizer.model.')
     tokenizer = tokenizer_lib.Tokenizer(path)
-  vocab_size = checks.check_vocab(config, tokenizer.size)
+  vocab = tokenizer.vocab if tokenizer is not None else vocab
+  vocab_size = checks.check_vocab(config, vocab.size)
   objective = registry.build(config.objective, lambda name: config.get(name, {}),
-                             vocab=tokenizer.vocab, seq_len=config.seq_len)
+                             vocab=vocab, seq_len=config.seq_len)
   model_values = dict(config.model)
   model_values['vocab_size'] = vocab_size
   model_config = ModelConfig.from_config(model_values, **objective.model_overrides())

@@ -34,6 +34,10 @@ INTERRUPTED_EXIT_CODE = 130  # ... and by SIGINT (Ctrl-C) 128 + 2
 _BUDGET_PROBE_BATCHES = 32  # batches read to estimate real tokens per step for a token budget
 
 
+class RestoreError(ValueError):
+  """No checkpoint of the workdir can be restored into this config's run; one line."""
+
+
 class Stopped(SystemExit):
   """The run stopped early at a signal, after saving a checkpoint; `code` is the exit status."""
 
@@ -169,13 +173,17 @@ class Trainer:
   # -- start -------------------------------------------------------------------------------
   def restore(self) -> None:
     """Resumes from the latest checkpoint, if any; then (and only then) writes config.json."""
-    latest = self.checkpointer.latest_step() if self.config.resume else None
-    if latest is not None:
-      abstract = state_lib.abstract_state(self.state)
+    found = None
+    if self.config.resume:
       try:
-        self.state, saved = self.checkpointer.restore(latest, abstract)
-      except (ValueError, TypeError) as error:
-        raise ValueError(_restore_problem(self.workdir, latest, error)) from error
+        found = self.checkpointer.restore_latest(
+            state_lib.abstract_state(self.state),
+            settings=checkpoint_lib.model_settings(self.exp.model_config),
+            report=self.progress.message)
+      except checkpoint_lib.CheckpointError as error:
+        raise RestoreError(str(error)) from error
+    if found is not None:
+      _, self.state, saved = found
       position = saved.get('iterator', saved) if isinstance(saved, dict) else saved
       self.exp.train_iter.set_state(position)
       self.step = self.saved_step = int(self.state.step)
@@ -396,14 +404,6 @@ def _new_interval() -> dict[str, Any]:
   """Bookkeeping of one logging interval: device metric sums, steps, timing."""
   return {'metrics': None, 'steps': 0, 'timed_steps': 0, 'start': None, 'excluded': 0.0,
           'saved': None, 'timed_tokens': 0}
-
-
-def _restore_problem(workdir: str, step: int, error: BaseException) -> str:
-  """One line for a checkpoint that does not fit the model this config builds."""
-  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-  return (f'The checkpoint of step {step} in {workdir} does not fit the model of this config '
-          f'({text[:200]}): a model setting (config.model.*) differs from the saved run\'s; '
-          'restore its config.json values or use a new --workdir.')
 
 
 def describe_objective(objective: Any) -> str:
