@@ -69,17 +69,6 @@ class Experiment:
                                   model_config=self.model_config)
 
 
-def _capped(documents, max_chars: int):
-  """The first documents of a split, up to `max_chars` characters (the tokenizer's text)."""
-  total = 0
-  for index in range(len(documents)):
-    text = documents[index]
-    yield text
-    total += len(text)
-    if total >= max_chars:
-      return
-
-
 def check_first_batch(iterator, split: str) -> None:
   """Reads one batch and rewinds (the iterators restore exactly), so data that yields no
   example fails here, before compilation, as one line."""
@@ -134,8 +123,8 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
   train_docs = pipeline.load_documents(config.data, 'train') if data else None
   if data:
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = tokenizer_lib.load_or_train(
-        config.data, workdir, _capped(train_docs, config.data.tokenizer_max_chars))
+    tokenizer = tokenizer_lib.load_or_train(  # reads the first tokenizer_max_chars only
+        config.data, workdir, (train_docs[i] for i in range(len(train_docs))))
   elif vocab is not None:
     tokenizer = None
   else:
