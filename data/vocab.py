@@ -63,14 +63,16 @@ class Vocab:
 
 def whitespace_flags(pieces: Sequence[str]) -> np.ndarray:
   """`is_whitespace` for SentencePiece pieces: True where the text is only whitespace ('▁'
-  is a space; byte pieces '<0x0A>' count by their byte)."""
+  is a space; a byte piece such as '<0x0A>' counts when its byte is ASCII whitespace, never
+  a byte of a multi-byte character)."""
 
   def blank(piece: str) -> bool:
     if len(piece) == 6 and piece.startswith('<0x') and piece.endswith('>'):
       try:
-        return chr(int(piece[3:5], 16)).isspace()
+        byte = int(piece[3:5], 16)
       except ValueError:
         return False
+      return byte < 0x80 and chr(byte).isspace()
     text = piece.replace('▁', ' ')
     return bool(text) and text.isspace()
 

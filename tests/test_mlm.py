@@ -275,3 +275,12 @@ def test_whitespace_only_pieces_are_never_masked_nor_drawn_as_replacements(unit)
   replaced = np.asarray(inputs.tokens)[selected]  # every chosen token replaced at random
   assert len(replaced) > 500 and not whitespace[replaced].any()
   assert not VOCAB.is_special[replaced].any()
+
+
+def test_whitespace_flags_of_sentencepiece_pieces():
+  from data.vocab import whitespace_flags  # pylint: disable=import-outside-toplevel
+
+  pieces = ['▁', '▁▁▁', '\n', '\t', '<0x0A>', '<0x20>', '<0xA0>', '<0x41>', '▁the', 'the', '[MASK]']
+  np.testing.assert_array_equal(whitespace_flags(pieces),
+                                [True, True, True, True, True, True, False, False, False, False,
+                                 False])
