@@ -47,3 +47,23 @@ def attention_mask(
   elif strict:
     raise ValueError('A strict (query-stream) mask needs an attention order.')
   return mask[:, None, :, :]
+
+
+def prepend_prompt(mask: jax.Array, query_segments: jax.Array, num_prompt: int, *,
+                   prompt_queries: bool) -> jax.Array:
+  """Extends a mask [batch, 1, Q, K] with `num_prompt` soft-prompt keys in front of the keys.
+
+  Every non-padding query may attend every prompt key. With `prompt_queries`, the prompt
+  positions are also prepended as queries: they attend only to one another (never to the
+  input), so they stay independent of the text and causal models remain causal.
+  """
+  batch, _, queries, keys = mask.shape
+  to_prompt = jnp.broadcast_to((query_segments > 0)[:, None, :, None],
+                               (batch, 1, queries, num_prompt))
+  mask = jnp.concatenate([to_prompt, mask], axis=-1)
+  if prompt_queries:
+    prompt_rows = jnp.concatenate([
+        jnp.ones((batch, 1, num_prompt, num_prompt), bool),
+        jnp.zeros((batch, 1, num_prompt, keys), bool)], axis=-1)
+    mask = jnp.concatenate([prompt_rows, mask], axis=2)
+  return mask

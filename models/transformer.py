@@ -31,6 +31,11 @@ class ModelInputs:
     compute_logits is False, e.g. for a sentence-level loss alone).
   query_index: [batch, P] positions whose query stream runs (permutation LM); the
     logits then come from the query stream at these positions.
+  prompt_embeddings: [batch, P, embed] soft-prompt vectors (prompt tuning) prepended to the
+    embedded tokens. Every non-padding token may attend to them, they attend only to one
+    another, they get no logits and no position term (rotary treats them as position 0),
+    and the real tokens keep their positions; `hidden`, `predict_index` and `query_index`
+    all refer to the real tokens only. None (the default) leaves the model unchanged.
   """
 
   tokens: Array
@@ -40,18 +45,45 @@ class ModelInputs:
   attn_order: Array | None = None
   predict_index: Array | None = None
   query_index: Array | None = None
+  prompt_embeddings: Array | None = None
   causal: bool = struct.field(pytree_node=False, default=False)
   compute_logits: bool = struct.field(pytree_node=False, default=True)
 
 
 @struct.dataclass
+class KVCache:
+  """Every layer's keys and values for incremental decoding.
+
+  key, value: [layers, batch, slots, heads, head_dim] in the compute dtype, rotary already
+  applied; segment_ids: [batch, slots] (0 = not written yet, or padding); index: the next
+  slot to write (a scalar shared by the batch). A forward pass with a cache writes its
+  tokens at slots index..index+length-1 and attends causally over every written slot.
+  """
+
+  key: Array
+  value: Array
+  segment_ids: Array
+  index: Array
+
+  @classmethod
+  def create(cls, config: ModelConfig, batch: int, slots: int) -> 'KVCache':
+    """An empty cache of `slots` positions per row."""
+    shape = (config.num_layers, batch, slots, config.num_heads, config.resolved_head_dim)
+    zeros = jnp.zeros(shape, config.compute_dtype)
+    return cls(key=zeros, value=zeros, segment_ids=jnp.zeros((batch, slots), jnp.int32),
+               index=jnp.zeros((), jnp.int32))
+
+
+@struct.dataclass
 class ModelOutputs:
   """hidden: [batch, length, embed] final content states; logits: [batch, P, vocab]
-  (or [batch, length, vocab]) in float32; sentence_logits: [batch, classes]."""
+  (or [batch, length, vocab]) in float32; sentence_logits: [batch, classes]; cache: the
+  updated KVCache when the call was given one."""
 
   hidden: Array
   logits: Array | None = None
   sentence_logits: Array | None = None
+  cache: KVCache | None = None
 
 
 def _dense_init(config: ModelConfig):
@@ -116,8 +148,13 @@ class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, queries, kv_input, kv_positions):
-    """queries: list of (x [B, Q, D], positions [B, Q], mask [B, 1, Q, K]); returns a list."""
+  def __call__(self, queries, kv_input, kv_positions, cache=None):
+    """queries: list of (x [B, Q, D], positions [B, Q], mask [B, 1, Q, K]).
+
+    Returns (a list of outputs, new cache). With cache = (key, value, index), the new keys and
+    values are written into key/value [B, S, heads, head_dim] at slot `index` and the queries
+    attend over all S slots; the updated (key, value) is returned, else None.
+    """
     cfg = self.config
     heads = (cfg.num_heads, cfg.resolved_head_dim)
     in_axes = ('embed', 'heads', 'kv')
@@ -127,6 +164,13 @@ class Attention(nn.Module):
     out_proj = Projection((cfg.embed_dim,), 2, ('heads', 'kv', 'embed'), cfg, name='out')
     if cfg.position == 'rotary':
       key = apply_rotary(key, kv_positions)
+    new_cache = None
+    if cache is not None:
+      cache_key, cache_value, index = cache
+      start = (0, index, 0, 0)
+      key = jax.lax.dynamic_update_slice(cache_key, key.astype(cache_key.dtype), start)
+      value = jax.lax.dynamic_update_slice(cache_value, value.astype(cache_value.dtype), start)
+      new_cache = (key, value)
     key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
     value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
     implementation = _attention_implementation(cfg)
@@ -139,7 +183,7 @@ class Attention(nn.Module):
       attended = jax.nn.dot_product_attention(
           query, key, value, mask=mask, implementation=implementation)
       outputs.append(out_proj(attended))
-    return outputs
+    return outputs, new_cache
 
 
 class Mlp(nn.Module):
@@ -175,7 +219,9 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, carry, positions, content_mask, query_positions, query_mask):
+  def __call__(self, carry, positions, content_mask, query_positions, query_mask,
+               layer_cache=None, cache_index=None):
+    """Returns (new carry, this layer's updated (key, value) cache or None)."""
     cfg = self.config
     content, query = carry
     attention = Attention(cfg, name='attention')
@@ -193,9 +239,10 @@ class Block(nn.Module):
       normed = streams
     stream_positions = [positions, query_positions]
     stream_masks = [content_mask, query_mask]
-    attended = attention(
+    cache = None if layer_cache is None else (*layer_cache, cache_index)
+    attended, new_cache = attention(
         [(x, stream_positions[i], stream_masks[i]) for i, x in enumerate(normed)],
-        kv_input, positions)
+        kv_input, positions, cache)
 
     new_streams = []
     for stream, update in zip(streams, attended):
@@ -210,8 +257,8 @@ class Block(nn.Module):
                                            deterministic=self.deterministic))
       new_streams.append(nn.with_logical_constraint(stream, ('batch', 'length', 'embed')))
     if query is None:
-      return (new_streams[0], None), None
-    return (new_streams[0], new_streams[1]), None
+      return (new_streams[0], None), new_cache
+    return (new_streams[0], new_streams[1]), new_cache
 
 
 def _gather(x: Array, index: Array) -> Array:
@@ -226,8 +273,13 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: ModelInputs, *, train: bool = False,
-               token_embeddings: Array | None = None) -> ModelOutputs:
-    """Runs the model; `token_embeddings` [B, T, D] replaces the token lookup (for tests of leaks)."""
+               token_embeddings: Array | None = None, cache: KVCache | None = None) -> ModelOutputs:
+    """Runs the model; `token_embeddings` [B, T, D] replaces the token lookup (for tests of leaks).
+
+    With a `cache` (causal inputs only), the tokens are the next `length` slots of the rows in
+    the cache: they attend to every earlier written slot of their segment, and the outputs
+    carry the updated cache (see KVCache and models/decode.py).
+    """
     cfg = self.config
     deterministic = not train
     embed = nn.Embed(
@@ -255,13 +307,28 @@ class Transformer(nn.Module):
     if cfg.norm == 'post':
       x = _layer_norm(cfg, 'embed_norm')(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
     segments = inputs.segment_ids
+    positions = inputs.positions
     order = inputs.attn_order
     if inputs.causal:
       order = masks.causal_order(segments)
-    content_mask = masks.attention_mask(segments, segments, order, order)
+    if cache is None:
+      content_mask = masks.attention_mask(segments, segments, order, order)
+    else:
+      self._check_cache_inputs(inputs)
+      key_segments = jax.lax.dynamic_update_slice(
+          cache.segment_ids, segments.astype(cache.segment_ids.dtype), (0, cache.index))
+      content_mask = masks.attention_mask(segments, key_segments, cache.index + order,
+                                          masks.causal_order(key_segments))
+    num_prompt = 0
+    if inputs.prompt_embeddings is not None:
+      num_prompt = self._check_prompt(inputs.prompt_embeddings, x.shape)
+      x = jnp.concatenate([inputs.prompt_embeddings.astype(cfg.compute_dtype), x], axis=1)
+      positions = jnp.concatenate(
+          [jnp.zeros((positions.shape[0], num_prompt), positions.dtype), positions], axis=1)
+      content_mask = masks.prepend_prompt(content_mask, segments, num_prompt, prompt_queries=True)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
     query, query_positions, query_mask = None, None, None
     if inputs.query_index is not None:
@@ -275,27 +342,44 @@ class Transformer(nn.Module):
       query_term = self._position_term(query_positions, position_embed)
       if query_term is not None:
         query = query + query_term
+      query_segments = _gather(segments, inputs.query_index)
       query_mask = masks.attention_mask(
-          _gather(segments, inputs.query_index), segments,
-          _gather(order, inputs.query_index), order, strict=True)
+          query_segments, segments, _gather(order, inputs.query_index), order, strict=True)
+      if num_prompt:
+        query_mask = masks.prepend_prompt(query_mask, query_segments, num_prompt,
+                                          prompt_queries=False)
 
     block = Block
     if cfg.remat != 'none':
       policy = None if cfg.remat == 'full' else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
       block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
     carry = (x, query)
+    layer_args = (positions, content_mask, query_positions, query_mask)
+    if cache is not None:
+      layer_args += ((cache.key, cache.value), cache.index)
     if cfg.scan_layers:
+      # With a cache, each layer reads its own slice of the stacked keys and values.
+      cache_axes = () if cache is None else (0, nn.broadcast)
       stack = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast,) * 4, length=cfg.num_layers,
+          in_axes=(nn.broadcast,) * 4 + cache_axes, length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'})
-      carry, _ = stack(cfg, deterministic, name='layers')(
-          carry, inputs.positions, content_mask, query_positions, query_mask)
+      carry, layer_caches = stack(cfg, deterministic, name='layers')(carry, *layer_args)
     else:
+      per_layer = []
       for i in range(cfg.num_layers):
-        carry, _ = block(cfg, deterministic, name=f'layers_{i}')(
-            carry, inputs.positions, content_mask, query_positions, query_mask)
+        args = layer_args if cache is None else layer_args[:4] + (
+            (cache.key[i], cache.value[i]), cache.index)
+        carry, layer_cache = block(cfg, deterministic, name=f'layers_{i}')(carry, *args)
+        per_layer.append(layer_cache)
+      layer_caches = None if cache is None else jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(key=layer_caches[0], value=layer_caches[1], segment_ids=key_segments,
+                          index=cache.index + segments.shape[1])
     hidden, query = carry
+    if num_prompt:
+      hidden = hidden[:, num_prompt:]
     if cfg.norm == 'pre':
       final_norm = _layer_norm(cfg, 'final_norm')
       hidden = final_norm(hidden)
@@ -322,7 +406,23 @@ class Transformer(nn.Module):
           kernel_init=nn.with_logical_partitioning(_dense_init(cfg), (None, None)),
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
           name='sentence_classifier')(pooled)
-    return ModelOutputs(hidden=hidden, logits=logits, sentence_logits=sentence_logits)
+    return ModelOutputs(hidden=hidden, logits=logits, sentence_logits=sentence_logits,
+                        cache=new_cache)
+
+  def _check_cache_inputs(self, inputs: ModelInputs) -> None:
+    """Decoding with a cache is causal and runs the content stream of real tokens only."""
+    if not inputs.causal:
+      raise ValueError('A key/value cache needs causal inputs: set ModelInputs.causal=True.')
+    if inputs.query_index is not None or inputs.prompt_embeddings is not None:
+      raise ValueError('A key/value cache supports neither query_index (permutation LM) nor '
+                       'prompt_embeddings: pass them without a cache.')
+
+  def _check_prompt(self, prompt: Array, embedded_shape: tuple[int, ...]) -> int:
+    """The number of prompt vectors, after checking their shape against the embedded tokens."""
+    if prompt.ndim != 3 or prompt.shape[0] != embedded_shape[0] or prompt.shape[2] != embedded_shape[2]:
+      raise ValueError(f'ModelInputs.prompt_embeddings must be [batch={embedded_shape[0]}, P, '
+                       f'embed={embedded_shape[2]}], got {tuple(prompt.shape)}.')
+    return prompt.shape[1]
 
   def _position_term(self, positions: Array, position_embed: nn.Embed | None) -> Array | None:
     cfg = self.config
