@@ -60,7 +60,11 @@ def tokenized_view(documents: Any, tokenizer: Any) -> Any:
                        f'({tokenizer.path}); leave config.data.tokenizer empty to use the '
                        'tokenizer.model stored with the shards.')
     return documents
-  return EncodedDocuments(documents, tokenizer.encode, getattr(tokenizer, 'encode_batch', None))
+  batch = getattr(tokenizer, 'encode_batch', None)
+  # One thread: batching saves per-call overhead (1.5x tokens/s per core for packed windows,
+  # BENCHMARKS.md) without taking cores from the training step.
+  encode_batch = (lambda texts: batch(texts, num_threads=1)) if batch is not None else None
+  return EncodedDocuments(documents, tokenizer.encode, encode_batch)
 
 
 def make_iterator(config, data_format: str, split: str, tokenizer, documents, *,

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from data.formats.pairs import split_sentences
-from data.sources.documents import corpus_fingerprint
+from data.sources.documents import corpus_fingerprint, sample_indices
 
 # Text whose encoding identifies a tokenizer: prose, code, digits, whitespace and non-Latin.
 _PROBE = ('The quick brown fox jumps over the lazy dog. Return the number of items.\n\n'
@@ -23,10 +23,17 @@ _PROBE = ('The quick brown fox jumps over the lazy dog. Return the number of ite
           'naïve café — 日本語 😀 ﬁ <unk> [CLS] \r\n  two  spaces')
 
 
-def tokenizer_fingerprint(encode: Callable[[str], Sequence[int]]) -> str:
-  """A short hash of how `encode` tokenizes a fixed probe text."""
-  ids = np.asarray(encode(_PROBE), np.int64)
-  return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
+def tokenizer_fingerprint(encode: Callable[[str], Sequence[int]],
+                          fallback_texts: Sequence[str] = ()) -> str:
+  """A short hash of how `encode` tokenizes a fixed probe text (or, for an encoder that
+  cannot read arbitrary text, such as a test's word table, `fallback_texts`)."""
+  digest = hashlib.sha256()
+  try:
+    digest.update(np.asarray(encode(_PROBE), np.int64).tobytes())
+  except (KeyError, ValueError, IndexError):
+    for text in fallback_texts:
+      digest.update(np.asarray(encode(text), np.int64).tobytes())
+  return digest.hexdigest()[:16]
 
 
 class EncodedSentences(Sequence):
@@ -90,5 +97,6 @@ class EncodedDocuments:
       self._cache[index] = np.asarray(ids, np.int32)
 
   def fingerprint(self) -> dict[str, Any]:
-    return {'corpus': corpus_fingerprint(self.texts), 'tokenizer':
-            tokenizer_fingerprint(self._encode), 'documents': len(self.texts)}
+    samples = [self.texts[i] for i in sample_indices(len(self.texts), 4)]
+    return {'corpus': corpus_fingerprint(self.texts), 'documents': len(self.texts),
+            'tokenizer': tokenizer_fingerprint(self._encode, samples)}

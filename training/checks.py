@@ -138,8 +138,11 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   if config.model.position == 'learned' and config.seq_len > config.model.max_len:
     raise ValueError(f'config.seq_len={config.seq_len} exceeds the {config.model.max_len} learned '
                      'positions: raise config.model.max_len or lower config.seq_len.')
-  if config.data.source not in ('builtin', 'text', 'tfds'):
-    raise ValueError(f'config.data.source must be builtin, text or tfds, got {config.data.source!r}.')
+  from data import sources  # pylint: disable=import-outside-toplevel
+
+  if config.data.source not in sources.names():
+    raise ValueError(f'config.data.source must be one of {", ".join(sources.names())}, got '
+                     f'{config.data.source!r}.')
   if config.data.source == 'tfds' and not config.data.tfds_name:
     raise ValueError('config.data.source=tfds needs config.data.tfds_name, e.g. "c4/en:3.1.0".')
   if config.data.source == 'text' and not config.data.train_files:
