@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -12,12 +14,51 @@ from tests.conftest import FAST_COMPILE_FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_BIN = os.path.join(REPO, 'tests', 'fake_bin')
 
-# A CLM run small enough to start, train 6 steps and checkpoint in seconds on one CPU device.
-TINY_RUN = {
-    'config': 'configs/clm.py:tiny', 'total_steps': 6, 'batch_size': 4, 'seq_len': 32,
-    'log_every': 1, 'eval_steps': 0, 'checkpoint_every': 6, 'optimizer.warmup_steps': 1,
-    'model.num_layers': 1, 'model.embed_dim': 32, 'model.num_heads': 2, 'model.mlp_dim': 64,
-    'model.max_len': 32, 'data.builtin_max_files': 40, 'data.vocab_size': 400}
+SEQ_LEN = 32
+DOC_CHARS = SEQ_LEN - 3  # a character tokenizer adds a word-start piece; packing adds bos, eos
+
+
+def char_corpus(path: str) -> list[str]:
+  """80 documents of DOC_CHARS random letters: with a character tokenizer each one is exactly
+  one window, so a run reading them in order sees the same rows whatever its process count."""
+  rng = random.Random(0)
+  documents = [''.join(rng.choice('abcdefghij') for _ in range(DOC_CHARS)) for _ in range(80)]
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write('\n\n'.join(documents))
+  return documents
+
+
+def tiny_run(corpus: str, **overrides: Any) -> dict[str, Any]:
+  """A CLM sweep entry that starts, trains 4 steps and checkpoints in seconds on one CPU device."""
+  return dict({
+      'config': 'configs/clm.py:tiny', 'total_steps': 4, 'batch_size': 4, 'seq_len': SEQ_LEN,
+      'log_every': 1, 'eval_steps': 0, 'checkpoint_every': 4, 'optimizer.warmup_steps': 1,
+      'model.num_layers': 1, 'model.embed_dim': 32, 'model.num_heads': 2, 'model.mlp_dim': 64,
+      'model.max_len': SEQ_LEN, 'data.source': 'text', 'data.train_files': corpus,
+      'data.shuffle': False, 'data.tokenizer_model_type': 'char', 'data.vocab_size': 300},
+              **overrides)
+
+
+def reference_run(tmp_path_factory, cache: str) -> tuple[str, str, list[str]]:
+  """(corpus, workdir, documents) of `tiny_run` trained once per session by a plain train.py,
+  uninterrupted, one process: what launched runs must reproduce loss for loss."""
+  root = tmp_path_factory.getbasetemp() / 'launch_reference'
+  corpus, workdir = str(root / 'corpus.txt'), str(root / 'run')
+  if not os.path.exists(os.path.join(workdir, 'done')):
+    os.makedirs(root, exist_ok=True)
+    documents = char_corpus(corpus)
+    from tools.backends import base  # pylint: disable=import-outside-toplevel
+
+    entry = tiny_run(corpus)
+    run = base.Run('reference', entry.pop('config'), tuple(entry.items()), workdir)
+    env = dict(os.environ, **fake_environment(str(root / 'cloud'), cache))
+    done = subprocess.run(base.train_command(run, python=sys.executable), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(workdir, 'done'), 'w', encoding='utf-8') as f:
+      f.write('\n'.join(documents))
+  with open(os.path.join(workdir, 'done'), encoding='utf-8') as f:
+    return corpus, workdir, f.read().split('\n')
 
 
 def fake_environment(state_dir: str, cache: str = '') -> dict[str, str]:

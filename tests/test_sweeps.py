@@ -112,6 +112,9 @@ def test_unknown_backend_and_bad_flags_are_one_line(capsys):
   assert launch.main(['--sweep', SWEEP, '--workdir_root', 'r', '--backend', 'tpu-vm', '--zone',
                       'z', '--accelerator_type', 'v4-8']) == 2
   assert 'gs://' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    launch.main(['--sweep', SWEEP, '--workdir_root', 'gs://b', '--backend', 'gke', '--spot'])
+  assert '--spot is a flag of --backend tpu_vm, not of --backend gke.' in capsys.readouterr().err
   assert launch.main(['--sweep', 'nope.py', '--workdir_root', 'r']) == 2
   assert capsys.readouterr().err.strip() == 'launch.py: error: --sweep nope.py does not exist.'
 

@@ -183,8 +183,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument('--keep_going', action='store_true',
                       help='Local: start the other runs after one failed.')
   parser.add_argument('--mode', choices=('dry', 'local'), help=argparse.SUPPRESS)  # older name
+  owners: dict[str, str] = {}  # flag dest -> the backend that reads it
   for name in backends.names():
+    known = {action.dest for action in parser._actions}  # pylint: disable=protected-access
     backends.get(name).add_flags(parser)
+    owners.update({action.dest: name for action in parser._actions  # pylint: disable=protected-access
+                   if action.dest not in known})
   args = parser.parse_args(argv)
   if args.mode:
     args.backend, args.dry_run = 'local', args.dry_run or args.mode == 'dry'
@@ -192,6 +196,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.backend = backends.get(args.backend).name
   except ValueError as error:
     parser.error(str(error))
+  for dest, owner in owners.items():
+    if owner != args.backend and getattr(args, dest) != parser.get_default(dest):
+      parser.error(f'--{dest} is a flag of --backend {owner}, not of --backend {args.backend}.')
   if args.max_retries < 0:
     parser.error(f'--max_retries {args.max_retries}: give 0 or more.')
   return args
