@@ -96,7 +96,7 @@ class Slurm(base.Backend):
     python = shlex.quote(self.args.slurm_python)
     return [
         f'LOG={log}',
-        f'mark() {{ {python} -m tools.backends.record "$WORKDIR" "$@" || true; }}',
+        f'mark() {{ {python} -m tools.backends.mark "$WORKDIR" "$@" || true; }}',
         f'mark running --detail "slurm job {job_id}, restart ${{SLURM_RESTART_COUNT:-0}}"',
         'srun --kill-on-bad-exit=1 "${TRAIN[@]}"',
         'code=$?',
