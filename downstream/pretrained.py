@@ -62,27 +62,31 @@ def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
           for key, value in traverse_util.flatten_dict(tree).items()}
 
 
-def check_compatible(params: Any, model_config: ModelConfig, tokenizer, *, checkpoint: str,
-                     prepare, example_batch) -> None:
-  """One-line ValueError when the checkpoint's vocabulary or any parameter shape differs from
-  what `tokenizer` and `model_config` give, naming both; traces only, compiles nothing."""
-  rows = params['token_embed']['embedding'].shape[0]
-  if rows != tokenizer.size:
-    raise ValueError(f'{checkpoint} has a {rows}-entry vocabulary but the task tokenizer '
-                     f'{tokenizer.path} has {tokenizer.size} pieces: fine-tune with the run\'s '
-                     'own tokenizer (config.tokenizer="").')
+def param_shapes(model_config: ModelConfig, prepare, example_batch) -> dict[str, tuple[int, ...]]:
+  """Every parameter's shape for `model_config`, traced (no compilation, no memory)."""
 
   def init(key):
     inputs, _ = prepare(key, example_batch)
     return nn.unbox(Transformer(model_config).init({'params': key, 'dropout': key}, inputs))['params']
 
-  expected = _shapes(jax.eval_shape(init, jax.random.key(0)))
-  found = _shapes(params)
-  for name in sorted(set(expected) | set(found)):
-    if expected.get(name) != found.get(name):
-      raise ValueError(f'{checkpoint} has {name} of shape {found.get(name)} but the task\'s model '
-                       f'config gives {expected.get(name)}: drop the config.model overrides that '
-                       'change the architecture.')
+  return _shapes(jax.eval_shape(init, jax.random.key(0)))
+
+
+def check_compatible(checkpoint_shapes: Mapping[str, tuple[int, ...]], model_config: ModelConfig,
+                     tokenizer, *, checkpoint: str, prepare, example_batch) -> None:
+  """One-line ValueError when the checkpoint's vocabulary or any parameter shape differs from
+  what `tokenizer` and `model_config` give, naming both; traces only, compiles nothing."""
+  rows = checkpoint_shapes['token_embed/embedding'][0]
+  if rows != tokenizer.size:
+    raise ValueError(f'{checkpoint} has a {rows}-entry vocabulary but the task tokenizer '
+                     f'{tokenizer.path} has {tokenizer.size} pieces: fine-tune with the run\'s '
+                     'own tokenizer (config.tokenizer="").')
+  expected = param_shapes(model_config, prepare, example_batch)
+  for name in sorted(set(expected) | set(checkpoint_shapes)):
+    if expected.get(name) != checkpoint_shapes.get(name):
+      raise ValueError(f'{checkpoint} has {name} of shape {checkpoint_shapes.get(name)} but the '
+                       f'task\'s model config gives {expected.get(name)}: drop the config.model '
+                       'overrides that change the architecture.')
 
 
 def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
@@ -94,10 +98,14 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
 
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir {workdir} does not exist: give a pretraining run\'s workdir.')
-  params, step, exp = experiment.restore_params(workdir, step)
-  # Fine-tuning, prompting and instruction tuning run on one device: small heads and batches
-  # gain nothing from the pretraining mesh, and replicated steps would repeat the work.
-  params = jax.device_put(params, jax.local_devices()[0])
+  # The run as restore_params assembles it (no data, this machine's devices), to check the
+  # task's tokenizer and model against the checkpoint's shapes before restoring anything.
+  config = experiment.load_config(workdir)
+  with config.unlocked():
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.distributed.auto = False
+    config.resume = False
+  exp = experiment.build(config, workdir, data=False)
   tokenizer = exp.tokenizer
   if tokenizer_path:
     if not os.path.exists(tokenizer_path):
@@ -110,8 +118,17 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
     model_config = ModelConfig.from_config(values)
   example = exp.example_batch()
   prepare = exp.objective.prepare
-  check_compatible(params, model_config, tokenizer, checkpoint=f'The checkpoint {workdir} step '
-                   f'{step}', prepare=prepare, example_batch=example)
+  described = f'The checkpoint of {workdir}' + (f' at step {step}' if step is not None else '')
+  run_shapes = param_shapes(exp.model_config, prepare, example)
+  check_compatible(run_shapes, model_config, tokenizer, checkpoint=described, prepare=prepare,
+                   example_batch=example)
+  params, step, exp = experiment.restore_params(workdir, step, config=config)
+  if _shapes(params) != run_shapes:
+    raise ValueError(f'{described} does not hold the parameters its config.json describes: '
+                     'the workdir is inconsistent; point --workdir at an intact run.')
+  # Fine-tuning, prompting and instruction tuning run on one device: small heads and batches
+  # gain nothing from the pretraining mesh, and replicated steps would repeat the work.
+  params = jax.device_put(params, jax.local_devices()[0])
   return Pretrained(workdir=workdir, step=int(step), params=params, model_config=model_config,
                     tokenizer=tokenizer, causal=is_causal(prepare, example),
                     objective=objective_of(exp.config), flops_per_step=float(exp.flops_per_step),

@@ -50,7 +50,7 @@ def tiny_config(objective: str):
   config.total_steps = 10
   config.model.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64, max_len=48)
   if 'plm' in config:
-    config.plm.num_predict = 4
+    config.plm.update(num_predict=4, max_span=2)
   return config
 
 
