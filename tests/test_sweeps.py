@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,7 +18,6 @@ from tools.backends import record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(REPO, 'configs', 'sweeps', 'objectives.py')
-FAKE_BIN = os.path.join(REPO, 'tests', 'fake_bin')
 
 
 def test_product_and_zip():
@@ -175,6 +176,36 @@ def test_local_backend_requeues_preempted_runs_and_records_failures(tmp_path):
   assert calls['seed=1'] == int((tmp_path / 'runs' / 'seed=1' / 'calls').read_text())
   assert json.loads((tmp_path / 'runs' / 'seed=2' / 'launch.json').read_text())['overrides'] == \
       {'seed': 2}
+
+
+def test_local_launcher_stopped_by_sigterm_stops_its_runs_and_marks_them(tmp_path):
+  sweep = tmp_path / 'sweep.py'
+  sweep.write_text('def get_sweep():\n  return [{"config": "configs/clm.py:tiny", "seed": s} '
+                   'for s in (1, 2, 3)]\n')
+  python = tmp_path / 'slow_python'  # a train.py that saves and exits 143 on SIGTERM
+  python.write_text(f'''#!{sys.executable}
+import os, signal, sys, time
+workdir = sys.argv[sys.argv.index('--workdir') + 1]
+signal.signal(signal.SIGTERM, lambda *a: (open(os.path.join(workdir, 'saved'), 'w').close(),
+                                          sys.exit(143)))
+open(os.path.join(workdir, 'started'), 'w').close()
+time.sleep(60)
+''')
+  python.chmod(0o755)
+  root = tmp_path / 'runs'
+  launcher = subprocess.Popen([sys.executable, 'tools/launch.py', '--sweep', str(sweep),
+                               '--workdir_root', str(root), '--python', str(python),
+                               '--parallel', '2'], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while not all((root / f'seed={s}' / 'started').exists() for s in (1, 2)):
+    assert time.time() < deadline and launcher.poll() is None, launcher.communicate()[0]
+    time.sleep(0.1)
+  launcher.send_signal(signal.SIGTERM)
+  output = launcher.communicate(timeout=60)[0]
+  assert launcher.returncode == 130, output
+  assert [(root / f'seed={s}' / 'saved').exists() for s in (1, 2, 3)] == [True, True, False]
+  assert [record.read(str(root / f'seed={s}'))['state'] for s in (1, 2, 3)] == ['stopped'] * 3
 
 
 def test_dry_run_from_the_command_line():

@@ -226,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
       except FileNotFoundError as error:
         print(f'status.py: error: {error}', file=sys.stderr)
         return 2
+      except ImportError as error:  # gs:// without gcsfs
+        print(f'status.py: error: cannot read {args.root}: {error} (pip install gcsfs).',
+              file=sys.stderr)
+        return 2
       if args.json:
         text = '\n'.join(json.dumps(dataclasses.asdict(s)) for s in statuses)
       else:

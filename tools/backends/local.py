@@ -77,6 +77,7 @@ class Local(base.Backend):
     running: list[_Attempt] = []
     free_slots = list(range(self.args.parallel))
     stop_starting = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped like Ctrl-C
     try:
       while running or (attempts.pending and not stop_starting):
         while free_slots and attempts.pending and not stop_starting:
@@ -103,6 +104,8 @@ class Local(base.Backend):
           attempt.process.kill()
       attempts.stop_all(runs, 'launcher interrupted; launch again to resume')
       return 130
+    finally:
+      signal.signal(signal.SIGTERM, previous)
     if stop_starting:
       attempts.stop_all(attempts.pending, 'not started: an earlier run failed (--keep_going '
                         'starts the rest)')
@@ -136,3 +139,7 @@ def _copy(stream, log_path: str, echo) -> None:
         echo.write(line)
         echo.flush()
   stream.close()
+
+
+def _raise_interrupt(signum, frame):  # pylint: disable=unused-argument
+  raise KeyboardInterrupt
