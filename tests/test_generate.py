@@ -1,0 +1,283 @@
+"""Soft-prompt inputs, key/value-cache decoding and sampling: numbers, not shapes."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import decode
+from models.config import ModelConfig
+from models.transformer import KVCache, ModelInputs, Transformer
+
+
+def _tiny(**overrides) -> ModelConfig:
+  values = dict(vocab_size=48, num_layers=2, embed_dim=16, num_heads=2, mlp_dim=32, max_len=64)
+  values.update(overrides)
+  return ModelConfig(**values)
+
+
+def _init(config: ModelConfig, inputs: ModelInputs, seed: int = 0):
+  """Unboxed parameters, initialised under jit (eager Flax is slow on a busy CPU)."""
+  init = jax.jit(lambda key: nn.unbox(Transformer(config).init(key, inputs)['params']))
+  return init(jax.random.key(seed))
+
+
+def _apply(config: ModelConfig, params, inputs: ModelInputs, **kwargs):
+  return jax.jit(lambda p, x: Transformer(config).apply({'params': p}, x, **kwargs))(params, inputs)
+
+
+def _packed(batch=2, length=8, boundary=5, **extra) -> ModelInputs:
+  segments = np.ones((batch, length), np.int32)
+  segments[:, boundary:] = 2
+  segments[1, -1] = 0  # one padding token
+  positions = np.concatenate([np.arange(boundary), np.arange(length - boundary)])
+  positions = np.broadcast_to(positions, (batch, length)).astype(np.int32)
+  tokens = (np.arange(batch * length).reshape(batch, length) * 7 % 40 + 7).astype(np.int32)
+  return ModelInputs(tokens=jnp.asarray(tokens), positions=jnp.asarray(positions),
+                     segment_ids=jnp.asarray(segments), **extra)
+
+
+# ----------------------------------------------------------------------------- soft prompts
+
+@pytest.mark.parametrize('scan', [True, False])
+def test_no_prompt_and_empty_prompt_are_bit_identical_with_the_same_parameter_names(scan):
+  config = _tiny(scan_layers=scan, num_sentence_classes=2)
+  inputs = _packed(causal=True)
+  params = _init(config, inputs)
+  with_prompt = inputs.replace(prompt_embeddings=jnp.ones((2, 3, 16)))
+  prompt_params = jax.eval_shape(
+      lambda: nn.unbox(Transformer(config).init(jax.random.key(0), with_prompt)['params']))
+  assert jax.tree.structure(params) == jax.tree.structure(prompt_params)
+  plain = _apply(config, params, inputs)
+  empty = _apply(config, params, inputs.replace(prompt_embeddings=jnp.zeros((2, 0, 16))))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(empty)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_prompt_equals_extra_tokens_that_only_see_each_other():
+  """A causal rotary model with P prompt vectors computes what it computes when the vectors are
+  fed as token embeddings at position 0 with attention order 0 (they see only each other)."""
+  config = _tiny(position='rotary')
+  tokens = jnp.array([[9, 12, 30, 41, 8, 17]])
+  length, num_prompt = tokens.shape[1], 3
+  inputs = ModelInputs(tokens=tokens, positions=jnp.arange(length)[None],
+                       segment_ids=jnp.ones_like(tokens), causal=True)
+  params = _init(config, inputs)
+  prompt = jax.random.normal(jax.random.key(3), (1, num_prompt, 16))
+  out = _apply(config, params, inputs.replace(prompt_embeddings=prompt))
+
+  embedded = params['token_embed']['embedding'][tokens]
+  manual = ModelInputs(
+      tokens=jnp.zeros((1, num_prompt + length), jnp.int32),
+      positions=jnp.concatenate([jnp.zeros((1, num_prompt), jnp.int32), inputs.positions], 1),
+      segment_ids=jnp.ones((1, num_prompt + length), jnp.int32),
+      attn_order=jnp.concatenate([jnp.zeros((1, num_prompt), jnp.int32),
+                                  1 + jnp.arange(length)[None]], 1))
+  reference = _apply(config, params, manual,
+                     token_embeddings=jnp.concatenate([prompt, embedded], 1))
+  assert out.logits.shape == (1, length, 48)  # no logits for the prompt
+  np.testing.assert_allclose(out.hidden, reference.hidden[:, num_prompt:], atol=1e-5)
+  np.testing.assert_allclose(out.logits, reference.logits[:, num_prompt:], atol=1e-4)
+  plain = _apply(config, params, inputs)
+  assert np.abs(np.asarray(out.logits - plain.logits)).max() > 1e-3  # the prompt matters
+
+
+@pytest.mark.parametrize('position', ['learned', 'sinusoidal', 'rotary'])
+def test_gradient_reaches_the_prompt_from_every_document_and_no_other_row(position):
+  config = _tiny(position=position, num_layers=1)
+  inputs = _packed(causal=True)
+  params = _init(config, inputs)
+  prompt = 0.1 * jax.random.normal(jax.random.key(1), (2, 2, 16))
+
+  @jax.jit
+  def grads(prompt):
+    """d logits[row, index].sum() / d prompt for the three (row, index) pairs below."""
+    def token_output(prompt, row, index):
+      out = Transformer(config).apply({'params': params}, inputs.replace(prompt_embeddings=prompt))
+      return out.logits[row, index].sum()
+    return [jax.grad(token_output)(prompt, row, index) for row, index in [(0, 0), (0, 5), (1, 3)]]
+
+  # Positions 0 and 5 start a document: without the prompt they would see only themselves.
+  for (row, _), grad in zip([(0, 0), (0, 5), (1, 3)], grads(prompt)):
+    assert np.abs(np.asarray(grad[row])).min() > 0.0, row
+    np.testing.assert_array_equal(grad[1 - row], 0.0)  # other rows never see this prompt
+
+
+def test_prompt_with_wrong_width_names_the_field():
+  config = _tiny()
+  inputs = _packed()
+  params = jax.eval_shape(lambda: nn.unbox(Transformer(config).init(jax.random.key(0), inputs)['params']))
+  with pytest.raises(ValueError, match='prompt_embeddings'):
+    jax.eval_shape(lambda p: Transformer(config).apply(
+        {'params': p}, inputs.replace(prompt_embeddings=jnp.ones((2, 3, 8)))), params)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+PROMPTS = [[2, 17, 30], [2, 9, 41, 12, 33, 20, 8], [2, 25, 11, 40, 19]]
+MAX_NEW = 6
+
+
+def _decoder(**overrides):
+  # A large init spreads the logits, so greedy tokens depend on the whole context.
+  config = _tiny(init_std=0.5, **overrides)
+  inputs = ModelInputs(tokens=jnp.zeros((1, 4), jnp.int32), positions=jnp.zeros((1, 4), jnp.int32),
+                       segment_ids=jnp.ones((1, 4), jnp.int32), causal=True)
+  return config, _init(config, inputs, seed=4)
+
+
+def _reference_greedy(config, params, prompts, max_new):
+  """Greedy decoding that recomputes each row's whole prefix every step, right-padded and without
+  a cache (an independent layout from decode.py's left padding)."""
+  model = Transformer(config)
+  width = max(len(p) for p in prompts) + max_new
+  tokens = np.zeros((len(prompts), width), np.int32)
+  for row, prompt in enumerate(prompts):
+    tokens[row, :len(prompt)] = prompt
+  lengths = np.array([len(p) for p in prompts])
+
+  @jax.jit
+  def next_logits(tokens, lengths):
+    segments = (jnp.arange(width)[None] < lengths[:, None]).astype(jnp.int32)
+    inputs = ModelInputs(tokens=tokens, positions=jnp.broadcast_to(jnp.arange(width), tokens.shape),
+                         segment_ids=segments, predict_index=(lengths - 1)[:, None], causal=True)
+    return model.apply({'params': params}, inputs).logits[:, 0]
+
+  new_tokens, all_logits = [], []
+  for _ in range(max_new):
+    logits = np.asarray(next_logits(tokens, lengths))
+    token = logits.argmax(-1)
+    tokens[np.arange(len(prompts)), lengths] = token
+    lengths = lengths + 1
+    new_tokens.append(token)
+    all_logits.append(logits)
+  return np.stack(new_tokens, 1), np.stack(all_logits, 1)
+
+
+@pytest.mark.parametrize('scan', [True, False])
+@pytest.mark.parametrize('position', ['learned', 'sinusoidal', 'rotary'])
+def test_greedy_with_cache_equals_recomputing_the_prefix(position, scan):
+  config, params = _decoder(position=position, scan_layers=scan)
+  tokens, lengths = decode.left_pad(PROMPTS)
+  expected_tokens, expected_logits = _reference_greedy(config, params, PROMPTS, MAX_NEW)
+  assert len({tuple(row) for row in expected_tokens}) == 3  # rows differ: a meaningful check
+  variants = [True] if (position, scan) != ('rotary', True) else [True, False]
+  for use_cache in variants:
+    fn = decode.make_generate_fn(config, max_new_tokens=MAX_NEW, use_cache=use_cache,
+                                 return_logits=True)
+    out = fn(params, tokens, lengths, jax.random.key(0))
+    np.testing.assert_array_equal(out.tokens, expected_tokens)
+    np.testing.assert_allclose(out.logits, expected_logits, atol=2e-4, rtol=1e-4)
+    np.testing.assert_array_equal(out.lengths, MAX_NEW)
+    assert int(out.steps) == MAX_NEW
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy_and_sampling_follows_the_seed():
+  config, params = _decoder()
+  tokens, lengths = decode.left_pad(PROMPTS)
+
+  def run(sampling, seed=0):
+    fn = decode.make_generate_fn(config, max_new_tokens=MAX_NEW, sampling=sampling)
+    return np.asarray(fn(params, tokens, lengths, jax.random.key(seed)).tokens)
+
+  greedy = run(decode.Sampling())
+  np.testing.assert_array_equal(run(decode.Sampling(temperature=1.0, top_k=1)), greedy)
+  np.testing.assert_array_equal(run(decode.Sampling(temperature=1.5, top_p=1e-6)), greedy)
+  fn = decode.make_generate_fn(config, max_new_tokens=MAX_NEW,
+                               sampling=decode.Sampling(temperature=2.0))
+  first = np.asarray(fn(params, tokens, lengths, jax.random.key(7)).tokens)
+  np.testing.assert_array_equal(fn(params, tokens, lengths, jax.random.key(7)).tokens, first)
+  assert not np.array_equal(fn(params, tokens, lengths, jax.random.key(8)).tokens, first)
+  assert not np.array_equal(first, greedy)
+
+
+def test_eos_stops_a_row_and_the_loop_ends_when_every_row_stopped():
+  config, params = _decoder()
+  tokens, lengths = decode.left_pad(PROMPTS)
+  free = decode.make_generate_fn(config, max_new_tokens=MAX_NEW)(
+      params, tokens, lengths, jax.random.key(0))
+  free_tokens = np.asarray(free.tokens)
+  # EOS: row 0's first token that is new after step 0, so row 0 stops in mid-generation.
+  step = next(k for k in range(1, MAX_NEW) if free_tokens[0, k] not in free_tokens[0, :k])
+  eos = int(free_tokens[0, step])
+  out = decode.make_generate_fn(config, max_new_tokens=MAX_NEW, eos_id=eos, pad_id=0)(
+      params, tokens, lengths, jax.random.key(0))
+  for row in range(3):
+    hits = np.flatnonzero(free_tokens[row] == eos)
+    stop = hits[0] + 1 if hits.size else MAX_NEW
+    assert int(out.lengths[row]) == stop
+    np.testing.assert_array_equal(out.tokens[row, :stop], free_tokens[row, :stop])
+    np.testing.assert_array_equal(out.tokens[row, stop:], 0)
+
+  # An EOS bias so large that every row ends at once: the loop runs no further step.
+  biased = jax.tree.map(lambda x: x, params)
+  biased['lm_bias'] = params['lm_bias'].at[eos].set(1e4)
+  out = decode.make_generate_fn(config, max_new_tokens=MAX_NEW, eos_id=eos)(
+      biased, tokens, lengths, jax.random.key(0))
+  assert int(out.steps) == 1
+  np.testing.assert_array_equal(out.lengths, 1)
+  np.testing.assert_array_equal(out.tokens[:, 0], eos)
+  assert decode.strip(np.asarray(out.tokens[0]), 1, eos) == []
+
+
+# ----------------------------------------------------------------------------- sampling
+
+FIXED_LOGITS = np.log(np.array([0.30, 0.22, 0.18, 0.12, 0.08, 0.06, 0.04], np.float32))
+
+
+def _expected(sampling: 'decode.Sampling') -> np.ndarray:
+  """Hand computation: p ** (1 / T), renormalised over the top-k and the nucleus."""
+  probs = np.exp(FIXED_LOGITS.astype(np.float64) / sampling.temperature)
+  probs /= probs.sum()
+  keep = np.ones_like(probs, bool)
+  if sampling.top_k:
+    keep[np.argsort(-probs)[sampling.top_k:]] = False
+  probs = np.where(keep, probs, 0.0)
+  probs /= probs.sum()
+  if sampling.top_p < 1:
+    order = np.argsort(-probs)
+    before = np.cumsum(probs[order]) - probs[order]
+    keep = np.zeros_like(keep)
+    keep[order[before < sampling.top_p]] = True
+    probs = np.where(keep, probs, 0.0)
+    probs /= probs.sum()
+  return probs
+
+
+@pytest.mark.parametrize('sampling', [
+    dict(temperature=1.0), dict(temperature=0.7), dict(temperature=1.0, top_k=3),
+    dict(temperature=1.3, top_p=0.6), dict(temperature=0.9, top_k=5, top_p=0.8)],
+                         ids=['t1', 't0.7', 'k3', 'p0.6', 'k5p0.8'])
+def test_sampled_frequencies_match_the_filtered_probabilities(sampling):
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  sampling = decode.Sampling(**sampling)
+  draws = 20000
+  logits = jnp.broadcast_to(jnp.asarray(FIXED_LOGITS), (draws, FIXED_LOGITS.size))
+  tokens = jax.jit(decode.sample_tokens, static_argnums=2)(jax.random.key(11), logits, sampling)
+  counts = np.bincount(np.asarray(tokens), minlength=FIXED_LOGITS.size)
+  expected = _expected(sampling)
+  np.testing.assert_array_equal(counts[expected == 0], 0)  # filtered tokens never appear
+  kept = expected > 0
+  result = stats.chisquare(counts[kept], draws * expected[kept] / expected[kept].sum())
+  assert result.pvalue > 0.01, (counts, draws * expected)
+  np.testing.assert_allclose(counts / draws, expected, atol=0.015)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_bad_generation_settings_fail_before_compiling():
+  config, params = _decoder()
+  with pytest.raises(ValueError, match='top_p'):
+    decode.Sampling(temperature=1.0, top_p=0.0)
+  with pytest.raises(ValueError, match='config.model.max_len=64'):
+    decode.check_lengths(config, np.array([60]), 8)
+  with pytest.raises(ValueError, match='max_new_tokens'):
+    decode.make_generate_fn(config, max_new_tokens=0)
+  cache = KVCache.create(config, 1, 8)
+  inputs = ModelInputs(tokens=jnp.ones((1, 2), jnp.int32), positions=jnp.zeros((1, 2), jnp.int32),
+                       segment_ids=jnp.ones((1, 2), jnp.int32))
+  with pytest.raises(ValueError, match='causal'):
+    jax.eval_shape(lambda p: Transformer(config).apply({'params': p}, inputs, cache=cache), params)
