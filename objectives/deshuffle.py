@@ -45,8 +45,8 @@ class Deshuffle:
   def model_overrides(self) -> dict[str, Any]:
     return {}
 
-  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs):
-    del batch  # the inputs carry the tokens
+  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs | None = None):
+    inputs = base.base_inputs(batch) if inputs is None else inputs
     tokens = inputs.tokens[:, :self.raw_len]
     n = (inputs.segment_ids[:, :self.raw_len] > 0).sum(axis=1)
     shuffled, _ = jax.vmap(shuffle)(jax.random.split(rng, tokens.shape[0]), tokens, n)

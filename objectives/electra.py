@@ -170,13 +170,13 @@ class Electra:
 
   # --- the objective contract ---
 
-  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs):
+  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs | None = None):
     """Masks, runs the generator, samples replacements; the model then sees the samples.
 
     Unbound (no parameters: model init and FLOP counting) it returns the discriminator's
     inputs on the original tokens and no targets; loss() then refuses to run.
     """
-    del batch  # the inputs carry the tokens
+    inputs = base.base_inputs(batch) if inputs is None else inputs
     discriminator = dict(attn_order=None, causal=False, predict_index=None, query_index=None,
                          compute_logits=False)
     if self.params is None:

@@ -92,8 +92,8 @@ class PrefixLM:
   def model_overrides(self) -> dict[str, Any]:
     return {}
 
-  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs):
-    del batch  # the inputs carry the tokens
+  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs | None = None):
+    inputs = base.base_inputs(batch) if inputs is None else inputs
     tokens, segment_ids = inputs.tokens, inputs.segment_ids
     order, continuation = prefix_order(segment_ids, sample_prefix_lengths(rng, segment_ids))
     next_continuation = jnp.pad(continuation[:, 1:], ((0, 0), (0, 1)))

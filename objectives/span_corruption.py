@@ -129,8 +129,8 @@ class SpanCorruption:
 
     return jax.vmap(one)(jax.random.split(rng, tokens.shape[0]), tokens, n)
 
-  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs):
-    del batch  # the inputs carry the tokens
+  def prepare(self, rng: Array, batch: base.Batch, inputs: ModelInputs | None = None):
+    inputs = base.base_inputs(batch) if inputs is None else inputs
     prefix, prefix_len, target, target_len, _ = self.corrupt_batch(rng, inputs.tokens,
                                                                     inputs.segment_ids)
     joined, targets = join(prefix, prefix_len, target, target_len, length=inputs.tokens.shape[1],

@@ -1,0 +1,181 @@
+"""ELECTRA: labels are exactly "differs from the original", no gradient from the discriminator
+into the generator's sampling, the loss by hand, a checkpoint restores both networks, and a
+short train.py run whose evaluated model is the discriminator."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import base as base_config, electra as electra_config
+from data.vocab import toy_vocab
+from models.config import ModelConfig
+from models.transformer import Transformer
+from objectives import base, electra
+from training import checkpoint, mesh as mesh_lib, state as state_lib
+from tests.test_prefix_lm import assert_train_loss_falls, runs_root, trained_run  # noqa: F401
+
+VOCAB = toy_vocab(12)  # five ordinary ids: a sample often equals the original
+SEQ_LEN = 32
+CFG = ModelConfig(vocab_size=VOCAB.size, num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64,
+                  max_len=SEQ_LEN)
+MODEL = Transformer(CFG)
+
+
+def objective(**settings):
+  return electra.make(dict(dict(mask_rate=0.3), **settings), vocab=VOCAB, seq_len=SEQ_LEN)
+
+
+def batch_of(rows=8, real_last=20, seed=0):
+  tokens = np.random.default_rng(seed).integers(7, VOCAB.size, (rows, SEQ_LEN)).astype(np.int32)
+  segments = np.ones_like(tokens)
+  segments[-1, real_last:] = 0
+  tokens = np.where(segments > 0, tokens, VOCAB.pad_id)
+  return {'tokens': jnp.asarray(tokens), 'segment_ids': jnp.asarray(segments),
+          'positions': jnp.broadcast_to(jnp.arange(SEQ_LEN), tokens.shape)}
+
+
+def init_params(part, key=0):
+  batch = batch_of()
+
+  def init(rng):
+    inputs, _ = part.prepare(rng, batch)
+    params = dict(MODEL.init(rng, inputs)['params'])
+    params[state_lib.OBJECTIVE_KEY] = part.init_params(jax.random.fold_in(rng, 1), CFG)
+    return nn.unbox(params)
+
+  return jax.jit(init)(jax.random.key(key))
+
+
+def loss_fn(part, params, batch, rng):
+  model_params, bound = state_lib.split_params(params)[0], state_lib.bind_objective(
+      part, params[state_lib.OBJECTIVE_KEY], model_params=state_lib.model_params(params),
+      model_config=CFG, train=True)
+  inputs, targets = bound.prepare(rng, batch)
+  return bound.loss(MODEL.apply({'params': model_params}, inputs), targets)
+
+
+def test_labels_are_exactly_differs_from_the_original():
+  part = objective()
+  params = init_params(part)
+  batch = batch_of()
+  rng = jax.random.key(7)
+  bound = state_lib.bind_objective(part, params[state_lib.OBJECTIVE_KEY],
+                                   model_params=state_lib.model_params(params), model_config=CFG,
+                                   train=False)
+  inputs, targets = jax.jit(lambda r, b: bound.prepare(r, b, base.base_inputs(b)))(rng, batch)
+  original, corrupted = np.asarray(batch['tokens']), np.asarray(inputs.tokens)
+  real = np.asarray(batch['segment_ids']) > 0
+  labels = np.asarray(targets['labels'])
+  np.testing.assert_array_equal(labels, ((corrupted != original) & real).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(targets['weights']), real.astype(np.float32))
+  selected = np.asarray(jax.jit(part.masker.select)(jax.random.split(rng, 4)[0],
+                                                    batch['tokens'], batch['segment_ids']))
+  assert not (corrupted != original)[~selected].any()  # only the generator's slots change
+  same = selected & (corrupted == original)  # sampled the original: labelled original
+  assert same.sum() >= 3 and (labels[same] == 0).all()
+  assert (labels[selected] == 1).sum() >= 0.5 * selected.sum()
+  assert not inputs.compute_logits and inputs.attn_order is None and not inputs.causal
+
+
+def test_no_gradient_from_the_discriminator_into_the_generator():
+  batch = batch_of(seed=1)
+  for generator_weight in (0.0, 1.0):
+    part = objective(generator_weight=generator_weight)
+    params = init_params(part)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(part, p, batch, jax.random.key(3))[0]))(params)
+    generator = jax.tree.leaves(grads[state_lib.OBJECTIVE_KEY]['generator'])
+    head = jax.tree.leaves(grads[state_lib.OBJECTIVE_KEY]['discriminator_head'])
+    largest = max(float(jnp.abs(g).max()) for g in generator)
+    if generator_weight == 0.0:
+      assert largest == 0.0  # the sampled tokens carry no gradient back
+    else:
+      assert largest > 1e-6
+    assert min(float(jnp.abs(g).max()) for g in head) > 0
+    assert float(jnp.abs(grads['token_embed']['embedding']).max()) > 0
+
+
+def test_loss_is_generator_loss_plus_fifty_times_the_mean_token_bce():
+  part = objective()
+  params = init_params(part)
+  batch = batch_of(seed=2)
+  bound = state_lib.bind_objective(part, params[state_lib.OBJECTIVE_KEY],
+                                   model_params=state_lib.model_params(params), model_config=CFG,
+                                   train=False)
+  hidden = jax.random.normal(jax.random.key(1), (8, SEQ_LEN, CFG.embed_dim))
+
+  @jax.jit
+  def run(batch, hidden):
+    _, targets = bound.prepare(jax.random.key(0), batch)
+    return bound.loss(base.ModelOutputs(hidden=hidden), targets), targets
+
+  (loss, metrics), targets = run(batch, hidden)
+  scores = np.asarray(electra.DiscriminatorHead(CFG).apply(
+      {'params': params[state_lib.OBJECTIVE_KEY]['discriminator_head']}, hidden), np.float64)
+  labels, weights = np.asarray(targets['labels']), np.asarray(targets['weights'])
+  bce = np.logaddexp(0, scores) - labels * scores
+  expected = float(targets['generator_loss']) + 50.0 * (bce * weights).sum() / weights.sum()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert float(metrics['discriminator_loss'][1]) == weights.sum() == 8 * SEQ_LEN - 12
+
+
+def test_checkpoint_restores_both_networks(tmp_path):
+  config = base_config.get_config('clm')
+  mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
+  part = objective()
+  batch = batch_of()
+
+  def init(key):
+    inputs, _ = part.prepare(key, batch)
+    return MODEL.init({'params': key, 'dropout': key}, inputs)['params']
+
+  tx = optax.adam(1e-2)
+  make = lambda seed: state_lib.sharded_init(init, tx, mesh, rules, jax.random.key(seed),
+                                             objective=part, model_config=CFG)[0]
+  state = make(0)
+  state = state.replace(params=jax.tree.map(lambda x: x + 0.5, state.params), step=state.step + 2)
+  saver = checkpoint.Checkpointer(str(tmp_path), keep=1, process_index=0)
+  saver.save(2, state, {'position': 0})
+  saver.close()
+  fresh = make(1)
+  restorer = checkpoint.Checkpointer(str(tmp_path), keep=1, process_index=0)
+  restored, _ = restorer.restore(2, state_lib.abstract_state(fresh))
+  restorer.close()
+  for name in ('generator', 'discriminator_head'):
+    for got, want, other in zip(jax.tree.leaves(restored.params['objective'][name]),
+                                jax.tree.leaves(state.params['objective'][name]),
+                                jax.tree.leaves(fresh.params['objective'][name])):
+      np.testing.assert_array_equal(got, want)
+      assert not np.array_equal(got, other)
+  for got, want in zip(jax.tree.leaves(state_lib.model_params(restored.params)),
+                       jax.tree.leaves(state_lib.model_params(state.params))):
+    np.testing.assert_array_equal(got, want)
+  assert int(restored.step) == 2
+
+
+@pytest.mark.parametrize('settings,message', [
+    ({'generator_fraction': 0.0}, 'generator_fraction'), ({'mask_rate': 1.0}, 'mask_rate'),
+    ({'lambda': 50}, 'Unknown setting config.electra.lambda')])
+def test_bad_settings_fail_in_one_line(settings, message):
+  with pytest.raises(ValueError, match=message) as error:
+    objective(**settings)
+  assert '\n' not in str(error.value)
+
+
+def test_trains_through_train_py_and_the_evaluated_model_is_the_discriminator(
+    runs_root, shared_cache):
+  from training import experiment  # pylint: disable=import-outside-toplevel
+
+  workdir = trained_run(runs_root, electra_config.get_config('tiny'), shared_cache)
+  assert_train_loss_falls(workdir, margin=2.0)
+  params, step, exp = experiment.restore_params(workdir)
+  model_params, own = state_lib.split_params(params)
+  assert step == 16 and set(own['electra']) == {'generator', 'discriminator_head'}
+  batch = batch_of()
+  inputs, _ = exp.objective.prepare(jax.random.key(0), batch)
+  hidden = Transformer(exp.model_config).apply({'params': model_params}, inputs).hidden
+  assert hidden.shape == (8, SEQ_LEN, exp.model_config.embed_dim)
