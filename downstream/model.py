@@ -1,9 +1,11 @@
 """The pretrained Transformer plus a task head, with a strategy's prompt vectors or adapters.
 
 The backbone runs exactly as in pretraining (causal for causal objectives, bidirectional
-otherwise, no vocabulary logits); soft prompts are prepended after the embedding lookup, at
-positions 0..P-1 with the text after them, in the text's segment, so every text token sees
-them (causal models included).
+otherwise, no vocabulary logits). Soft prompts go through the model's own
+`ModelInputs.prompt_embeddings` where the model has it (prepended, visible to every token, no
+position term, the text keeping its positions); with a model without that field they are
+prepended to the embedded tokens at positions 0..P-1, the text after them, in the text's
+segment, so every text token sees them (causal models included).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from models.config import ModelConfig
 from models.transformer import ModelInputs, ModelOutputs, Transformer
 
 Array = jax.Array
+# Whether the model takes soft prompts itself; otherwise they occupy learned positions.
+NATIVE_PROMPTS = 'prompt_embeddings' in ModelInputs.__dataclass_fields__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,9 @@ class DownstreamModel:
     prompt = params['prompt']
     count, length = prompt.shape[0], inputs.tokens.shape[1]
     size = inputs.tokens.shape[0]
+    if NATIVE_PROMPTS:
+      prompted = inputs.replace(prompt_embeddings=jnp.broadcast_to(prompt, (size,) + prompt.shape))
+      return self.backbone.apply({'params': backbone}, prompted, train=train, rngs=rngs)
     table = backbone['token_embed']['embedding']
     embedded = jnp.concatenate(
         [jnp.broadcast_to(prompt, (size,) + prompt.shape), table[inputs.tokens]], axis=1)

@@ -40,7 +40,9 @@ def check_config(config) -> None:
 
 
 def _seq_len(config, pre, strategy: strategies.Strategy) -> int:
-  prompt = strategy.prompt_length if strategy.uses_prompt else 0
+  from downstream.model import NATIVE_PROMPTS  # pylint: disable=import-outside-toplevel
+
+  prompt = strategy.prompt_length if strategy.uses_prompt and not NATIVE_PROMPTS else 0
   limit = pre.model_config.max_len - prompt
   if pre.model_config.position != 'learned':
     limit = max(limit, config.seq_len)
