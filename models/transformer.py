@@ -15,6 +15,7 @@ from flax import struct
 
 from models import masks
 from models.config import ModelConfig
+from models.sbo import SpanBoundaryHead
 
 Array = jax.Array
 
@@ -31,6 +32,9 @@ class ModelInputs:
     compute_logits is False, e.g. for a sentence-level loss alone).
   query_index: [batch, P] positions whose query stream runs (permutation LM); the
     logits then come from the query stream at these positions.
+  span_boundaries: [batch, P, 3] (left, right, offset) per predict_index slot: SpanBERT's
+    span-boundary head (built when config.sbo_max_offset > 0) predicts that slot's token
+    from the hidden states at left and right and the offset; logits in `sbo_logits`.
   prompt_embeddings: [batch, P, embed] soft-prompt vectors (prompt tuning) prepended to the
     embedded tokens. Every non-padding token may attend to them, they attend only to one
     another, they get no logits and no position term (rotary treats them as position 0),
@@ -45,6 +49,7 @@ class ModelInputs:
   attn_order: Array | None = None
   predict_index: Array | None = None
   query_index: Array | None = None
+  span_boundaries: Array | None = None
   prompt_embeddings: Array | None = None
   causal: bool = struct.field(pytree_node=False, default=False)
   compute_logits: bool = struct.field(pytree_node=False, default=True)
@@ -84,6 +89,7 @@ class ModelOutputs:
   logits: Array | None = None
   sentence_logits: Array | None = None
   cache: KVCache | None = None
+  sbo_logits: Array | None = None  # [batch, P, vocab] from span_boundaries
 
 
 def _dense_init(config: ModelConfig):
@@ -386,11 +392,17 @@ class Transformer(nn.Module):
       if query is not None:
         query = final_norm(query)
 
-    logits = None
+    logits = sbo_logits = None
     if query is not None:
       logits = self._logits(query, embed)
     elif inputs.predict_index is not None:
-      logits = self._logits(_gather(hidden, inputs.predict_index), embed)
+      gathered = _gather(hidden, inputs.predict_index)
+      if cfg.sbo_max_offset and inputs.span_boundaries is not None:  # one shared output layer
+        boundary = SpanBoundaryHead(cfg, name='span_boundary')(hidden, inputs.span_boundaries)
+        gathered = jnp.concatenate([gathered, boundary.astype(gathered.dtype)], axis=1)
+      logits = self._logits(gathered, embed)
+      if gathered.shape[1] > inputs.predict_index.shape[1]:
+        logits, sbo_logits = jnp.split(logits, 2, axis=1)
     elif inputs.compute_logits:
       logits = self._logits(hidden, embed)
 
@@ -407,7 +419,7 @@ class Transformer(nn.Module):
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
           name='sentence_classifier')(pooled)
     return ModelOutputs(hidden=hidden, logits=logits, sentence_logits=sentence_logits,
-                        cache=new_cache)
+                        cache=new_cache, sbo_logits=sbo_logits)
 
   def _check_cache_inputs(self, inputs: ModelInputs) -> None:
     """Decoding with a cache is causal and runs the content stream of real tokens only."""

@@ -14,7 +14,10 @@ Units:
   span: SpanBERT spans measured in words: lengths from a geometric(span_p) restricted to
     1..span_max and renormalised, anchored at a random free word. Spans never touch (a gap of
     at least one unmasked word), so each masked run is exactly one sampled span; a span stops
-    early at a special token, a document boundary or the end of the budget.
+    early at a special token, a document boundary or the end of the budget. With sbo=True,
+    SpanBERT's span boundary objective is added: each target is also predicted from the
+    hidden states of the tokens just outside its span and its offset in the span (the
+    model's span-boundary head, models/sbo.py), and the two losses are summed.
 A word is a word-start piece plus the non-start pieces after it; it never crosses a special
 token or a document (segment) boundary.
 """
@@ -44,6 +47,7 @@ DEFAULTS = dict(
     unit='token',  # token | word | span
     span_p=0.2,  # SpanBERT's geometric parameter (unit=span)
     span_max=10,  # longest span in words (unit=span)
+    sbo=False,  # SpanBERT's span boundary objective (unit=span), added to the MLM loss
 )
 
 
@@ -146,6 +150,21 @@ def select_words(rng: Array, ids: Array, linked: Array, budget: Array, max_predi
   return chosen
 
 
+def span_boundaries(selected: Array, segment_ids: Array, index: Array, weights: Array) -> Array:
+  """[B, P, 3] (s - 1, e + 1, i - s) for the target at each slot, i = index, inside its
+  span s..e (a run of selected tokens; clipped to the sequence); zeros at empty slots."""
+  length = selected.shape[1]
+  position = jnp.broadcast_to(jnp.arange(length), selected.shape)
+  ends = span_starts(selected[:, ::-1], segment_ids[:, ::-1])[:, ::-1]
+  first = jax.lax.cummax(jnp.where(span_starts(selected, segment_ids), position, 0), axis=1)
+  last = jax.lax.cummin(jnp.where(ends, position, length - 1), axis=1, reverse=True)
+  start = jnp.take_along_axis(first, index, axis=1)
+  end = jnp.take_along_axis(last, index, axis=1)
+  bounds = jnp.stack([jnp.maximum(start - 1, 0), jnp.minimum(end + 1, length - 1),
+                      index - start], axis=-1)
+  return jnp.where(weights[..., None] > 0, bounds, 0).astype(jnp.int32)
+
+
 def prediction_slots(selected: Array, max_predictions: int) -> tuple[Array, Array]:
   """predict_index [B, P] listing the selected positions in order (padding -> 0) and weights."""
   batch, length = selected.shape
@@ -169,10 +188,12 @@ class MaskedLM:
   unit: str
   span_p: float
   span_max: int
+  sbo: bool = False
   data_format: str = 'any'
 
   def model_overrides(self) -> dict[str, Any]:
-    return {}
+    # A span holds at most max_predictions tokens: one offset embedding per position in it.
+    return {'sbo_max_offset': self.max_predictions} if self.sbo else {}
 
   @property
   def replacement_ids(self) -> np.ndarray:
@@ -224,13 +245,28 @@ class MaskedLM:
     selected = self.select(select_key, tokens, inputs.segment_ids)
     index, weights = prediction_slots(selected, self.max_predictions)
     targets = jnp.where(weights > 0, jnp.take_along_axis(tokens, index, axis=1), 0)
+    boundaries = (span_boundaries(selected, inputs.segment_ids, index, weights) if self.sbo
+                  else None)
     inputs = inputs.replace(tokens=self.corrupt(corrupt_key, tokens, selected,
                                                 inputs.segment_ids),
-                            attn_order=None, causal=False, predict_index=index)
+                            attn_order=None, causal=False, predict_index=index,
+                            span_boundaries=boundaries)
     return inputs, {'targets': targets, 'weights': weights}
 
   def loss(self, outputs, targets):
-    return base.token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])
+    loss, metrics = base.token_cross_entropy(outputs.logits, targets['targets'],
+                                             targets['weights'])
+    if not self.sbo:
+      return loss, metrics
+    if outputs.sbo_logits is None:
+      raise ValueError('config.mlm.sbo needs the span-boundary head (config.model.sbo_max_offset '
+                       '> 0); the model produced no sbo_logits.')
+    sbo_loss, sbo_metrics = base.token_cross_entropy(outputs.sbo_logits, targets['targets'],
+                                                     targets['weights'])
+    (total, count), (sbo_total, _) = metrics['loss'], sbo_metrics['loss']
+    metrics.update(token_loss=metrics['loss'], loss=(total + sbo_total, count),
+                   sbo_loss=sbo_metrics['loss'], sbo_accuracy=sbo_metrics['accuracy'])
+    return loss + sbo_loss, metrics
 
 
 @register('mlm', defaults=DEFAULTS)
@@ -272,6 +308,12 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> M
   span_max = int(values['span_max'])
   if span_max < 1:
     raise ValueError(f'config.mlm.span_max must be at least 1, got {span_max}.')
+  sbo = values['sbo']
+  if not isinstance(sbo, bool):
+    raise ValueError(f'config.mlm.sbo must be True or False, got {sbo!r}.')
+  if sbo and unit != 'span':
+    raise ValueError(f'config.mlm.sbo (the span boundary objective) needs config.mlm.unit=span, '
+                     f'got {unit!r}.')
   return MaskedLM(vocab=vocab, mask_rate=rate, max_predictions=max_predictions,
                   mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
-                  unit=unit, span_p=span_p, span_max=span_max)
+                  unit=unit, span_p=span_p, span_max=span_max, sbo=sbo)

@@ -284,3 +284,97 @@ def test_whitespace_flags_of_sentencepiece_pieces():
   np.testing.assert_array_equal(whitespace_flags(pieces),
                                 [True, True, True, True, True, True, False, False, False, False,
                                  False])
+
+
+def _sbo_objective(**settings):
+  return _objective(unit='span', sbo=True, **settings)
+
+
+def test_span_boundaries_are_the_tokens_just_outside_each_span():
+  batch = _batch(10, batch=48)
+  inputs, targets, selected = _prepare(_sbo_objective(), batch, 10)
+  bounds = np.asarray(inputs.span_boundaries)
+  index, weights = np.asarray(inputs.predict_index), np.asarray(targets['weights'])
+  checked = 0
+  for row in range(48):
+    runs = _runs(selected[row], batch['segment_ids'][row])
+    for slot in range(index.shape[1]):
+      if weights[row, slot] == 0:
+        assert (bounds[row, slot] == 0).all()
+        continue
+      i = index[row, slot]
+      start, end = next((s, e) for s, e in runs if s <= i < e)
+      assert tuple(bounds[row, slot]) == (max(start - 1, 0), min(end, 63), i - start)
+      checked += 1
+  assert checked > 300
+
+
+def test_sbo_head_reads_only_the_boundary_states_and_the_offset():
+  from models.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from models.sbo import SpanBoundaryHead  # pylint: disable=import-outside-toplevel
+
+  config = ModelConfig(vocab_size=VOCAB.size, embed_dim=32, num_heads=2, mlp_dim=64,
+                       sbo_max_offset=10)
+  head = SpanBoundaryHead(config)
+  hidden = jax.random.normal(jax.random.key(0), (1, 16, 32))
+  bounds = jnp.asarray([[[2, 6, 0], [2, 6, 2], [9, 12, 1]]], jnp.int32)
+  params = head.init(jax.random.key(1), hidden, bounds)
+  assert set(params['params']) == {'dense_1', 'dense_2', 'norm_1', 'norm_2', 'offset_embed'}
+  apply = jax.jit(lambda h, b: head.apply(params, h, b))
+  out = np.asarray(apply(hidden, bounds))
+  assert not np.allclose(out[0, 0], out[0, 1])  # same boundaries, other offset
+  others = hidden.at[:, [0, 1, 3, 4, 5, 7, 8, 10, 11, 13, 14, 15]].add(5.0)
+  np.testing.assert_array_equal(np.asarray(apply(others, bounds)), out)  # inside spans etc.
+  moved = np.asarray(apply(hidden.at[:, 9].add(1.0), bounds))
+  np.testing.assert_array_equal(moved[0, :2], out[0, :2])
+  assert np.abs(moved[0, 2] - out[0, 2]).max() > 1e-3
+
+
+def _tiny_model(objective):
+  from models.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
+
+  return Transformer(ModelConfig.from_config(
+      dict(vocab_size=VOCAB.size, num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64,
+           max_len=64, scan_layers=False), **objective.model_overrides()))
+
+
+def test_sbo_loss_is_added_and_trains_its_head_only_when_switched_on():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  batch = {k: jnp.asarray(v) for k, v in _batch(11, batch=8).items()}
+  plain = _objective(unit='span')
+  assert plain.model_overrides() == {}
+  plain_inputs = jax.eval_shape(plain.prepare, jax.random.key(0), batch)[0]
+  plain_params = jax.eval_shape(_tiny_model(plain).init, jax.random.key(0), plain_inputs)
+  assert 'span_boundary' not in plain_params['params']  # off: the model builds no head
+
+  objective = _sbo_objective()
+  assert objective.model_overrides() == {'sbo_max_offset': 10}
+  model = _tiny_model(objective)
+  inputs, targets = jax.jit(objective.prepare)(jax.random.key(1), batch)
+  params = jax.jit(lambda key: nn.unbox(model.init(key, inputs)['params']))(jax.random.key(0))
+  assert 'span_boundary' in params
+
+  def loss_fn(params):
+    outputs = model.apply({'params': params}, inputs)
+    loss, metrics = objective.loss(outputs, targets)
+    return loss, (outputs, metrics)
+
+  (loss, (outputs, metrics)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params)
+  part = targets[0]
+  token, _ = base.token_cross_entropy(outputs.logits, part['targets'], part['weights'])
+  boundary, _ = base.token_cross_entropy(outputs.sbo_logits, part['targets'], part['weights'])
+  assert outputs.sbo_logits.shape == outputs.logits.shape
+  np.testing.assert_allclose(float(loss), float(token) + float(boundary), rtol=1e-6)
+  np.testing.assert_allclose(base.metric_value(*metrics['mlm_sbo_loss']), float(boundary),
+                             rtol=1e-5)
+  np.testing.assert_allclose(base.metric_value(*metrics['mlm_token_loss']), float(token),
+                             rtol=1e-5)
+  np.testing.assert_allclose(base.metric_value(*metrics['loss']), float(loss), rtol=1e-5)
+  assert all(np.abs(np.asarray(g)).sum() > 0 for g in jax.tree.leaves(grads['span_boundary']))
+
+
+def test_sbo_needs_span_masking():
+  with pytest.raises(ValueError, match='config.mlm.sbo .* needs config.mlm.unit=span'):
+    _objective(unit='word', sbo=True)
