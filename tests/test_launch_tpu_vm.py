@@ -98,6 +98,9 @@ def test_interrupted_launcher_deletes_every_slice_it_made(tmp_path):
     assert time.time() < deadline and launcher.poll() is None, launcher.communicate()[0]
     time.sleep(0.1)
   launcher.send_signal(signal.SIGTERM)
+  time.sleep(0.3)
+  if launcher.poll() is None:
+    launcher.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not skip deletion
   output = launcher.communicate(timeout=60)[0]
   assert launcher.returncode == 130, output
   created, deleted, most = helpers.slice_lifetimes(state)

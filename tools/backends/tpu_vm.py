@@ -165,6 +165,7 @@ class TpuVm(base.Backend):
     stop = threading.Event()
     active: list[_SliceAttempt] = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_int = signal.getsignal(signal.SIGINT)
     try:
       while attempts.pending or active:
         while len(active) < self.args.max_slices and attempts.pending:
@@ -179,6 +180,8 @@ class TpuVm(base.Backend):
           active.remove(worker)
           attempts.finish(worker.sweep_run, worker.outcome)
     except KeyboardInterrupt:
+      for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not skip deletion
+        signal.signal(signum, lambda *_: attempts.say('still deleting slices; please wait'))
       attempts.say('interrupted: stopping attempts and deleting every slice made')
       stop.set()
       for worker in active:
@@ -187,8 +190,9 @@ class TpuVm(base.Backend):
       return 130
     finally:
       stop.set()
-      signal.signal(signal.SIGTERM, previous)
       self.delete_leftovers(attempts)
+      signal.signal(signal.SIGTERM, previous)
+      signal.signal(signal.SIGINT, previous_int)
     failed = [name for name, outcome in attempts.final.items() if outcome.state == 'failed']
     if failed:
       attempts.say(f'{len(failed)} run(s) failed: {", ".join(failed)}; tools/status.py shows why.')
