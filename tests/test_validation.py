@@ -85,3 +85,15 @@ def test_other_changes_name_their_setting(tmp_path):
   config.total_steps = 10  # may change on resume
   checks.check_resume(config, workdir)
   assert os.path.exists(os.path.join(workdir, 'config.json'))
+
+
+def test_a_setting_added_since_the_run_started_resumes_at_its_default(tmp_path):
+  saved = base.get_config('mlm', 'tiny')
+  with saved.unlocked():
+    del saved.mlm['sbo']  # a run from before config.mlm.sbo existed
+  workdir = _saved_run(tmp_path, saved)
+  checks.check_resume(base.get_config('mlm', 'tiny'), workdir)
+  config = base.get_config('mlm', 'tiny')
+  config.mlm.update(unit='span', sbo=True)
+  with pytest.raises(ValueError, match=r'config.mlm.sbo=None but this run has True'):
+    checks.check_resume(config, workdir)

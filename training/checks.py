@@ -197,7 +197,13 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f'{workdir} holds a run of config.objective={_objective_of(saved)!r} but this '
                      f'run has {_objective_of(current)!r}: use a new --workdir, or pass '
                      '--config.allow_config_change=True to resume anyway.')
+  # A setting added to the code after the run started is absent from its config.json; at its
+  # default it changes nothing (e.g. config.mlm.sbo=False for a run from before SBO existed).
+  added_defaults = {f'{name}.{key}': value for name in objective_names(config.objective)
+                    for key, value in registry.defaults(name).items()}
   for key in sorted(set(saved) | set(current)):
+    if key not in saved and key in added_defaults and current.get(key) == added_defaults[key]:
+      continue
     if relevant(key) and saved.get(key) != current.get(key):
       raise ValueError(f'{workdir} holds a run with config.{key}={saved.get(key)!r} but this run '
                        f'has {current.get(key)!r}: use a new --workdir, or pass '
