@@ -97,3 +97,21 @@ def test_a_setting_added_since_the_run_started_resumes_at_its_default(tmp_path):
   config.mlm.update(unit='span', sbo=True)
   with pytest.raises(ValueError, match=r'config.mlm.sbo=None but this run has True'):
     checks.check_resume(config, workdir)
+
+
+@pytest.mark.parametrize('module', [bert, mlm, plm])
+def test_preset_lists_agree_between_errors_readme_and_configs(module):
+  """The presets README's table names for a config file are the ones its error offers."""
+  import re  # pylint: disable=import-outside-toplevel
+
+  name = module.__name__.replace('.', '/') + '.py'
+  readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md'),
+                encoding='utf-8').read()
+  row = next(line for line in readme.splitlines() if line.startswith('|') and f'`{name}`' in line)
+  documented = re.findall(r'`(\w+)`', row.split(f'`{name}`')[1].split('|')[0])
+  with pytest.raises(ValueError) as error:
+    module.get_config('no_such_preset')
+  offered = str(error.value).split('choose one of ')[1].rstrip('.').split(', ')
+  assert documented == offered == list(module.PRESETS)
+  for preset in module.PRESETS:
+    module.get_config(preset)
