@@ -214,6 +214,8 @@ def _records(backend: base.Backend, runs: Sequence[Run]) -> dict[str, record_lib
 def main(argv: Sequence[str] | None = None) -> int:
   """Prints or launches the sweep's runs; returns the exit status."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  if '://' not in args.workdir_root and os.path.abspath(os.getcwd()) != REPO:
+    args.workdir_root = os.path.abspath(args.workdir_root)  # train.py runs in the repository
   backend = backends.get(args.backend)(args)
   try:
     runs = expand(load_sweep(args.sweep), args.workdir_root)
