@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import subprocess
 
 import yaml
 
@@ -36,10 +37,15 @@ def check_jobset(jobset: dict, seed: int) -> None:
   (container,) = pod['containers']
   assert container['resources']['limits']['google.com/tpu'] == 4
   assert container['command'][:2] == ['bash', '-c']
-  assert shlex.split(container['command'][2]) == [
-      'cd', '/app', '&&', 'python3', 'train.py', '--config', 'configs/compare.py:mlm_nsp:base',
-      '--workdir', f'gs://b/sweep/seed={seed}', f'--config.seed={seed}']
+  script = container['command'][2].splitlines()
+  assert script[0] == 'cd /app || exit 1'
+  train = shlex.split(next(line for line in script if line.startswith('python3 train.py')))
+  assert train[:train.index('2>&1')] == [
+      'python3', 'train.py', '--config', 'configs/compare.py:mlm_nsp:base', '--workdir',
+      f'gs://b/sweep/seed={seed}', f'--config.seed={seed}']
   env = {e['name']: e for e in container['env']}
+  assert env['RESTART_ATTEMPT']['valueFrom']['fieldRef']['fieldPath'] == \
+      "metadata.annotations['jobset.sigs.k8s.io/restart-attempt']"
   assert env['MEGASCALE_NUM_SLICES']['value'] == '2'
   assert env['MEGASCALE_SLICE_ID']['valueFrom']['fieldRef']['fieldPath'] == \
       "metadata.labels['jobset.sigs.k8s.io/job-index']"
@@ -82,3 +88,32 @@ def test_apply_through_kubectl_and_record_a_refusal(tmp_path, monkeypatch, capsy
   assert saved['state'] == 'failed'
   assert saved['reason'].startswith('kubectl apply failed: exit code 1: error: resource mapping '
                                     'not found')
+
+
+def test_the_pod_script_records_a_failure_only_from_the_first_pod(tmp_path, monkeypatch):
+  """The container script, run here as two pods of a run whose config file does not exist:
+  train.py refuses it (exit 2, nothing retried) and only pod 0 of slice 0 writes launch.json."""
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={})
+  monkeypatch.setattr('tools.backends.gke.Gke.check', lambda self, runs: None)
+  entries = [{'config': 'configs/nope.py', 'seed': 1}]
+  root = str(tmp_path / 'runs')
+  args = ['--sweep', helpers.write_sweep(str(tmp_path / 'sweep.py'), entries), '--workdir_root',
+          root, '--image_repo_dir', helpers.REPO, *GKE]
+  assert launch.main(args) == 0
+  with open(helpers.calls(state, 'kubectl')[0]['manifest'], encoding='utf-8') as f:
+    jobset = yaml.safe_load(f)
+  command = jobset['spec']['replicatedJobs'][0]['template']['spec']['template']['spec'][
+      'containers'][0]['command']
+  workdir = os.path.join(root, 'nope')
+  codes = []
+  for pod in ('1', '0'):  # the second pod first: it must leave the record alone
+    env = dict(os.environ, JOB_COMPLETION_INDEX=pod, SLICE_INDEX='0', RESTART_ATTEMPT='0',
+               TMPDIR=str(tmp_path))
+    codes.append(subprocess.run(command, env=env, capture_output=True, check=False).returncode)
+    if pod == '1':
+      assert record.read(workdir)['state'] == 'queued'
+  assert codes == [2, 2]
+  saved = record.read(workdir)
+  assert (saved['state'], saved['attempts'], saved['failures']) == ('failed', 1, 1)
+  assert saved['reason'].startswith('--config file configs/nope.py cannot be read')

@@ -22,6 +22,7 @@ from tools import backends
 from tools.backends import base, record as record_lib
 
 _TOPOLOGY = re.compile(r'^\d+(x\d+){1,2}$')
+_LOG = '"${TMPDIR:-/tmp}/train.log"'  # the attempt's output, for a failure's one-line reason
 
 
 @backends.register('gke')
@@ -77,11 +78,27 @@ class Gke(base.Backend):
     return f'{self.args.jobset_prefix}-{run.index}-{digest}'
 
   def container_command(self, run: base.Run) -> str:
+    """What every pod runs: train.py, with launch.json kept up to date by the first pod."""
     train = shlex.join(['python3', *base.train_args(run, self.args.data_dir)])
-    steps = [f'cd {shlex.quote(self.args.image_repo_dir)}']
+    workdir = shlex.quote(run.workdir)
+    lines = [f'cd {shlex.quote(self.args.image_repo_dir)} || exit 1']
     if self.args.gke_install:
-      steps.append(self.args.gke_install)
-    return ' && '.join(steps + [train])
+      lines.append(f'{self.args.gke_install} || exit $?')
+    return '\n'.join(lines + [
+        'first() { [ "${JOB_COMPLETION_INDEX:-0}" = 0 ] && [ "${SLICE_INDEX:-0}" = 0 ]; }',
+        f'mark() {{ if first; then python3 -m tools.backends.mark {workdir} "$@" || true; fi; }}',
+        f'mark running --detail "JobSet {self.jobset_name(run)}, restart ${{RESTART_ATTEMPT:-0}}"',
+        f'{train} 2>&1 | tee {_LOG}',
+        'code=${PIPESTATUS[0]}',
+        'if [ "$code" -eq 0 ]; then',
+        '  mark done',
+        f'elif [ "$code" -ne {base.SETUP_ERROR_EXIT_CODE} ] && '
+        f'[ "${{RESTART_ATTEMPT:-0}}" -lt {self.args.max_retries} ]; then',
+        f'  mark requeued --exit_code "$code" --log {_LOG}  # the JobSet restarts it',
+        'else',
+        f'  mark failed --exit_code "$code" --log {_LOG}',
+        'fi',
+        'exit "$code"'])
 
   def record_command(self, run: base.Run) -> str:
     return self.container_command(run)
@@ -90,12 +107,15 @@ class Gke(base.Backend):
     """The JobSet of one run, as a dict (yaml.safe_dump writes it)."""
     args = self.args
     name, hosts = self.jobset_name(run), self.hosts()
-    env: list[dict[str, Any]] = []
-    if args.num_slices > 1:
-      def field(path: str) -> dict[str, Any]:
-        return {'valueFrom': {'fieldRef': {'fieldPath': path}}}
+    def field(path: str) -> dict[str, Any]:
+      return {'valueFrom': {'fieldRef': {'fieldPath': path}}}
 
-      env = [
+    env: list[dict[str, Any]] = [
+        {'name': 'SLICE_INDEX', **field("metadata.annotations['jobset.sigs.k8s.io/job-index']")},
+        {'name': 'RESTART_ATTEMPT',
+         **field("metadata.annotations['jobset.sigs.k8s.io/restart-attempt']")}]
+    if args.num_slices > 1:
+      env += [
           {'name': 'JOBSET_NAME', **field("metadata.annotations['jobset.sigs.k8s.io/jobset-name']")},
           {'name': 'REPLICATED_JOB_NAME',
            **field("metadata.annotations['jobset.sigs.k8s.io/replicatedjob-name']")},
@@ -108,12 +128,11 @@ class Gke(base.Backend):
                 'cloud.google.com/gke-tpu-topology': args.topology}
     if args.gke_spot:
       selector['cloud.google.com/gke-spot'] = 'true'
-    container = {'name': 'train', 'image': args.image, 'command': ['bash', '-c',
-                                                                     self.container_command(run)],
+    container = {'name': 'train', 'image': args.image,
+                 'command': ['bash', '-c', self.container_command(run)],
                  'ports': [{'containerPort': 8471}, {'containerPort': 8080}],
                  'resources': {'limits': {'google.com/tpu': min(args.chips_per_host, self.chips())}}}
-    if env:
-      container['env'] = env
+    container['env'] = env
     pod = {'metadata': {'labels': {'app': 'pretraining-objectives'}},
            'spec': {'restartPolicy': 'Never', 'nodeSelector': selector,
                     'terminationGracePeriodSeconds': 120,  # SIGTERM: train.py saves first
@@ -140,7 +159,15 @@ class Gke(base.Backend):
   def manifest_text(self, run: base.Run) -> str:
     import yaml  # pylint: disable=import-outside-toplevel
 
-    return yaml.safe_dump(self.manifest(run), sort_keys=False, width=1 << 16)
+    class Dumper(yaml.SafeDumper):
+      """Writes multi-line strings (the container's script) as readable literal blocks."""
+
+    def text(dumper, value: str):
+      return dumper.represent_scalar('tag:yaml.org,2002:str', value,
+                                     style='|' if '\n' in value else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(self.manifest(run), Dumper=Dumper, sort_keys=False, width=1 << 16)
 
   def kubectl(self) -> list[str]:
     command = ['kubectl']
