@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
@@ -54,6 +54,8 @@ def run(workdir: str, split: str = 'validation', step: int | None = None,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # keep the metrics line readable
   if not _WORKDIR.value:
     print('evaluate.py: error: --workdir is required (a finished pretraining run).',
           file=sys.stderr)

@@ -314,14 +314,14 @@ def read_csv(path: str) -> list[dict[str, Any]]:
 
 
 def curve_metrics(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-  """The validation metrics to plot: bits per byte where a token likelihood exists, the
-  accuracy of the other (sentence-level) objectives, else their loss."""
+  """The validation metrics to plot per objective: bits per byte where a token likelihood
+  exists, else the loss (the in-training evaluation of older runs has no bits per byte)."""
   keys = {k for run in runs for record in run['evals'] for k in record
           if isinstance(record[k], (int, float))}
   names = sorted({k.rsplit('_', 1)[0] for k in keys if k.endswith('_loss')} - {''})
   chosen = []
   for name in names:
-    for suffix in ('_bits_per_byte', '_accuracy', '_loss'):
+    for suffix in ('_bits_per_byte', '_loss'):
       if name + suffix in keys:
         chosen.append(name + suffix)
         break
