@@ -48,6 +48,9 @@ def test_slices_are_capped_requeued_and_all_deleted(tmp_path, monkeypatch, capsy
           for s in saved.values()] == [('done', 2, 1, 0), ('done', 2, 0, 1), ('done', 1, 0, 0),
                                        ('failed', 2, 0, 2)]
   assert saved[4]['reason'].startswith('Cannot write metrics to /w/metrics.jsonl: No space left.')
+  # Queued while its slice provisions, running once ACTIVE, preempted, and again.
+  assert [h['state'] for h in saved[1]['history']] == [
+      'queued', 'queued', 'running', 'preempted', 'queued', 'running', 'done']
   # Every worker got the code archive before train.py was started on it.
   scp = [c for c in helpers.calls(state, 'gcloud') if helpers.words(c)[3] == 'scp']
   assert len(scp) == 6 and all('--worker=all' in c['args'] for c in scp)

@@ -102,12 +102,13 @@ class Attempts:
   def next(self) -> Run | None:
     return self.pending.popleft() if self.pending else None
 
-  def start(self, run: Run, where: str = '') -> int:
-    """Marks `run` running; returns its attempt number (1-based)."""
+  def start(self, run: Run, where: str = '', state: str = 'running') -> int:
+    """Marks `run` started (`state` 'queued' while it waits for its machine); returns its
+    attempt number (1-based)."""
     self.started[run.name] += 1
     attempt = self.started[run.name]
     record = self.records[run.name]
-    record.update('running', detail=f'attempt {attempt}{f" on {where}" if where else ""}',
+    record.update(state, detail=f'attempt {attempt}{f" on {where}" if where else ""}',
                   attempts=record['attempts'] + 1, where=where)
     self.say(f'start    {run.name} (attempt {attempt}{f", {where}" if where else ""})')
     return attempt

@@ -170,11 +170,15 @@ class TpuVm(base.Backend):
         while len(active) < self.args.max_slices and attempts.pending:
           run = attempts.next()
           name = self.slice_name(run, attempts.started[run.name] + 1)
-          attempts.start(run, where=name)
+          attempts.start(run, where=name, state='queued')  # running once the slice is ACTIVE
           worker = _SliceAttempt(self, run, name, os.path.join(log_dir, f'{name}.log'), stop)
           worker.start()
           active.append(worker)
         time.sleep(min(self.args.poll_seconds, 0.2))
+        for worker in active:
+          if worker.training.is_set() and not worker.reported:
+            worker.reported = True
+            records[worker.sweep_run.name].update('running', detail=f'{worker.name_} is ACTIVE')
         for worker in [w for w in active if not w.is_alive()]:
           active.remove(worker)
           attempts.finish(worker.sweep_run, worker.outcome)
@@ -226,6 +230,8 @@ class _SliceAttempt(threading.Thread):
     self.backend, self.sweep_run, self.name_ = backend, run, name
     self.log_path, self.stop = log_path, stop
     self.outcome = base.Outcome('failed', 'attempt did not finish')
+    self.training = threading.Event()  # set once the slice is ACTIVE
+    self.reported = False
 
   def run_attempt(self) -> base.Outcome:
     backend = self.backend
@@ -239,6 +245,7 @@ class _SliceAttempt(threading.Thread):
     while True:  # provisioning: spot capacity can take hours
       state = self.state()
       if state == 'ACTIVE':
+        self.training.set()
         break
       if state in LOST_STATES:
         return base.Outcome('preempted', f'slice {state} before the run started')
