@@ -16,7 +16,7 @@ from tools import launch, status
 from tools.backends import record
 
 TPU = ['--backend', 'tpu_vm', '--zone', 'us-central2-b', '--accelerator_type', 'v4-8', '--spot',
-       '--poll_seconds', '0.05', '--mounted_workdir_root']
+       '--poll_seconds', '0.2', '--mounted_workdir_root']
 
 
 def seeds_sweep(tmp_path, count: int) -> str:
