@@ -3,6 +3,7 @@ with SLURM's environment; two tasks train exactly like one, and a stopped job re
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -49,7 +50,9 @@ def test_two_tasks_train_like_one_process_after_a_requeue(tmp_path, monkeypatch,
   assert launch.main(['--sweep', sweep, '--workdir_root', root, '--backend', 'slurm',
                       '--tasks_per_node', '2', '--time', '0:10:00']) == 0
   jobs = [c for c in helpers.calls(state) if c['tool'] == 'job']
-  assert [(c['restart'], c['code']) for c in jobs] == [(0, 143), (1, 0)]
+  logs = ''.join(open(path, encoding='utf-8', errors='replace').read()
+                 for path in glob.glob(os.path.join(root, 'slurm', '*.out')))
+  assert [(c['restart'], c['code']) for c in jobs] == [(0, 143), (1, 0)], logs[-3000:]
   assert [c['args'] for c in helpers.calls(state, 'scontrol')] == [['requeue', jobs[0]['args'][0]]]
   assert [c['tasks'] for c in helpers.calls(state, 'srun')] == [0, 2]
   workdir = os.path.join(root, 'clm-tiny')
