@@ -292,3 +292,32 @@ def test_bad_generation_settings_fail_before_compiling():
                        segment_ids=jnp.ones((1, 2), jnp.int32))
   with pytest.raises(ValueError, match='causal'):
     jax.eval_shape(lambda p: Transformer(config).apply({'params': p}, inputs, cache=cache), params)
+
+
+@pytest.mark.parametrize('objective,causal', [('clm', True), ('mlm', False)])
+def test_generate_command_accepts_only_causal_runs(objective, causal, tmp_path):
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  from data.vocab import toy_vocab  # pylint: disable=import-outside-toplevel
+  from tools import generate as generate_tool  # pylint: disable=import-outside-toplevel
+  from training import experiment  # pylint: disable=import-outside-toplevel
+
+  config = importlib.import_module(f'configs.{objective}').get_config('tiny')
+  config.data.vocab_size = 64
+  exp = experiment.build(config, str(tmp_path), data=False, vocab=toy_vocab(64))
+  if causal:
+    generate_tool.check_causal(exp)
+  else:
+    with pytest.raises(ValueError, match="config.objective='mlm'.*not a causal LM"):
+      generate_tool.check_causal(exp)
+
+
+def test_prompts_come_from_flags_then_file_lines(tmp_path):
+  from tools import generate as generate_tool  # pylint: disable=import-outside-toplevel
+  path = tmp_path / 'prompts.txt'
+  path.write_text('first line\n\n  \nsecond line\n', encoding='utf-8')
+  assert generate_tool.read_prompts(['a'], str(path)) == ['a', 'first line', 'second line']
+  with pytest.raises(ValueError, match='--prompt_file'):
+    generate_tool.read_prompts([], str(tmp_path / 'missing.txt'))
+  with pytest.raises(ValueError, match='--prompt'):
+    generate_tool.read_prompts([], None)
