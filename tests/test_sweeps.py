@@ -166,6 +166,7 @@ def test_local_backend_requeues_preempted_runs_and_records_failures(tmp_path):
   assert saved['seed=2']['command'][-2:] == [os.path.join(root, 'seed=2'), '--config.seed=2']
   logs = os.listdir(os.path.join(root, 'seed=1', 'launch_logs'))
   assert sorted(logs) == ['attempt_1.log', 'attempt_2.log']
+  assert saved['seed=1']['log'] == os.path.join(root, 'seed=1', 'launch_logs', 'attempt_2.log')
   # A changed sweep whose names now point at other runs' workdirs is refused before anything
   # runs: batch_size is the same in every run, so it is not in the names.
   sweep.write_text('def get_sweep():\n  return [{"config": "configs/clm.py:tiny", "seed": s, '

@@ -102,14 +102,14 @@ class Attempts:
   def next(self) -> Run | None:
     return self.pending.popleft() if self.pending else None
 
-  def start(self, run: Run, where: str = '', state: str = 'running') -> int:
-    """Marks `run` started (`state` 'queued' while it waits for its machine); returns its
-    attempt number (1-based)."""
+  def start(self, run: Run, where: str = '', state: str = 'running', **fields: Any) -> int:
+    """Marks `run` started (`state` 'queued' while it waits for its machine; `fields` go into
+    launch.json too); returns its attempt number (1-based)."""
     self.started[run.name] += 1
     attempt = self.started[run.name]
     record = self.records[run.name]
     record.update(state, detail=f'attempt {attempt}{f" on {where}" if where else ""}',
-                  attempts=record['attempts'] + 1, where=where)
+                  attempts=record['attempts'] + 1, where=where, **fields)
     self.say(f'start    {run.name} (attempt {attempt}{f", {where}" if where else ""})')
     return attempt
 

@@ -32,6 +32,10 @@ def source_files(repo: str) -> list[str]:
   return sorted(path for path in files if os.path.isfile(os.path.join(repo, path)))
 
 
+def total_bytes(repo: str, files: Sequence[str]) -> int:
+  return sum(os.path.getsize(os.path.join(repo, path)) for path in files)
+
+
 def build(repo: str, destination: str, files: Sequence[str] | None = None) -> str:
   """Writes the archive to `destination`; returns its sha256 (same files, same bytes)."""
   files = source_files(repo) if files is None else files

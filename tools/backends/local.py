@@ -82,8 +82,9 @@ class Local(base.Backend):
       while running or (attempts.pending and not stop_starting):
         while free_slots and attempts.pending and not stop_starting:
           run = attempts.next()
-          attempts.start(run)
-          running.append(self._start(run, free_slots.pop(0)))
+          log_path = _next_log(run.workdir)
+          attempts.start(run, log=log_path)
+          running.append(self._start(run, free_slots.pop(0), log_path))
         time.sleep(0.05)
         for attempt in [a for a in running if a.process.poll() is not None]:
           running.remove(attempt)
@@ -115,10 +116,7 @@ class Local(base.Backend):
                  'tools/status.py shows why. Their workdirs resume when launched again.')
     return 1 if failed else 0
 
-  def _start(self, run: base.Run, slot: int) -> _Attempt:
-    logs = os.path.join(run.workdir, LOG_DIR)
-    os.makedirs(logs, exist_ok=True)
-    log_path = os.path.join(logs, f'attempt_{len(os.listdir(logs)) + 1}.log')
+  def _start(self, run: base.Run, slot: int, log_path: str) -> _Attempt:
     process = subprocess.Popen(self.command(run), cwd=REPO, env=self.environment(slot),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)  # Ctrl-C reaches the launcher only
@@ -126,6 +124,13 @@ class Local(base.Backend):
     pump = threading.Thread(target=_copy, args=(process.stdout, log_path, echo), daemon=True)
     pump.start()
     return _Attempt(run, slot, process, log_path, pump)
+
+
+def _next_log(workdir: str) -> str:
+  """WORKDIR/launch_logs/attempt_N.log for the next attempt (earlier launches' logs stay)."""
+  logs = os.path.join(workdir, LOG_DIR)
+  os.makedirs(logs, exist_ok=True)
+  return os.path.join(logs, f'attempt_{len(os.listdir(logs)) + 1}.log')
 
 
 def _copy(stream, log_path: str, echo) -> None:

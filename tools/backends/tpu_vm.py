@@ -30,6 +30,7 @@ from tools.backends import base, code_archive, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REMOTE_ARCHIVE = 'pretraining-objectives.tar.gz'  # in the worker's home directory
+MAX_ARCHIVE_BYTES = 200 * 2**20  # uncompressed; code and configs are far smaller
 LIVE_STATES = ('ACCEPTED', 'WAITING_FOR_RESOURCES', 'PROVISIONING', 'CREATING', 'ACTIVE')
 LOST_STATES = ('SUSPENDING', 'SUSPENDED', 'PREEMPTED')  # spot capacity taken back
 _NAME = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
@@ -133,6 +134,12 @@ class TpuVm(base.Backend):
     if not _NAME.match(args.slice_prefix) or len(args.slice_prefix) > 20:
       raise ValueError(f'--slice_prefix {args.slice_prefix!r}: use up to 20 lowercase letters, '
                        'digits and hyphens, starting with a letter.')
+    files = code_archive.source_files(REPO)
+    size = code_archive.total_bytes(REPO, files)
+    if size > MAX_ARCHIVE_BYTES:
+      biggest = max(files, key=lambda path: os.path.getsize(os.path.join(REPO, path)))
+      raise ValueError(f'The checkout to ship to every worker holds {size / 2**20:.0f} MiB (the '
+                       f'largest file is {biggest}): add data and outputs to .gitignore.')
     local = [run.workdir for run in runs if not run.workdir.startswith('gs://')]
     if local and not args.mounted_workdir_root:
       raise ValueError('--backend tpu_vm needs a gs:// --workdir_root: every worker writes to '
@@ -170,8 +177,9 @@ class TpuVm(base.Backend):
         while len(active) < self.args.max_slices and attempts.pending:
           run = attempts.next()
           name = self.slice_name(run, attempts.started[run.name] + 1)
-          attempts.start(run, where=name, state='queued')  # running once the slice is ACTIVE
-          worker = _SliceAttempt(self, run, name, os.path.join(log_dir, f'{name}.log'), stop)
+          log = os.path.join(log_dir, f'{name}.log')
+          attempts.start(run, where=name, state='queued', log=log)  # running once ACTIVE
+          worker = _SliceAttempt(self, run, name, log, stop)
           worker.start()
           active.append(worker)
         time.sleep(min(self.args.poll_seconds, 0.2))
