@@ -130,3 +130,14 @@ def test_dry_run_prints_every_gcloud_command(capsys, tmp_path):
                       "gs://b/sweep/seed=1 --config.seed=1 --config.data.data_dir=gs://b/tfds'")
   assert delete.endswith('--zone=z1 --project=p --force --quiet')
   assert not os.path.exists(tmp_path / 'cloud')
+
+
+def test_a_checkout_too_big_to_ship_is_refused_before_any_slice(tmp_path, monkeypatch, capsys):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={})
+  monkeypatch.setattr('tools.backends.tpu_vm.MAX_ARCHIVE_BYTES', 1000)
+  assert launch.main(['--sweep', seeds_sweep(tmp_path, 1), '--workdir_root',
+                      str(tmp_path / 'runs'), *TPU]) == 2
+  error = capsys.readouterr().err
+  assert 'MiB (the largest file is ' in error and 'add data and outputs to .gitignore' in error
+  assert not helpers.calls(state) and not os.path.exists(tmp_path / 'runs')
