@@ -98,7 +98,7 @@ class TpuVm(base.Backend):
 
   def copy_command(self, name: str, archive: str) -> list[str]:
     return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp', archive, f'{name}:{REMOTE_ARCHIVE}',
-            *self._location(), '--worker=all']
+            *self._location(), '--worker=all', '--quiet']  # --quiet: no prompt for ssh keys
 
   def remote_script(self, run: base.Run) -> str:
     """What every worker runs: unpack the shipped code, install it, train."""
@@ -109,7 +109,7 @@ class TpuVm(base.Backend):
 
   def ssh_command(self, name: str, run: base.Run) -> list[str]:
     return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', name, *self._location(), '--worker=all',
-            f'--command={self.remote_script(run)}']
+            '--quiet', f'--command={self.remote_script(run)}']
 
   def record_command(self, run: base.Run) -> str:
     return self.remote_script(run)
