@@ -50,7 +50,10 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
   config.seq_len = shape['seq_len']
   config.log_every = shape['log_every']
   config.eval_every = shape['eval_every']
-  config.eval_steps = shape['eval_steps']  # validation batches per evaluation
+  config.eval_steps = shape['eval_steps']  # validation batches per evaluation (0: none)
+  # True: each evaluation is one exact pass over the whole validation split instead, with a
+  # fixed eval PRNG (training/evaluation.py): what comparisons between runs should use.
+  config.eval_exact = False
   config.checkpoint_every = shape['checkpoint_every']
   config.keep_checkpoints = 3
   config.pause_at_step = 0  # > 0: checkpoint and return at this step (time-sliced jobs)

@@ -79,7 +79,7 @@ def arm_names() -> list[str]:
   """The default arms, then every registered objective they do not cover (read without jax)."""
   from objectives import registry  # pylint: disable=import-outside-toplevel
 
-  listed = getattr(registry, 'declared_names', registry.names)()
+  listed = registry.declared_names()
   return list(ARMS) + [name for name in listed if name not in COVERED and name not in ARMS]
 
 
@@ -118,6 +118,7 @@ def get_config(spec: str | None = None):
   config.data.format = arm.data_format
   config.budget.tokens = budget_tokens
   config.budget.keep_fractions = BUDGET_FRACTIONS
+  config.eval_exact = True  # every evaluation: one exact pass, the same for every arm
   if 'mlm' in base_names(arm.objective):
     config.mlm.update(mask_rate=0.15, unit='token', max_predictions=0)
   return config

@@ -83,6 +83,19 @@ class Reader:
     self.epoch, self.index = int(state['epoch']), int(state['index'])
 
 
+def plain(value: Any) -> Any:
+  """`value` with numpy scalars and arrays turned into Python numbers and lists (for JSON)."""
+  if isinstance(value, dict):
+    return {key: plain(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [plain(item) for item in value]
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
 def stack(examples: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {key: np.stack([example[key] for example in examples]) for key in examples[0]}
 
@@ -168,11 +181,11 @@ class ExampleIterator:
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position between batches, for `set_state`."""
     reader = self.reader
-    return {'format': self.format.name, 'reader': reader.get_state(),
+    return plain({'format': self.format.name, 'reader': reader.get_state(),
             'builder': self.builder.get_state(), 'finished': self._finished,
             'fingerprint': self.fingerprint(), 'seed': reader.seed, 'shuffle': reader.shuffle,
             'process_index': reader.process_index, 'process_count': reader.process_count,
-            'num_documents': reader.num_documents}
+            'num_documents': reader.num_documents})
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues from `get_state()` of an iterator over the same documents and settings."""

@@ -37,6 +37,7 @@ class Experiment:
   flops_per_step: float  # training FLOPs of one global batch (training/flops.py)
   data_cleaning: dict[str, dict[str, int]]  # split -> what the corpus build skipped or repaired
   data_format: str = 'packed'
+  eval_documents: Any = None  # the validation split, when built with data and evaluation
 
   def model(self):
     """The shared Transformer of this run."""
@@ -143,7 +144,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
   data_format = data_format_of(config, objective)
 
   local_batch = config.batch_size // jax.process_count()
-  train_iter, make_eval_iter, cleaning = None, None, {}
+  train_iter, make_eval_iter, eval_docs, cleaning = None, None, None, {}
   if data:
     iterator_args = dict(local_batch_size=local_batch, process_index=jax.process_index(),
                          process_count=jax.process_count())
@@ -168,7 +169,8 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
   flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
       objective, model_config, config.seq_len)
   return Experiment(config, workdir, tokenizer, objective, model_config, mesh, rules, train_iter,
-                    make_eval_iter, local_batch, flops_per_step, cleaning, data_format)
+                    make_eval_iter, local_batch, flops_per_step, cleaning, data_format,
+                    eval_docs if make_eval_iter is not None else None)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
