@@ -12,9 +12,8 @@ optimizer, the weight-decay mask, sharding and checkpoints treat them like any o
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
 import dataclasses
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
