@@ -52,14 +52,16 @@ def run(config, workdir: str) -> dict[str, float]:
   import contextlib
 
   import jax
+  from etils import epath
 
   from configs import base
-  from training import loop, workdir_lock
+  from training import distributed, loop, workdir_lock
 
   with contextlib.ExitStack() as stack:
     try:
       base.apply_objective(config)
-      os.makedirs(workdir, exist_ok=True)
+      distributed.maybe_initialize(config.distributed)  # before asking for the process index
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       stack.enter_context(workdir_lock.workdir_lock(workdir, enabled=jax.process_index() == 0))
       exp = setup(config, workdir)
     except (ValueError, OSError, KeyError, workdir_lock.WorkdirLocked) as error:

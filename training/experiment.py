@@ -18,6 +18,7 @@ import os
 from typing import Any, Callable
 
 import ml_collections
+from etils import epath
 
 
 @dataclasses.dataclass
@@ -123,7 +124,7 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
 
   train_docs = pipeline.load_documents(config.data, 'train') if data else None
   if data:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer_lib.load_or_train(  # reads the first tokenizer_max_chars only
         config.data, workdir, (train_docs[i] for i in range(len(train_docs))))
   elif vocab is not None:
@@ -175,11 +176,10 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved in `workdir/config.json`."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
     raise ValueError(f'{workdir} holds no config.json: give the workdir of a pretraining run.')
-  with open(path, encoding='utf-8') as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def restore_params(workdir: str, step: int | None = None, *,

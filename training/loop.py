@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from data import pipeline
@@ -80,32 +81,37 @@ def kept_steps(exp: Experiment, total_steps: int) -> list[int]:
   return sorted({max(1, round(float(f) * total_steps)) for f in fractions})
 
 
+def write_text(path: str, text: str) -> None:
+  """Writes a file whole (local: atomically by rename; gs://: one object write)."""
+  target = epath.Path(path)
+  if '://' in path:
+    target.write_text(text)
+    return
+  tmp = target.parent / (target.name + '.tmp')
+  tmp.write_text(text)
+  os.replace(tmp, target)
+
+
 def write_json(path: str, value: Any) -> None:
-  """Writes JSON atomically (a reader never sees half a file)."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
+  """Writes JSON whole (a reader never sees half a file)."""
+  write_text(path, json.dumps(value, indent=2))
 
 
 def drop_records_after(path: str, step: int) -> None:
   """Removes records of steps after `step` from metrics.jsonl (written by a run that went past
   its last checkpoint), so a resumed run never logs a step twice. Partial lines go too."""
-  if not os.path.exists(path):
+  target = epath.Path(path)
+  if not target.exists():
     return
   kept = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        continue
-      if isinstance(record, dict) and int(record.get('step', 0)) <= step:
-        kept.append(line if line.endswith('\n') else line + '\n')
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  for line in target.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and int(record.get('step', 0)) <= step:
+      kept.append(line + '\n')
+  write_text(path, ''.join(kept))
 
 
 class _Signals:
@@ -193,11 +199,8 @@ class Trainer:
         self.interval['saved'] = saved['interval']
       self.progress.message(f'Resumed from {self.workdir} at step {self.step}.')
     if self.primary:
-      os.makedirs(self.workdir, exist_ok=True)
-      with open(os.path.join(self.workdir, 'config.json.tmp'), 'w', encoding='utf-8') as f:
-        f.write(self.config.to_json(indent=2))
-      os.replace(os.path.join(self.workdir, 'config.json.tmp'),
-                 os.path.join(self.workdir, 'config.json'))
+      epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
+      write_text(os.path.join(self.workdir, 'config.json'), self.config.to_json(indent=2))
       drop_records_after(os.path.join(self.workdir, 'metrics.jsonl'), self.step)
     self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.primary)
 
