@@ -56,6 +56,7 @@ def run(config, workdir: str) -> dict[str, float]:
 
   from configs import base
   from training import distributed, loop, workdir_lock
+  from training.metrics import WriteError
 
   with contextlib.ExitStack() as stack:
     try:
@@ -63,13 +64,22 @@ def run(config, workdir: str) -> dict[str, float]:
       distributed.maybe_initialize(config.distributed)  # before asking for the process index
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       stack.enter_context(workdir_lock.workdir_lock(workdir, enabled=jax.process_index() == 0))
-      exp = setup(config, workdir)
     except (ValueError, OSError, KeyError, workdir_lock.WorkdirLocked) as error:
       raise SetupError(_one_line(error)) from error  # OSError: e.g. an unwritable workdir
     try:
-      return train(exp)
-    except loop.RestoreError as error:  # no checkpoint fits this config's model
-      raise SetupError(_one_line(error)) from error
+      try:
+        exp = setup(config, workdir)
+      except (ValueError, OSError, KeyError) as error:
+        raise SetupError(_one_line(error)) from error
+      try:
+        return train(exp)
+      except loop.RestoreError as error:  # no checkpoint fits this config's model
+        raise SetupError(_one_line(error)) from error
+    except (WriteError, FloatingPointError) as error:
+      # A run that failed while training says why in status.json (the lock is ours). A start
+      # that failed (SetupError) changes nothing in the workdir.
+      _record_failure(workdir, _one_line(error))
+      raise
 
 
 def dry_run(config, workdir: str) -> dict[str, Any]:
@@ -236,6 +246,16 @@ def _quiet_platform_messages() -> None:
   import logging as std_logging
   for name in ('jax._src.xla_bridge', 'absl'):
     std_logging.getLogger(name).setLevel(std_logging.ERROR)
+
+
+def _record_failure(workdir: str, reason: str) -> None:
+  """Leaves the one-line reason in workdir/status.json when the workdir exists; a status that
+  cannot be written (the disk that failed the run) is not a second error."""
+  try:
+    from training import loop
+    loop.write_status(workdir, 'failed', reason=reason)
+  except Exception:  # pylint: disable=broad-exception-caught
+    pass
 
 
 def main(argv):

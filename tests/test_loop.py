@@ -100,6 +100,8 @@ def test_resume_mid_interval_logs_the_uninterrupted_average_and_pause_at_the_end
   for key in ('loss', 'clm_accuracy', 'tokens', 'flops'):
     assert [r[key] for r in got] == pytest.approx([r[key] for r in want], rel=1e-6), key
   assert sorted(os.listdir(os.path.join(cut, 'checkpoints'))) == ['2', '6']
+  status = json.load(open(os.path.join(cut, 'status.json'), encoding='utf-8'))
+  assert (status['state'], status['step']) == ('done', 6)
 
   # A restore that cannot fit (a different width) fails in one line and rewrites nothing.
   saved = open(os.path.join(cut, 'config.json'), encoding='utf-8').read()
@@ -134,3 +136,5 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, shared_cache):
   assert 'Traceback' not in output and 'Stopped by SIGINT after step' in output
   stopped = int(output.split('Stopped by SIGINT after step ')[1].split(':')[0])
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
+  status = json.load(open(os.path.join(workdir, 'status.json'), encoding='utf-8'))
+  assert (status['state'], status['step']) == ('preempted', stopped)

@@ -114,6 +114,15 @@ def drop_records_after(path: str, step: int) -> None:
   write_text(path, ''.join(kept))
 
 
+def write_status(workdir: str, state: str, step: int | None = None, reason: str = '') -> None:
+  """workdir/status.json: how the last start of the run ended ('running', 'done', 'paused',
+  'preempted', 'failed' with its one-line reason), for tools/status.py."""
+  if jax.process_index() != 0 or not epath.Path(workdir).exists():
+    return
+  write_json(os.path.join(workdir, 'status.json'),
+             {'state': state, 'step': step, 'reason': reason, 'time': time.time()})
+
+
 class _Signals:
   """SIGTERM and SIGINT ask the loop to save and stop after the current step.
 
@@ -348,6 +357,7 @@ class Trainer:
                             f'of {self.total_steps}.')
       return {}
     signals = _Signals()
+    write_status(self.workdir, 'running', self.step)
     try:
       with jax.set_mesh(self.exp.mesh), nn.logical_axis_rules(self.exp.rules):
         if self.step == 0 and config.eval_steps:
@@ -390,9 +400,11 @@ class Trainer:
       if step % config.checkpoint_every == 0 or last or step in self.keep:
         self.checkpoint(step, force=step in self.keep)
       if last:
+        write_status(self.workdir, 'done', step)
         return
       if step == config.pause_at_step:
         self.checkpoint(step, force=True)
+        write_status(self.workdir, 'paused', step)
         self.progress.message(f'Paused at step {step} (config.pause_at_step); run again to '
                               'continue.')
         return
@@ -400,6 +412,7 @@ class Trainer:
         self.checkpoint(step, force=True)
         name = 'SIGINT' if signals.received == signal.SIGINT else 'SIGTERM'
         self.close()
+        write_status(self.workdir, 'preempted', step, f'stopped by {name}')
         self.progress.message(f'Stopped by {name} after step {step}: checkpoint saved in '
                               f'{self.workdir}; run the same command again to resume.')
         raise Stopped(INTERRUPTED_EXIT_CODE if name == 'SIGINT' else PREEMPTED_EXIT_CODE)
