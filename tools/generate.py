@@ -50,6 +50,24 @@ def read_prompts(prompts: Sequence[str], prompt_file: str | None) -> list[str]:
   return texts
 
 
+def load_run(workdir: str) -> Any:
+  """The run's Experiment on this machine's devices, without data or parameters: enough to
+  validate a request before restoring (and compiling) anything."""
+  from training import experiment  # pylint: disable=import-outside-toplevel
+
+  config = experiment.load_config(workdir)
+  with config.unlocked():  # as experiment.restore_params does
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    config.distributed.auto = False
+    config.resume = False
+  return experiment.build(config, workdir, data=False)
+
+
+def encode_prompts(exp: Any, texts: Sequence[str]) -> list[list[int]]:
+  """Each text as `[bos] + pieces`, the way training documents start."""
+  return [[exp.tokenizer.vocab.bos_id] + exp.tokenizer.encode(text) for text in texts]
+
+
 def check_causal(exp: Any) -> None:
   """Generation needs a model trained left to right; anything else is a one-line error."""
   import jax  # pylint: disable=import-outside-toplevel
@@ -75,7 +93,7 @@ def generate_texts(exp: Any, params: Any, texts: Sequence[str], *, max_new_token
   from models import decode  # pylint: disable=import-outside-toplevel
 
   vocab = exp.tokenizer.vocab
-  prompts = [[vocab.bos_id] + exp.tokenizer.encode(text) for text in texts]
+  prompts = encode_prompts(exp, texts)
   decode.check_lengths(exp.model_config, [len(p) for p in prompts], max_new_tokens)
   eos_id = vocab.eos_id if stop_at_eos else None
   fn = decode.make_generate_fn(exp.model_config, max_new_tokens=max_new_tokens,
@@ -133,8 +151,11 @@ def main(argv):
                                top_p=_TOP_P.value)
     if _MAX_NEW.value < 1 or _BATCH.value < 1:
       raise ValueError('--max_new_tokens and --batch_size must be at least 1.')
-    params, step, exp = experiment.restore_params(_WORKDIR.value, _STEP.value)
+    exp = load_run(_WORKDIR.value)
     check_causal(exp)
+    decode.check_lengths(exp.model_config, [len(p) for p in encode_prompts(exp, texts)],
+                         _MAX_NEW.value)
+    params, step, exp = experiment.restore_params(_WORKDIR.value, _STEP.value, config=exp.config)
     outputs, timing = generate_texts(
         exp, params, texts, max_new_tokens=_MAX_NEW.value, sampling=sampling,
         seed=_SEED.value, batch_size=_BATCH.value, use_cache=_CACHE.value,
