@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import train
+from training import loop
 from configs import base as base_config
 from objectives import clm as clm_objective
 from objectives import registry
@@ -132,7 +133,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, shared_cache):
   total = TOTAL
   returncode, output = start_and_signal(workdir, shared_cache, signal.SIGTERM, at_step=3,
                                         pause_at_step=0, checkpoint_every=100)
-  assert returncode == train.PREEMPTED_EXIT_CODE, output[-3000:]
+  assert returncode == loop.PREEMPTED_EXIT_CODE, output[-3000:]
   assert 'Stopped by SIGTERM after step' in output
   stopped_at = int(output.split('Stopped by SIGTERM after step ')[1].split(':')[0])
   assert 3 <= stopped_at < total
@@ -364,3 +365,28 @@ def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_lock(tmp_path)
     with workdir_lock.workdir_lock(workdir):
       pass
   assert json.loads(open(lock, encoding='utf-8').read())['host'] == 'other-host'  # untouched
+
+
+def test_corrupted_newest_checkpoint_resumes_from_the_one_before_exactly(tmp_path, shared_cache,
+                                                                        uninterrupted):
+  """Bytes of the newest checkpoint flipped on disk: one line names it, the run resumes from
+  the previous one and repeats the lost steps bit for bit, and nothing intact is pruned."""
+  from tests.test_checkpoint import biggest_file, corrupt  # pylint: disable=import-outside-toplevel
+
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(uninterrupted, workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(n) for n in os.listdir(checkpoints) if n.isdigit())
+  assert steps[-1] == STEPS and len(steps) >= 2
+  corrupt(biggest_file(workdir, STEPS))
+  done = run_to_end(workdir, shared_cache, pause_at_step=STEPS + 2)
+  rejected = [line for line in done.stdout.splitlines() + done.stderr.splitlines()
+              if 'cannot be restored' in line]
+  assert len(rejected) == 1 and rejected[0].startswith(
+      f'Checkpoint {checkpoints}/{STEPS} cannot be restored: '), done.stdout[-2000:]
+  assert 'sha256' in rejected[0] and 'Traceback' not in done.stderr
+  assert f'Resumed from {workdir} at step {steps[-2]}.' in done.stdout
+  losses = train_losses(workdir)  # asserts every repeated step has the very same loss
+  assert sorted(losses) == list(range(1, STEPS + 3))
+  assert os.listdir(os.path.join(workdir, 'checkpoints_rejected'))[0].startswith(f'{STEPS}.')
+  assert STEPS + 2 in [int(n) for n in os.listdir(checkpoints) if n.isdigit()]
