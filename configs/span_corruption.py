@@ -26,8 +26,8 @@ def get_config(spec: str = 't5'):
     denoiser, size = 't5', denoiser
   size = size or 'tiny'
   if denoiser not in DENOISERS:
-    raise ValueError(f'Unknown denoiser {denoiser!r} in configs/span_corruption.py:DENOISER[:SIZE]: '
-                     f'choose from {sorted(DENOISERS)}.')
+    raise ValueError(f'Unknown denoiser {denoiser!r} in configs/span_corruption.py:DENOISER'
+                     f'[:SIZE]: choose from {sorted(DENOISERS)}.')
   config = base.get_config('span_corruption', size)
   config.span_corruption.update(**DENOISERS[denoiser])
   if size == 'tiny':

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from data.vocab import Vocab
 from models.transformer import ModelInputs
 from objectives import base
-from objectives.prefix_lm import join
+from objectives.prefix_lm import adopt, join
 from objectives.registry import register
 
 Array = jax.Array
@@ -52,8 +52,7 @@ class Deshuffle:
     shuffled, _ = jax.vmap(shuffle)(jax.random.split(rng, tokens.shape[0]), tokens, n)
     joined, targets = join(shuffled, n, tokens, n, length=inputs.tokens.shape[1],
                            pad_id=self.vocab.pad_id, num_predict=self.raw_len)
-    return inputs.replace(**{k: getattr(joined, k) for k in (
-        'tokens', 'positions', 'segment_ids', 'attn_order', 'predict_index')}, causal=False), targets
+    return adopt(inputs, joined), targets
 
   def loss(self, outputs, targets):
     return base.token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])

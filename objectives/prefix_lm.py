@@ -83,6 +83,13 @@ def join(prefix: Array, prefix_len: Array, target: Array, target_len: Array, *, 
   return inputs, {'targets': jnp.where(weights > 0, targets, 0), 'weights': weights}
 
 
+def adopt(inputs: ModelInputs, joined: ModelInputs) -> ModelInputs:
+  """`inputs` with the tokens, positions, segments, order and logit positions of `join`'s."""
+  return inputs.replace(tokens=joined.tokens, positions=joined.positions,
+                        segment_ids=joined.segment_ids, attn_order=joined.attn_order,
+                        predict_index=joined.predict_index, causal=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class PrefixLM:
   """A random bidirectional prefix per document, loss on the causal continuation."""

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from data.vocab import Vocab
 from models.transformer import ModelInputs
 from objectives import base
-from objectives.prefix_lm import join
+from objectives.prefix_lm import adopt, join
 from objectives.registry import register
 
 Array = jax.Array
@@ -135,8 +135,7 @@ class SpanCorruption:
                                                                     inputs.segment_ids)
     joined, targets = join(prefix, prefix_len, target, target_len, length=inputs.tokens.shape[1],
                            pad_id=self.vocab.pad_id, num_predict=self.max_target_len)
-    return inputs.replace(**{k: getattr(joined, k) for k in (
-        'tokens', 'positions', 'segment_ids', 'attn_order', 'predict_index')}, causal=False), targets
+    return adopt(inputs, joined), targets
 
   def loss(self, outputs, targets):
     return base.token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])
@@ -176,7 +175,8 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> S
     raise ValueError(f'config.span_corruption.mean_span_length must be >= 1, got {mean}.')
   sequential = values['sequential']
   if not isinstance(sequential, bool):
-    raise ValueError(f'config.span_corruption.sequential must be True or False, got {sequential!r}.')
+    raise ValueError(f'config.span_corruption.sequential must be True or False, got '
+                     f'{sequential!r}.')
   raw_len, max_target, max_spans = fitting_length(seq_len, density, mean, sequential)
   if raw_len < 2:
     raise ValueError(f'config.seq_len={seq_len} is too short for span corruption: use at least 8.')

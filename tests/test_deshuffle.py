@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import deshuffle as deshuffle_config
 from data.vocab import toy_vocab
 from objectives import base, deshuffle, registry
 from tests.test_prefix_lm import assert_train_loss_falls, runs_root, trained_run  # noqa: F401
@@ -66,5 +65,5 @@ def test_bad_settings_fail_in_one_line():
 
 
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
-  workdir = trained_run(runs_root, deshuffle_config.get_config('tiny'), shared_cache)
+  workdir = trained_run(runs_root, 'deshuffle:tiny', shared_cache)
   assert_train_loss_falls(workdir, margin=0.5)

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import base as base_config, electra as electra_config
+from configs import base as base_config
 from data.vocab import toy_vocab
 from models.config import ModelConfig
 from models.transformer import Transformer
@@ -170,7 +170,7 @@ def test_trains_through_train_py_and_the_evaluated_model_is_the_discriminator(
     runs_root, shared_cache):
   from training import experiment  # pylint: disable=import-outside-toplevel
 
-  workdir = trained_run(runs_root, electra_config.get_config('tiny'), shared_cache)
+  workdir = trained_run(runs_root, 'electra:tiny', shared_cache)
   assert_train_loss_falls(workdir, margin=2.0)
   params, step, exp = experiment.restore_params(workdir)
   model_params, own = state_lib.split_params(params)

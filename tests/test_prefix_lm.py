@@ -3,7 +3,11 @@ the continuation only; and the shared helper that trains a new objective through
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -16,7 +20,7 @@ from models import masks
 from models.config import ModelConfig
 from models.transformer import Transformer
 from objectives import base, prefix_lm, registry
-from tests.conftest import run_records, small_run_config
+from tests.conftest import FAST_COMPILE_FLAGS, run_records, small_run_config
 
 VOCAB = toy_vocab(64)
 
@@ -99,7 +103,8 @@ def test_changing_a_continuation_token_never_changes_an_earlier_logit():
   batch = packed_batch([[14, 10]], 24, seed=3)
   inputs, _ = _PREPARE(jax.random.key(5), batch)
   params = nn.unbox(model.init(jax.random.key(0), inputs)['params'])
-  apply = jax.jit(lambda tokens: model.apply({'params': params}, inputs.replace(tokens=tokens)).logits)
+  apply = jax.jit(lambda tokens: model.apply({'params': params},
+                                             inputs.replace(tokens=tokens)).logits)
   order = np.asarray(inputs.attn_order)[0]
   base_logits = np.asarray(apply(inputs.tokens))
   checked = 0
@@ -137,19 +142,36 @@ def test_settings_are_rejected_in_one_line():
 
 # --- the shared run helper for the new objectives' tests ---
 
-def trained_run(root: str, config, cache: str, **overrides) -> str:
-  """Trains `config` briefly through train.run in root/<objective> (once per root) and returns
-  the workdir."""
-  import train  # pylint: disable=import-outside-toplevel
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_KEYS = ('total_steps', 'batch_size', 'seq_len', 'log_every', 'eval_every', 'eval_steps',
+            'checkpoint_every', 'optimizer.warmup_steps', 'optimizer.learning_rate',
+            'model.num_layers', 'model.embed_dim', 'model.num_heads', 'model.mlp_dim',
+            'model.max_len', 'data.builtin_max_files', 'data.vocab_size', 'data.data_dir')
 
+
+def trained_run(root: str, spec: str, cache: str) -> str:
+  """Trains `python train.py --config configs/<spec>` for 16 steps of 8 x 32 tokens in
+  root/<objective> (once per root) and returns the workdir.
+
+  A subprocess on one CPU device: the tests' eight simulated devices would make every step an
+  all-reduce whose rendezvous XLA aborts after 40 s on a heavily shared machine.
+  """
+  file, _, preset = spec.partition(':')
+  module = importlib.import_module(f'configs.{file}')
+  config = small_run_config(module.get_config(preset), cache, total_steps=16, log_every=4,
+                            eval_every=16, eval_steps=1, checkpoint_every=16, seq_len=32)
+  config.model.max_len = config.seq_len
   workdir = os.path.join(root, str(config.objective))
   if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-    settings = dict(total_steps=16, log_every=4, eval_every=16, eval_steps=1,
-                    checkpoint_every=16, seq_len=32, batch_size=8)
-    settings.update(overrides)
-    small_run_config(config, cache, **settings)
-    config.model.max_len = config.seq_len
-    train.run(config, workdir)
+    value = lambda key: functools.reduce(lambda node, part: node[part], key.split('.'), config)
+    flags = [f'--config.{key}={value(key)}' for key in RUN_KEYS]
+    env = dict(os.environ, PRETRAINING_OBJECTIVES_CACHE=cache, JAX_PLATFORMS='cpu',
+               XLA_FLAGS=f'--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAGS}')
+    result = subprocess.run(
+        [sys.executable, 'train.py', f'--config=configs/{file}.py:{preset}',
+         f'--workdir={workdir}', *flags], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
   return workdir
 
 
@@ -162,12 +184,11 @@ def assert_train_loss_falls(workdir: str, margin: float) -> None:
 
 @pytest.fixture
 def runs_root(tmp_path_factory, shared_cache, monkeypatch):
+  """One folder of runs per session, so the report test reuses the objectives' own runs."""
   monkeypatch.setenv('PRETRAINING_OBJECTIVES_CACHE', shared_cache)
   return str(tmp_path_factory.getbasetemp() / 'new_objective_runs')
 
 
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
-  from configs import prefix_lm as prefix_lm_config  # pylint: disable=import-outside-toplevel
-
-  workdir = trained_run(runs_root, prefix_lm_config.get_config('tiny'), shared_cache)
+  workdir = trained_run(runs_root, 'prefix_lm:tiny', shared_cache)
   assert_train_loss_falls(workdir, margin=0.5)

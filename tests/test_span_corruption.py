@@ -3,6 +3,9 @@ sentinels in order, the loss only on the targets, and a short train.py run."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +15,7 @@ from configs import span_corruption as span_config
 from data.vocab import toy_vocab
 from models import masks
 from objectives import base, span_corruption
+from tests.conftest import run_records
 from tests.test_prefix_lm import assert_train_loss_falls, runs_root, trained_run  # noqa: F401
 
 VOCAB = toy_vocab(64)
@@ -146,5 +150,25 @@ def test_ul2_presets_set_the_denoisers():
 
 
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
-  workdir = trained_run(runs_root, span_config.get_config('t5'), shared_cache)
+  workdir = trained_run(runs_root, 'span_corruption:t5', shared_cache)
   assert_train_loss_falls(workdir, margin=0.5)
+
+
+def test_new_objectives_appear_in_the_comparison_report(runs_root, shared_cache, tmp_path):
+  """The four new objectives' runs (made by their own tests when run in the same session)
+  are rows of the report tools/report.py builds, with their last eval loss."""
+  from tools import report  # pylint: disable=import-outside-toplevel
+
+  specs = {'prefix_lm': 'prefix_lm:tiny', 'span_corruption': 'span_corruption:t5',
+           'deshuffle': 'deshuffle:tiny', 'electra': 'electra:tiny'}
+  workdirs = {name: trained_run(runs_root, spec, shared_cache) for name, spec in specs.items()}
+  written = report.write_report(runs_root, str(tmp_path / 'report'))
+  rows = {row['arm']: row for row in report.read_csv(str(tmp_path / 'report' / 'results.csv'))}
+  text = open(written['report'], encoding='utf-8').read()
+  for name, workdir in workdirs.items():
+    assert f'| {name} |' in text
+    last_eval = run_records(workdir)[0][-1]
+    assert rows[name]['loss'] == pytest.approx(last_eval['loss'], rel=1e-4)
+    with open(os.path.join(workdir, 'run.json'), encoding='utf-8') as f:
+      flops_per_step = json.load(f)['flops_per_step']
+    assert rows[name]['flops'] == pytest.approx(16 * flops_per_step, rel=1e-6)

@@ -118,14 +118,17 @@ def row_key(tokens: jax.Array) -> jax.Array:
 def _eval_fn(model_config, objective):
   """Jitted (params, batch, index, token_bytes) -> (per-row numbers, aggregate metrics)."""
   from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
+  from training.state import split_and_bind  # pylint: disable=import-outside-toplevel
   from training.step import step_rng  # pylint: disable=import-outside-toplevel
 
   model = Transformer(model_config)
 
   def fn(params, batch, index, sizes):
-    inputs, targets = objective.prepare(step_rng(EVAL_SEED, index, EVAL_STREAM), batch)
-    outputs = model.apply({'params': params}, inputs, train=False)
-    _, metrics = objective.loss(outputs, targets)
+    # Parameters an objective owns (ELECTRA's generator) sit beside the model's: split, bind.
+    model_params, bound = split_and_bind(objective, params, model_config, train=False)
+    inputs, targets = bound.prepare(step_rng(EVAL_SEED, index, EVAL_STREAM), batch)
+    outputs = model.apply({'params': model_params}, inputs, train=False)
+    _, metrics = bound.loss(outputs, targets)
     valid = (batch['segment_ids'] > 0).any(axis=1)
     rows = {'valid': valid, 'key': row_key(batch['tokens'])}
     for (name, _, _), part_targets in zip(objective.parts, targets):

@@ -93,6 +93,16 @@ def bind_objective(objective: Any, params: Any, *, model_params: Any, model_conf
   return dataclasses.replace(objective, parts=parts)
 
 
+def split_and_bind(objective: Any, params: Any, model_config: Any, *,
+                   train: bool) -> tuple[Any, Any]:
+  """(model parameters, `objective` bound to its own parameters) from a train state's params:
+  what every step or evaluation that runs the model and the loss needs. For an objective
+  without parameters this is (params, objective) unchanged."""
+  model_part, objective_part = split_params(params)
+  return model_part, bind_objective(objective, objective_part, model_params=model_part,
+                                    model_config=model_config, train=train)
+
+
 def sharded_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
                  mesh: Mesh, rules: Any, rng: jax.Array, *, objective: Any = None,
                  model_config: Any = None) -> tuple[TrainState, Any]:

@@ -21,14 +21,6 @@ def step_rng(seed: int, step: jax.Array, stream: int) -> jax.Array:
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
-def _bound(objective, params: Any, model, train: bool):
-  """(model parameters, objective bound to its own parameters if it owns any)."""
-  model_params, objective_params = state_lib.split_params(params)
-  bound = state_lib.bind_objective(objective, objective_params, model_params=model_params,
-                                   model_config=model.config, train=train)
-  return model_params, bound
-
-
 def make_train_step(model, objective, seed: int, schedule: optax.Schedule):
   """Returns train_step(state, batch) -> (state, metrics); skips non-finite updates.
 
@@ -41,7 +33,7 @@ def make_train_step(model, objective, seed: int, schedule: optax.Schedule):
     prepare_rng, dropout_rng = jax.random.split(rng)
 
     def loss_fn(params):
-      model_params, bound = _bound(objective, params, model, train=True)
+      model_params, bound = state_lib.split_and_bind(objective, params, model.config, train=True)
       inputs, targets = bound.prepare(prepare_rng, batch)
       outputs = model.apply({'params': model_params}, inputs, train=True,
                             rngs={'dropout': dropout_rng})
@@ -77,7 +69,7 @@ def make_eval_step(model, objective, seed: int):
   """
 
   def eval_step(params: Any, batch: dict[str, jax.Array], index: jax.Array) -> Metrics:
-    model_params, bound = _bound(objective, params, model, train=False)
+    model_params, bound = state_lib.split_and_bind(objective, params, model.config, train=False)
     inputs, targets = bound.prepare(step_rng(seed, index, EVAL_STREAM), batch)
     outputs = model.apply({'params': model_params}, inputs, train=False)
     _, metrics = bound.loss(outputs, targets)
