@@ -23,7 +23,7 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 from etils import epath
 
 from data.cache import cache_root
-from data.vocab import Vocab
+from data.vocab import Vocab, whitespace_flags
 
 MODEL_FILENAME = 'tokenizer.model'
 SETTINGS_FILENAME = 'tokenizer.json'  # what tokenizer.model was trained for
@@ -97,7 +97,8 @@ def _vocab_of(sp: spm.SentencePieceProcessor, model_proto: bytes) -> Vocab:
 
   return Vocab(size=size, pad_id=sp.pad_id(), unk_id=sp.unk_id(), bos_id=sp.bos_id(),
                eos_id=sp.eos_id(), cls_id=piece_id('[CLS]'), sep_id=piece_id('[SEP]'),
-               mask_id=piece_id('[MASK]'), is_special=is_special, word_start=word_start)
+               mask_id=piece_id('[MASK]'), is_special=is_special, word_start=word_start,
+               is_whitespace=whitespace_flags([sp.IdToPiece(i) for i in range(size)]))
 
 
 def _capped_texts(texts: Iterable[str], max_chars: int) -> list[str]:

@@ -150,6 +150,10 @@ def test_tokenizer_round_trips_and_has_special_ids(trained):
     assert tok.decode(ids) == text
   assert tok.encode_batch(['a b', 'c']) == [tok.encode('a b'), tok.encode('c')]
   assert os.path.exists(workdir / 'tokenizer.model')
+  # Pieces that spell only whitespace (never masked, as BERT's tokenizer drops whitespace).
+  ids = tok.encode('one\n\ttwo  three')
+  blank = [not tok.decode([i]).strip() for i in ids]
+  assert any(blank) and [bool(vocab.is_whitespace[i]) for i in ids] == blank
 
 
 def test_tokenizer_resumes_from_workdir(trained):
