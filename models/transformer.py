@@ -157,9 +157,10 @@ class Attention(nn.Module):
   def __call__(self, queries, kv_input, kv_positions, cache=None):
     """queries: list of (x [B, Q, D], positions [B, Q], mask [B, 1, Q, K]).
 
-    Returns (a list of outputs, new cache). With cache = (key, value, index), the new keys and
-    values are written into key/value [B, S, heads, head_dim] at slot `index` and the queries
-    attend over all S slots; the updated (key, value) is returned, else None.
+    Returns (a list of outputs, new entries). With cache = (key, value, index), the queries
+    attend over all S slots of key/value [B, S, heads, head_dim] with the new keys and values
+    written at slot `index`; the new entries (key, value) [B, Q, heads, head_dim] are returned
+    for the caller to store (else None), so a layer never hands back its whole cache.
     """
     cfg = self.config
     heads = (cfg.num_heads, cfg.resolved_head_dim)
@@ -173,10 +174,10 @@ class Attention(nn.Module):
     new_cache = None
     if cache is not None:
       cache_key, cache_value, index = cache
+      new_cache = (key.astype(cache_key.dtype), value.astype(cache_value.dtype))
       start = (0, index, 0, 0)
-      key = jax.lax.dynamic_update_slice(cache_key, key.astype(cache_key.dtype), start)
-      value = jax.lax.dynamic_update_slice(cache_value, value.astype(cache_value.dtype), start)
-      new_cache = (key, value)
+      key = jax.lax.dynamic_update_slice(cache_key, new_cache[0], start)
+      value = jax.lax.dynamic_update_slice(cache_value, new_cache[1], start)
     key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
     value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
     implementation = _attention_implementation(cfg)
@@ -227,7 +228,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, carry, positions, content_mask, query_positions, query_mask,
                layer_cache=None, cache_index=None):
-    """Returns (new carry, this layer's updated (key, value) cache or None)."""
+    """Returns (new carry, this layer's new (key, value) cache entries or None)."""
     cfg = self.config
     content, query = carry
     attention = Attention(cfg, name='attention')
@@ -380,9 +381,12 @@ class Transformer(nn.Module):
         per_layer.append(layer_cache)
       layer_caches = None if cache is None else jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
     new_cache = None
-    if cache is not None:
-      new_cache = KVCache(key=layer_caches[0], value=layer_caches[1], segment_ids=key_segments,
-                          index=cache.index + segments.shape[1])
+    if cache is not None:  # one in-place write of every layer's new entries
+      start = (0, 0, cache.index, 0, 0)
+      new_cache = KVCache(
+          key=jax.lax.dynamic_update_slice(cache.key, layer_caches[0], start),
+          value=jax.lax.dynamic_update_slice(cache.value, layer_caches[1], start),
+          segment_ids=key_segments, index=cache.index + segments.shape[1])
     hidden, query = carry
     if num_prompt:
       hidden = hidden[:, num_prompt:]
