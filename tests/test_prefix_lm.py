@@ -102,7 +102,7 @@ def test_changing_a_continuation_token_never_changes_an_earlier_logit():
   model = Transformer(cfg)
   batch = packed_batch([[14, 10]], 24, seed=3)
   inputs, _ = _PREPARE(jax.random.key(5), batch)
-  params = nn.unbox(model.init(jax.random.key(0), inputs)['params'])
+  params = jax.jit(lambda key: nn.unbox(model.init(key, inputs)['params']))(jax.random.key(0))
   apply = jax.jit(lambda tokens: model.apply({'params': params},
                                              inputs.replace(tokens=tokens)).logits)
   order = np.asarray(inputs.attn_order)[0]
