@@ -94,7 +94,7 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   """The checkpoint of `workdir` at `step` (None: the latest), checked against the task's
   tokenizer (`tokenizer_path`, '' = the run's) and model settings (the run's plus overrides)."""
   from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from training import experiment  # pylint: disable=import-outside-toplevel
+  from training import experiment, state as state_lib  # pylint: disable=import-outside-toplevel
 
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir {workdir} does not exist: give a pretraining run\'s workdir.')
@@ -123,6 +123,9 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   check_compatible(run_shapes, model_config, tokenizer, checkpoint=described, prepare=prepare,
                    example_batch=example)
   params, step, exp = experiment.restore_params(workdir, step, config=config)
+  # The model's parameters only: an objective's own (ELECTRA's generator) stay behind, and
+  # the model fine-tuned and evaluated is the discriminator.
+  params = state_lib.model_params(params)
   if _shapes(params) != run_shapes:
     raise ValueError(f'{described} does not hold the parameters its config.json describes: '
                      'the workdir is inconsistent; point --workdir at an intact run.')

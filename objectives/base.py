@@ -52,6 +52,14 @@ def base_inputs(batch: Batch) -> ModelInputs:
       token_types=batch.get('token_types'))
 
 
+def prediction_candidates(tokens: Array, segment_ids: Array, is_special: Array,
+                          is_whitespace: Array | None = None) -> Array:
+  """True on real (non-padding), non-special tokens, and not whitespace-only pieces when
+  `is_whitespace` is given: the only positions a token-prediction loss may choose."""
+  candidates = (segment_ids > 0) & ~is_special[tokens]
+  return candidates if is_whitespace is None else candidates & ~is_whitespace[tokens]
+
+
 def token_cross_entropy(logits: Array, targets: Array, weights: Array) -> tuple[Array, Metrics]:
   """Cross-entropy averaged over the weighted targets, with loss/accuracy/count metrics.
 

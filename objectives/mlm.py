@@ -58,14 +58,6 @@ def span_length_probs(p: float, max_len: int) -> np.ndarray:
   return probs / probs.sum()
 
 
-def mask_candidates(tokens: Array, segment_ids: Array, is_special: Array,
-                    is_whitespace: Array | None = None) -> Array:
-  """True on real (non-padding), non-special, non-whitespace tokens: the only ones MLM may
-  choose."""
-  candidates = (segment_ids > 0) & ~is_special[tokens]
-  return candidates if is_whitespace is None else candidates & ~is_whitespace[tokens]
-
-
 def span_starts(selected: Array, segment_ids: Array) -> Array:
   """[B, T] True at the first token of each run of selected tokens (a run never crosses a
   document boundary); with span masking each run is one span."""
@@ -209,7 +201,7 @@ class MaskedLM:
     span_probs = span_length_probs(self.span_p, self.span_max) if self.unit == 'span' else None
 
     def one(key, tokens, segment_ids):
-      candidates = mask_candidates(tokens, segment_ids, is_special, is_whitespace)
+      candidates = base.prediction_candidates(tokens, segment_ids, is_special, is_whitespace)
       budget = prediction_budget(candidates, self.mask_rate, self.max_predictions)
       if self.unit == 'token':
         return select_tokens(key, candidates, budget, self.max_predictions)

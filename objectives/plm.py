@@ -54,11 +54,6 @@ def span_length_probs(max_span: int) -> np.ndarray:
   return probs / probs.sum()
 
 
-def prediction_candidates(tokens: Array, segment_ids: Array, is_special: Array) -> Array:
-  """True on real, non-special tokens: the only positions that may be targets."""
-  return (segment_ids > 0) & ~is_special[tokens]
-
-
 def scaled_num_predict(num_predict: int, real_tokens: Array, seq_len: int) -> Array:
   """round(num_predict * real_tokens / seq_len), at least 1: the targets of a row with
   `real_tokens` non-padding tokens (num_predict itself for a full row)."""
@@ -136,7 +131,7 @@ def sample_sequence(rng: Array, tokens: Array, segment_ids: Array, is_special: A
                     num_predict: int, max_span: int) -> tuple[Array, Array, Array]:
   """(ranks [T], target index [P], target weights [P]) for one sequence."""
   span_rng, order_rng = jax.random.split(rng)
-  candidates = prediction_candidates(tokens, segment_ids, is_special)
+  candidates = base.prediction_candidates(tokens, segment_ids, is_special)
   goal = scaled_num_predict(num_predict, (segment_ids > 0).sum(), tokens.shape[0])
   index, weights = sample_targets(span_rng, candidates, num_predict, max_span, goal)
   ranks = factorisation_ranks(order_rng, index, weights, tokens.shape[0])

@@ -464,6 +464,3 @@ def _all_finite(tree: Any) -> bool:
       [jax.numpy.isfinite(x).all() for x in xs])))(leaves)
   return bool(finite.addressable_data(0)) if hasattr(finite, 'addressable_data') else bool(finite)
 
-
-def is_primary() -> bool:
-  return jax.process_index() == 0

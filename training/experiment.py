@@ -187,7 +187,9 @@ def restore_params(workdir: str, step: int | None = None, *,
   """A pretraining run's parameters at `step` (default: its latest checkpoint).
 
   Returns (params, step, experiment); the experiment is built without data, on this
-  machine's devices, with the run's own tokenizer and model.
+  machine's devices, with the run's own tokenizer and model. `params` is the train state's
+  whole tree: an objective's own parameters (ELECTRA's generator) sit under 'objective';
+  `training.state.model_params(params)` is the model alone.
   """
   import jax
 
