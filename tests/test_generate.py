@@ -299,7 +299,7 @@ def test_generate_command_accepts_only_causal_runs(objective, causal, tmp_path):
   import importlib  # pylint: disable=import-outside-toplevel
 
   from data.vocab import toy_vocab  # pylint: disable=import-outside-toplevel
-  from tools import generate as generate_tool  # pylint: disable=import-outside-toplevel
+  from downstream import generation as generate_tool  # pylint: disable=import-outside-toplevel
   from training import experiment  # pylint: disable=import-outside-toplevel
 
   config = importlib.import_module(f'configs.{objective}').get_config('tiny')
@@ -313,7 +313,7 @@ def test_generate_command_accepts_only_causal_runs(objective, causal, tmp_path):
 
 
 def test_prompts_come_from_flags_then_file_lines(tmp_path):
-  from tools import generate as generate_tool  # pylint: disable=import-outside-toplevel
+  from downstream import generation as generate_tool  # pylint: disable=import-outside-toplevel
   path = tmp_path / 'prompts.txt'
   path.write_text('first line\n\n  \nsecond line\n', encoding='utf-8')
   assert generate_tool.read_prompts(['a'], str(path)) == ['a', 'first line', 'second line']
@@ -326,7 +326,7 @@ def test_prompts_come_from_flags_then_file_lines(tmp_path):
 def test_generate_texts_batches_prompts_and_decodes_only_the_continuation(tmp_path):
   from configs import clm  # pylint: disable=import-outside-toplevel
   from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from tools import generate as generate_tool  # pylint: disable=import-outside-toplevel
+  from downstream import generation as generate_tool  # pylint: disable=import-outside-toplevel
   from training import experiment  # pylint: disable=import-outside-toplevel
 
   words = ['return', 'the', 'value', 'of', 'a', 'list', 'new', 'object', 'default', 'number']

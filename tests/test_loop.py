@@ -31,7 +31,8 @@ def test_configs_load_without_jax_and_objective_defaults_match_the_registry():
   assert result.stdout.strip() == 'False'
   from objectives import registry  # pylint: disable=import-outside-toplevel
   declared = registry._declared()  # pylint: disable=protected-access  # read from the source
-  assert sorted(declared) == registry.names()  # importing registers the same objectives
+  assert set(declared) <= set(registry.names())  # importing registers them (tests add more)
+  assert {'clm', 'mlm', 'nsp', 'sop', 'plm', 'electra'} <= set(declared)
   for name in declared:
     assert declared[name] == registry._DEFAULTS[name], name  # pylint: disable=protected-access
 

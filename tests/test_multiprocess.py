@@ -21,6 +21,7 @@ import pytest
 
 import train
 from tests import multiprocess_worker as worker
+from training import loop
 from tests.conftest import FAST_COMPILE_FLAGS, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -218,7 +219,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_cache, r
     for _, proc in workers.procs:
       if proc.poll() is None:
         proc.kill()
-  assert codes == [train.PREEMPTED_EXIT_CODE] * 2, workers.logs()
+  assert codes == [loop.PREEMPTED_EXIT_CODE] * 2, workers.logs()
   last = read_metrics(workdir)[-1]['step']
   assert last < 500
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', str(last)))
