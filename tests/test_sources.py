@@ -148,3 +148,36 @@ def test_pairs_keep_every_documents_last_sentence(data_format):
   else:  # true continuations once each; random segments may repeat a sentence
     assert (counts >= 1).all()
   assert abs(iterator.stats['random_next_fraction'] - 0.5) < 0.1
+
+
+def test_a_read_only_cache_is_read_and_an_unbuilt_one_is_a_one_line_error(tmp_path, monkeypatch):
+  (tmp_path / 'wiki.train.txt').write_text(WIKI * 3, encoding='utf-8')
+  (tmp_path / 'wiki.valid.txt').write_text(WIKI, encoding='utf-8')
+  config = _text_config(tmp_path)
+  built = list(pipeline.load_documents(config, 'train'))
+
+  import os  # pylint: disable=import-outside-toplevel
+  from data.sources import store  # pylint: disable=import-outside-toplevel
+
+  def read_only(*args, **kwargs):
+    raise PermissionError(30, 'Read-only file system')
+
+  monkeypatch.setattr(os, 'makedirs', read_only)  # as on a read-only mount (root ignores modes)
+  monkeypatch.setattr(store, '_writable', lambda directory: False)
+  assert list(pipeline.load_documents(config, 'train')) == built
+  (tmp_path / 'other.txt').write_text(WIKI, encoding='utf-8')
+  with pytest.raises(ValueError, match='not writable: set config.data.data_dir') as error:
+    other = _text_config(tmp_path)
+    other.train_files = str(tmp_path / 'other.txt')
+    pipeline.load_documents(other, 'train')
+  assert len(str(error.value).splitlines()) == 1
+
+
+def test_an_unprepared_tfds_dataset_offline_fails_at_once(tmp_path, monkeypatch):
+  from data.sources import tfds as tfds_source  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(tfds_source, '_online', lambda: False)
+  config = data_config(400)
+  config.update(source='tfds', tfds_name='lm1b', data_dir=str(tmp_path / 'tfds'))
+  with pytest.raises(ValueError, match='not prepared in .* cannot reach the internet'):
+    pipeline.load_documents(config, 'train')

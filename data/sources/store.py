@@ -58,6 +58,14 @@ class TextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         builder=self, description=self.DESCRIPTION, metadata=tfds.core.MetadataDict(),
         features=tfds.features.FeaturesDict({'text': tfds.features.Text()}))
 
+  def _log_download_bytes(self) -> None:
+    # tfds announces a "download" here; these corpora are built from local text, offline.
+    print(f'Building the corpus {self.name} in {self.data_dir} (once; later runs reuse it).',
+          flush=True)
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _generate_examples(self, items):
     for key, text, _ in items:
       yield key, {'text': text}
@@ -73,9 +81,16 @@ def build_lock(data_dir: str, name: str) -> Iterator[None]:
   if '://' in data_dir:  # Remote data_dirs are prepared elsewhere; nothing to lock.
     yield
     return
-  os.makedirs(data_dir, exist_ok=True)
   lock_path = os.path.join(data_dir, f'.{name.replace("/", "_").replace(":", "_")}.lock')
-  with open(lock_path, 'a') as lock:
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    lock = open(lock_path, 'a')  # pylint: disable=consider-using-with
+  except OSError:
+    # A read-only cache (shared, or mounted read-only) is read as it is; building into it
+    # fails later with a one-line error.
+    yield
+    return
+  with lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     try:
       yield
@@ -83,11 +98,23 @@ def build_lock(data_dir: str, name: str) -> Iterator[None]:
       fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _writable(directory: str) -> bool:
+  """Whether files can be created in `directory` (made if missing)."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError:
+    return False
+  return os.access(directory, os.W_OK)
+
+
 class _NoCustomConfigWarning(logging.Filter):
-  """Drops tfds' warning that a builder uses a config it does not list; ours all do."""
+  """Drops tfds' warnings that a builder uses a config it does not list (ours all do) and
+  that a corpus about to be built has no dataset_info.json yet."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return 'Using custom data configuration' not in record.getMessage()
+    message = record.getMessage()
+    return ('Using custom data configuration' not in message
+            and 'has no dataset_info.json' not in message)
 
 
 logging.getLogger('absl').addFilter(_NoCustomConfigWarning())
@@ -107,7 +134,12 @@ def build_and_load(make_builder: Callable[[], Any], data_dir: str, split_name: s
   with build_lock(data_dir, f'{builder.name}-{config_name}'):
     builder = make_builder()
     tfds.disable_progress_bar()
-    builder.download_and_prepare(file_format='array_record')
+    if not builder.is_prepared():
+      if not _writable(data_dir):
+        raise ValueError(f'The corpus {builder.name} is not built in {data_dir}, which is not '
+                         'writable: set config.data.data_dir to a writable directory (or to one '
+                         'that holds the built corpus).')
+      builder.download_and_prepare(file_format='array_record')
   info = builder.info
   if info.file_format is not None and info.file_format.value != 'array_record':
     raise ValueError(f'{builder.name} in {data_dir} is stored as {info.file_format.value}, which '

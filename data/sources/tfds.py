@@ -8,6 +8,7 @@ splits come from `train_split` / `validation_split` / `test_split` (slices such 
 from __future__ import annotations
 
 import contextlib
+import socket
 import importlib
 import os
 import re
@@ -50,6 +51,15 @@ def _builder(data_config: ml_collections.ConfigDict, data_dir: str):
     raise ValueError(f'config.data.tfds_name={data_config.tfds_name!r}: {reason}') from error
 
 
+def _online(host: str = 'storage.googleapis.com', timeout: float = 3.0) -> bool:
+  """Whether this machine reaches the internet (tfds' download host), within a few seconds."""
+  try:
+    with socket.create_connection((host, 443), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
 @register('tfds', defaults={'tfds_name': '', 'text_field': 'text', 'data_dir': '',
                             'train_split': 'train', 'validation_split': 'validation',
                             'test_split': 'test'})
@@ -58,7 +68,14 @@ def load(data_config: ml_collections.ConfigDict, split: str):
   from data.sources import store  # pylint: disable=import-outside-toplevel
 
   data_dir = store.data_dir_for(data_config)
-  _builder(data_config, data_dir)  # checks the name before taking the lock
+  builder = _builder(data_config, data_dir)  # checks the name before taking the lock
+  if not builder.is_prepared() and not _online():
+    # tfds would retry its downloads for minutes before failing.
+    raise ValueError(
+        f'config.data.tfds_name={data_config.tfds_name!r} is not prepared in {data_dir} and '
+        'this machine cannot reach the internet to download it: prepare it where there is '
+        f'network (`tfds build {data_config.tfds_name} --data_dir DIR`) and set '
+        'config.data.data_dir to that directory.')
   setting = f'{split}_split'
   split_name = data_config.get(setting, split)
   if split == 'test' and setting not in data_config:
