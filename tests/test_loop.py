@@ -139,3 +139,17 @@ def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, shared_cache):
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == [str(stopped)]
   status = json.load(open(os.path.join(workdir, 'status.json'), encoding='utf-8'))
   assert (status['state'], status['step']) == ('preempted', stopped)
+
+
+def test_dry_run_validates_and_counts_without_training(tmp_path, shared_cache, capsys):
+  config = small_run_config(bert.get_config('tiny'), shared_cache)
+  config.budget.flops = 1e12
+  summary = train.dry_run(config, str(tmp_path))
+  run_config = small_run_config(bert.get_config('tiny'), shared_cache)
+  from training import experiment  # pylint: disable=import-outside-toplevel
+  exp = experiment.build(run_config, str(tmp_path / 'other'))
+  assert summary['flops_per_step'] == exp.flops_per_step
+  assert summary['steps'] == int(1e12 // exp.flops_per_step)  # what the FLOPs budget buys
+  assert summary['params'] > 0 and summary['data_format'] == 'sentence_pairs'
+  assert 'params' in capsys.readouterr().out
+  assert sorted(os.listdir(tmp_path)) == ['other', 'tokenizer.json', 'tokenizer.model']
