@@ -116,9 +116,16 @@ def test_downstream_results_are_read(tmp_path):
   _make_run(root, 'clm', 0)
   folder = os.path.join(root, 'clm_seed=0', 'downstream', 'topic', 'full')
   os.makedirs(folder)
+  # A record of the schema tools/finetune.py writes (docs/downstream.md): the test mean of
+  # the selecting metric is the score.
+  record = {'schema': 'downstream-results/1', 'mode': 'finetune', 'task': 'topic',
+            'strategy': 'full', 'metric': 'accuracy',
+            'dev': {'accuracy': {'mean': 0.8, 'std': 0.01, 'values': [0.79, 0.81]}},
+            'test': {'accuracy': {'mean': 0.75, 'std': 0.02, 'values': [0.73, 0.77]}},
+            'pretraining': {'step': 20, 'flops': 2e9}}
   with open(os.path.join(folder, 'results.json'), 'w', encoding='utf-8') as f:
-    json.dump({'metrics': {'accuracy': 0.75}, 'pretrain_step': 20}, f)
+    json.dump(record, f)
   (run,) = report.find_runs(root)
   assert run['downstream'] == [dict(task='topic', strategy='full', step=20, metric='accuracy',
-                                    score=0.75)]
+                                    score=0.75, std=0.02)]
   assert report.plot_downstream(str(tmp_path / 'd.png'), [run])

@@ -92,6 +92,30 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
+def _downstream_entry(item: dict[str, Any]) -> dict[str, Any] | None:
+  """step, metric, score (and std) of one results record: the `downstream-results/1` schema
+  (docs/downstream.md: the selecting metric's test mean, else its dev mean), or a plain
+  `score` / `metrics` record."""
+  if str(item.get('schema', '')).startswith('downstream-results/'):
+    metric = item.get('metric')
+    scores = item.get('test') or item.get('dev') or {}
+    if metric not in scores:
+      return None
+    step = (item.get('pretraining') or {}).get('step')
+    return dict(step=step if isinstance(step, int) else None, metric=metric,
+                score=float(scores[metric]['mean']), std=float(scores[metric].get('std', 0.0)))
+  score, metric = item.get('score'), 'score'
+  if not isinstance(score, (int, float)):
+    numbers = [(k, v) for k, v in (item.get('metrics') or {}).items()
+               if isinstance(v, (int, float))]
+    if not numbers:
+      return None
+    metric, score = numbers[0]
+  step = next((item[k] for k in ('pretrain_step', 'checkpoint_step', 'step')
+               if isinstance(item.get(k), int)), None)
+  return dict(step=step, metric=metric, score=float(score))
+
+
 def downstream_results(workdir: str) -> list[dict[str, Any]]:
   """One entry per downstream/<task>/<strategy>/results.json (or each of its list entries):
   task, strategy, step (the pretraining checkpoint, if given), score (`score`, else the
@@ -104,17 +128,9 @@ def downstream_results(workdir: str) -> list[dict[str, Any]]:
     for strategy in sorted(os.listdir(os.path.join(root, task))):
       data = _read_json(os.path.join(root, task, strategy, 'results.json'))
       for item in data if isinstance(data, list) else [data] if data else []:
-        score, metric = item.get('score'), 'score'
-        if not isinstance(score, (int, float)):
-          numbers = [(k, v) for k, v in (item.get('metrics') or {}).items()
-                     if isinstance(v, (int, float))]
-          if not numbers:
-            continue
-          metric, score = numbers[0]
-        step = next((item[k] for k in ('pretrain_step', 'checkpoint_step', 'step')
-                     if isinstance(item.get(k), int)), None)
-        entries.append(dict(task=task, strategy=strategy, step=step, metric=metric,
-                            score=float(score)))
+        entry = _downstream_entry(item)
+        if entry is not None:
+          entries.append(dict(task=task, strategy=strategy, **entry))
   return entries
 
 
