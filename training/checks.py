@@ -19,18 +19,7 @@ from objectives import registry
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('total_steps', 'log_every', 'eval_every', 'eval_steps', 'checkpoint_every',
                      'keep_checkpoints', 'resume', 'pause_at_step', 'allow_config_change', 'mesh', 'data.data_dir',
-                     'distributed', 'nonfinite')
-
-
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, (ml_collections.ConfigDict, dict)):
-    out = {}
-    for key in tree.keys():
-      out.update(_flatten(tree[key], f'{prefix}{key}.'))
-    if not out and prefix:
-      out[prefix[:-1]] = {}
-    return out
-  return {prefix[:-1]: tree}
+                     'distributed', 'nonfinite', 'budget', 'eval_exact')
 
 
 def objective_names(objective: Any) -> list[str]:
@@ -48,9 +37,9 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
     registry.get_factory(name)  # unknown objective: one-line error listing the known ones
   reference = base.get_config(config.objective if isinstance(config.objective, str)
                               else dict(config.objective))
-  known = set(_flatten(reference))
+  known = set(base.flatten(reference))
   known_prefixes = {k.rsplit('.', 1)[0] for k in known if '.' in k}
-  for key in _flatten(config):
+  for key in base.flatten(config):
     top = key.split('.')[0]
     if top == 'objective' or key in known or key in known_prefixes:
       continue
@@ -116,7 +105,7 @@ def _describe(low, high) -> str:
 
 def check_ranges(config: ml_collections.ConfigDict) -> None:
   """Every numeric setting within its range (RANGES); one line naming the first that is not."""
-  flat = _flatten(config)
+  flat = base.flatten(config)
   for key, (kind, low, high) in RANGES.items():
     if key not in flat:
       continue
@@ -186,8 +175,8 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not os.path.exists(path) or config.allow_config_change:
     return
   with open(path, encoding='utf-8') as f:
-    saved = _flatten(json.load(f))
-  current = _flatten(json.loads(config.to_json()))
+    saved = base.flatten(json.load(f))
+  current = base.flatten(json.loads(config.to_json()))
 
   def relevant(key):
     return not any(key == k or key.startswith(k + '.') for k in RESUMABLE_CHANGES)
