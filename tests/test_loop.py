@@ -66,9 +66,9 @@ def test_help_lists_every_setting_of_the_config():
 
 def test_token_budget_stops_at_the_budget_and_records_compute(tmp_path, shared_cache):
   config = small_run_config(bert.get_config('tiny'), shared_cache, total_steps=1000,
-                            log_every=1, eval_steps=0, checkpoint_every=1000)
+                            log_every=1, eval_steps=0, checkpoint_every=1, keep_checkpoints=1)
   config.budget.tokens = 2000
-  config.budget.keep_fractions = (0.5, 1.0)
+  config.budget.keep_fractions = (0.25, 0.5, 1.0)
   train.run(config, str(tmp_path))
   _, records = run_records(str(tmp_path))
   tokens = [r['tokens'] for r in records]
@@ -81,8 +81,11 @@ def test_token_budget_stops_at_the_budget_and_records_compute(tmp_path, shared_c
   assert all(r['wall_time'] > 0 for r in records)
   run_info = json.load(open(tmp_path / 'run.json', encoding='utf-8'))
   kept = run_info['kept_steps']
+  last = records[-1]['step']
+  assert len(kept) == 3 and kept[0] < kept[1] < last
+  # Every step saved and only one recent checkpoint is kept, but the budget's fractions stay.
   assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()) == sorted(
-      set(kept) | {records[-1]['step']})
+      {k for k in kept if k <= last} | {last})
 
 
 def test_resume_mid_interval_logs_the_uninterrupted_average_and_pause_at_the_end(

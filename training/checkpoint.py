@@ -20,7 +20,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -210,13 +210,17 @@ class Checkpointer:
   those sums and falls back to the newest checkpoint that restores intact.
   """
 
-  def __init__(self, workdir: str, keep: int, process_index: int):
+  def __init__(self, workdir: str, keep: int, process_index: int,
+               keep_steps: Sequence[int] = ()):
+    """`keep`: how many of the newest checkpoints to keep; `keep_steps`: steps kept for good
+    (a compute budget's fractions), never pruned."""
     # Orbax needs an absolute path; a relative local workdir ('runs/clm') is made absolute.
     root = epath.Path(workdir)
     self.directory = (root if '://' in workdir else root.absolute()) / 'checkpoints'
     self.manifests = self.directory.parent / MANIFEST_DIR
     self.process_index = process_index
     self.keep = keep
+    self.keep_steps = frozenset(int(step) for step in keep_steps)
     self._pending: int | None = None  # the step of a save that may still be in flight
     self.last_saved_step: int | None = None  # the newest step this process saved and verified
     # Orbax prunes nothing itself: old checkpoints go only after a newer one is verified.
@@ -302,10 +306,11 @@ class Checkpointer:
     self._prune(step)
 
   def _prune(self, verified: int) -> None:
-    """Keeps the newest `keep` checkpoints up to the verified step, and every newer one."""
+    """Keeps the newest `keep` checkpoints up to the verified step, every newer one, and the
+    `keep_steps`."""
     steps = sorted(self.manager.all_steps())
     upto = [s for s in steps if s <= verified]
-    for step in upto[:-self.keep] if self.keep > 0 else []:
+    for step in [s for s in upto[:-self.keep] if s not in self.keep_steps] if self.keep > 0 else []:
       self.manager.delete(step)
       if self.process_index == 0:
         self._manifest_path(step).unlink(missing_ok=True)

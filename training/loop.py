@@ -175,7 +175,7 @@ class Trainer:
                              in_shardings=(shardings.params, self.batch_sharding, replicated),
                              out_shardings=replicated)
     self.checkpointer = checkpoint_lib.Checkpointer(self.workdir, config.keep_checkpoints,
-                                                    jax.process_index())
+                                                    jax.process_index(), keep_steps=self.keep)
     self.writer = None
     self.step = 0
     self.saved_step: int | None = None
