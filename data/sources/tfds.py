@@ -69,8 +69,10 @@ def load(data_config: ml_collections.ConfigDict, split: str):
 
   data_dir = store.data_dir_for(data_config)
   builder = _builder(data_config, data_dir)  # checks the name before taking the lock
-  if not builder.is_prepared() and not _online():
-    # tfds would retry its downloads for minutes before failing.
+  catalog = type(builder).__module__.startswith('tensorflow_datasets.')
+  if catalog and not builder.is_prepared() and not _online():
+    # tfds would retry its downloads for minutes before failing. (A builder of the user's own
+    # may make its data locally, so only catalog datasets are refused here.)
     raise ValueError(
         f'config.data.tfds_name={data_config.tfds_name!r} is not prepared in {data_dir} and '
         'this machine cannot reach the internet to download it: prepare it where there is '
