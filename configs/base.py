@@ -18,8 +18,10 @@ from objectives import registry
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
     'tiny': dict(num_layers=2, embed_dim=128, num_heads=4, mlp_dim=512),
     'small': dict(num_layers=4, embed_dim=256, num_heads=4, mlp_dim=1024),
-    'base': dict(num_layers=12, embed_dim=768, num_heads=12, mlp_dim=3072),
-    'large': dict(num_layers=24, embed_dim=1024, num_heads=16, mlp_dim=4096),
+    # Accelerator sizes compute in bfloat16 (parameters stay float32), so GPUs take cuDNN's
+    # fused attention and TPUs the MXU's native type.
+    'base': dict(num_layers=12, embed_dim=768, num_heads=12, mlp_dim=3072, dtype='bfloat16'),
+    'large': dict(num_layers=24, embed_dim=1024, num_heads=16, mlp_dim=4096, dtype='bfloat16'),
 }
 
 # Run shapes that go with the model presets: batch, sequence, steps, learning rate.
@@ -73,7 +75,7 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       grad_clip_norm=1.0,
   ))
 
-  config.model = ml_collections.ConfigDict(dict(
+  config.model = ml_collections.ConfigDict(dict(dict(
       vocab_size=0,  # 0: the tokenizer's size
       max_len=max(512, shape['seq_len']),
       head_dim=0,
@@ -88,9 +90,7 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       tie_embeddings=True,
       lm_transform=False,
       layer_norm_eps=1e-6,
-      init_std=0.02,
-      **MODEL_PRESETS[preset],
-  ))
+      init_std=0.02), **MODEL_PRESETS[preset]))
 
   # Shared data settings plus each registered source's and format's own (data/config.py).
   config.data = data_config.data_config(shape['vocab_size'])

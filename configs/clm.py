@@ -10,6 +10,9 @@ def get_config(preset: str = 'tiny'):
     config.model.update(max_len=1024, position='learned', norm='pre', dropout=0.0,
                         dtype='bfloat16')
     config.data.vocab_size = 32000
+    # As GPT-2 (and nanoGPT) train: a window's documents see one another, so attention is
+    # plain causal (cuDNN skips the masked tiles) with no dense mask.
+    config.data.attend_across_documents = True
     return config
   config = base.get_config('clm', preset)
   if preset == 'tiny':

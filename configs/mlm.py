@@ -18,7 +18,9 @@ def get_config(preset: str = 'tiny'):
   config = base.get_config('mlm', preset)
   config.model.update(**_ARCHITECTURE)
   if preset == 'base':
-    config.model.update(dropout=0.1, layer_norm_eps=1e-5)
+    config.model.update(dropout=0.1, layer_norm_eps=1e-5, dtype='bfloat16')
+    # RoBERTa's FULL-SENTENCES: windows cross document boundaries, attention by length only.
+    config.data.attend_across_documents = True
     config.optimizer.update(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01)
   else:
     config.model.max_len = config.seq_len

@@ -23,10 +23,12 @@ class PackedIterator(ExampleIterator):
 
   def __init__(self, documents: Sequence[str], tokenize: Callable[[str], list[int]],
                vocab: Vocab, *, seq_len: int, local_batch_size: int, process_index: int = 0,
-               process_count: int = 1, seed: int = 0, shuffle: bool = True, repeat: bool = True):
+               process_count: int = 1, seed: int = 0, shuffle: bool = True, repeat: bool = True,
+               attend_across_documents: bool = False):
     if seq_len < 1 or local_batch_size < 1:
       raise ValueError(f'seq_len ({seq_len}) and local_batch_size ({local_batch_size}) must be '
                        'positive.')
-    super().__init__(Packed(vocab, seq_len), EncodedDocuments(documents, tokenize),
+    fmt = Packed(vocab, seq_len, {'attend_across_documents': attend_across_documents})
+    super().__init__(fmt, EncodedDocuments(documents, tokenize),
                      local_batch_size=local_batch_size, process_index=process_index,
                      process_count=process_count, seed=seed, shuffle=shuffle, repeat=repeat)

@@ -37,14 +37,18 @@ def load_documents(data_config, split: str):
   return sources.load_documents(data_config, split)
 
 
-def example_batch(data_format: str, batch_size: int, seq_len: int) -> dict[str, np.ndarray]:
-  """A batch with the shapes and dtypes `data_format` produces (for tracing): token 7 on
-  every position of one segment, positions 0..seq_len-1, other fields zero."""
-  spec = formats.get(data_format).spec(batch_size, seq_len)
+def example_batch(data_format: str, batch_size: int, seq_len: int,
+                  data_config: Any = None) -> dict[str, np.ndarray]:
+  """A batch with the shapes and dtypes `data_format` produces under `data_config` (for
+  tracing): token 7 on every position of one segment, positions 0..seq_len-1, lengths
+  seq_len, other fields zero."""
+  spec = formats.get(data_format).spec(batch_size, seq_len, data_config)
   batch = {name: np.zeros(shape, dtype) for name, (shape, dtype) in spec.items()}
   batch['tokens'][...] = 7
   batch['segment_ids'][...] = 1
   batch['positions'][...] = np.arange(seq_len, dtype=np.int32)
+  if 'lengths' in batch:
+    batch['lengths'][...] = seq_len
   return batch
 
 

@@ -138,7 +138,8 @@ class ExampleIterator:
                          process_count=process_count, seed=seed, shuffle=shuffle)
     self.reader.where = f'{self.name}, {self.reader.where}'
     self.builder = fmt.builder(seed, process_index)
-    self._padding = padding_example(fmt.spec(1, fmt.seq_len), fmt.vocab.pad_id)
+    self._padding = padding_example(fmt.spec(1, fmt.seq_len, getattr(fmt, 'settings', None)),
+                                    fmt.vocab.pad_id)
     self._finished = False
     self._fingerprint: dict[str, Any] | None = None
 
@@ -255,7 +256,8 @@ class ExactPassIterator:
     self.total_examples = total
     self.num_batches = math.ceil(math.ceil(total / process_count) / local_batch_size)
     self.stats = builder.stats
-    self._padding = padding_example(fmt.spec(1, fmt.seq_len), fmt.vocab.pad_id)
+    self._padding = padding_example(fmt.spec(1, fmt.seq_len, getattr(fmt, 'settings', None)),
+                                    fmt.vocab.pad_id)
     self._fingerprint = whole.fingerprint
     self._batch = 0
 

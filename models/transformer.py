@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from models import attention as attention_lib
 from models import masks
 from models.config import ModelConfig
 from models.sbo import SpanBoundaryHead
@@ -25,6 +26,9 @@ class ModelInputs:
   """What one forward pass needs; every array is [batch, length] unless noted.
 
   tokens, positions, segment_ids (0 = padding): the packed input windows.
+  lengths: [batch] set only when every row is one segment of `lengths` tokens followed by
+    padding (segment_ids == 1 there, 0 after): bidirectional and causal attention then use
+    the lengths instead of a dense mask (see models/attention.py). Leave it None otherwise.
   token_types: BERT's sentence A/B ids, used when the model has token types.
   attn_order: query i sees key j (same segment) iff attn_order[j] <= attn_order[i];
     None means bidirectional, unless `causal` is set (left-to-right).
@@ -46,6 +50,7 @@ class ModelInputs:
   positions: Array
   segment_ids: Array
   token_types: Array | None = None
+  lengths: Array | None = None
   attn_order: Array | None = None
   predict_index: Array | None = None
   query_index: Array | None = None
@@ -155,7 +160,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, queries, kv_input, kv_positions, cache=None):
-    """queries: list of (x [B, Q, D], positions [B, Q], mask [B, 1, Q, K]).
+    """queries: list of (x [B, Q, D], positions [B, Q], AttentionPattern over the K keys).
 
     Returns (a list of outputs, new entries). With cache = (key, value, index), the queries
     attend over all S slots of key/value [B, S, heads, head_dim] with the new keys and values
@@ -182,13 +187,12 @@ class Attention(nn.Module):
     value = nn.with_logical_constraint(value, ('batch', 'length', 'heads', 'kv'))
     implementation = _attention_implementation(cfg)
     outputs = []
-    for x, positions, mask in queries:
+    for x, positions, pattern in queries:
       query = query_proj(x)
       if cfg.position == 'rotary':
         query = apply_rotary(query, positions)
       query = nn.with_logical_constraint(query, ('batch', 'length', 'heads', 'kv'))
-      attended = jax.nn.dot_product_attention(
-          query, key, value, mask=mask, implementation=implementation)
+      attended = attention_lib.attend(query, key, value, pattern, implementation)
       outputs.append(out_proj(attended))
     return outputs, new_cache
 
@@ -226,7 +230,7 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, carry, positions, content_mask, query_positions, query_mask,
+  def __call__(self, carry, positions, content_pattern, query_positions, query_pattern,
                layer_cache=None, cache_index=None):
     """Returns (new carry, this layer's new (key, value) cache entries or None)."""
     cfg = self.config
@@ -245,10 +249,10 @@ class Block(nn.Module):
       kv_input = content
       normed = streams
     stream_positions = [positions, query_positions]
-    stream_masks = [content_mask, query_mask]
+    stream_patterns = [content_pattern, query_pattern]
     cache = None if layer_cache is None else (*layer_cache, cache_index)
     attended, new_cache = attention(
-        [(x, stream_positions[i], stream_masks[i]) for i, x in enumerate(normed)],
+        [(x, stream_positions[i], stream_patterns[i]) for i, x in enumerate(normed)],
         kv_input, positions, cache)
 
     new_streams = []
@@ -320,24 +324,29 @@ class Transformer(nn.Module):
     order = inputs.attn_order
     if inputs.causal:
       order = masks.causal_order(segments)
-    if cache is None:
-      content_mask = masks.attention_mask(segments, segments, order, order)
+    if cache is None and inputs.lengths is not None and inputs.attn_order is None and (
+        inputs.prompt_embeddings is None):
+      content_pattern = attention_lib.from_lengths(inputs.lengths, causal=inputs.causal)
+    elif cache is None:
+      content_pattern = attention_lib.AttentionPattern(
+          mask=masks.attention_mask(segments, segments, order, order))
     else:
       self._check_cache_inputs(inputs)
       key_segments = jax.lax.dynamic_update_slice(
           cache.segment_ids, segments.astype(cache.segment_ids.dtype), (0, cache.index))
-      content_mask = masks.attention_mask(segments, key_segments, cache.index + order,
-                                          masks.causal_order(key_segments))
+      content_pattern = attention_lib.AttentionPattern(mask=masks.attention_mask(
+          segments, key_segments, cache.index + order, masks.causal_order(key_segments)))
     num_prompt = 0
     if inputs.prompt_embeddings is not None:
       num_prompt = self._check_prompt(inputs.prompt_embeddings, x.shape)
       x = jnp.concatenate([inputs.prompt_embeddings.astype(cfg.compute_dtype), x], axis=1)
       positions = jnp.concatenate(
           [jnp.zeros((positions.shape[0], num_prompt), positions.dtype), positions], axis=1)
-      content_mask = masks.prepend_prompt(content_mask, segments, num_prompt, prompt_queries=True)
+      content_pattern = attention_lib.AttentionPattern(mask=masks.prepend_prompt(
+          content_pattern.mask, segments, num_prompt, prompt_queries=True))
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
 
-    query, query_positions, query_mask = None, None, None
+    query, query_positions, query_pattern = None, None, None
     if inputs.query_index is not None:
       if not cfg.two_stream or order is None:
         raise ValueError('A query stream needs config.model.two_stream=True and an attention order.')
@@ -350,18 +359,19 @@ class Transformer(nn.Module):
       if query_term is not None:
         query = query + query_term
       query_segments = _gather(segments, inputs.query_index)
-      query_mask = masks.attention_mask(
+      query_pattern = masks.attention_mask(
           query_segments, segments, _gather(order, inputs.query_index), order, strict=True)
       if num_prompt:
-        query_mask = masks.prepend_prompt(query_mask, query_segments, num_prompt,
+        query_pattern = masks.prepend_prompt(query_pattern, query_segments, num_prompt,
                                           prompt_queries=False)
+      query_pattern = attention_lib.AttentionPattern(mask=query_pattern)
 
     block = Block
     if cfg.remat != 'none':
       policy = None if cfg.remat == 'full' else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
       block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
     carry = (x, query)
-    layer_args = (positions, content_mask, query_positions, query_mask)
+    layer_args = (positions, content_pattern, query_positions, query_pattern)
     if cache is not None:
       layer_args += ((cache.key, cache.value), cache.index)
     if cfg.scan_layers:

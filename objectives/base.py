@@ -49,7 +49,7 @@ def base_inputs(batch: Batch) -> ModelInputs:
   """Model inputs straight from a host batch: bidirectional attention, logits everywhere."""
   return ModelInputs(
       tokens=batch['tokens'], positions=batch['positions'], segment_ids=batch['segment_ids'],
-      token_types=batch.get('token_types'))
+      token_types=batch.get('token_types'), lengths=batch.get('lengths'))
 
 
 def prediction_candidates(tokens: Array, segment_ids: Array, is_special: Array,

@@ -344,3 +344,21 @@ def test_packing_real_corpus(builtin, trained):
   assert starts and all(tokens[0] == tok.vocab.bos_id for tokens in starts)
   text = tok.decode(starts[0][1:])
   assert text and any(document.startswith(text) for document in train)
+
+
+def test_packing_across_documents_makes_one_segment_per_window():
+  """GPT-2 / RoBERTa FULL-SENTENCES packing: the same tokens in the same windows, but each
+  window is one segment with positions 0..n-1 and its real-token count in `lengths`."""
+  documents = toy_documents()
+  per_document = list(packed(documents, shuffle=False))
+  across = list(packed(documents, shuffle=False, attend_across_documents=True))
+  assert len(across) == len(per_document)
+  for a, b in zip(across, per_document):
+    assert set(a) == {'tokens', 'segment_ids', 'positions', 'lengths'}
+    np.testing.assert_array_equal(a['tokens'], b['tokens'])
+    real = b['segment_ids'] > 0
+    np.testing.assert_array_equal(a['segment_ids'], real.astype(np.int32))
+    np.testing.assert_array_equal(a['lengths'], real.sum(axis=1))
+    for row, length in zip(a['positions'], a['lengths']):
+      assert row[:length].tolist() == list(range(length)) and not row[length:].any()
+  assert (across[-1]['lengths'] < 16).any()  # the last, padded window

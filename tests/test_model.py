@@ -128,3 +128,25 @@ def test_bad_model_settings_name_the_setting():
     ModelConfig(vocab_size=10, position='alibi')
   with pytest.raises(ValueError, match='config.model.num_layerz'):
     ModelConfig.from_config({'vocab_size': 10, 'num_layerz': 2})
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_lengths_give_the_segment_masks_hidden_states(causal):
+  """Rows of one segment then padding: the model fed `lengths` (no dense mask) computes the
+  same hidden states and logits at every real token as from the segment ids alone."""
+  config = ModelConfig(vocab_size=50, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64,
+                       max_len=16, num_token_types=2)
+  lengths = jnp.asarray([12, 7], jnp.int32)
+  segments = (jnp.arange(12)[None] < lengths[:, None]).astype(jnp.int32)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 5, 50) * segments
+  plain = ModelInputs(tokens=tokens, positions=jnp.broadcast_to(jnp.arange(12), (2, 12)),
+                      segment_ids=segments, token_types=jnp.zeros_like(tokens), causal=causal)
+  model = Transformer(config)
+  params = model.init(jax.random.key(0), plain)['params']
+  expected = model.apply({'params': params}, plain)
+  got = model.apply({'params': params}, plain.replace(lengths=lengths))
+  real = np.asarray(segments > 0)
+  np.testing.assert_allclose(np.asarray(got.hidden)[real], np.asarray(expected.hidden)[real],
+                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got.logits)[real], np.asarray(expected.logits)[real],
+                             atol=1e-4)

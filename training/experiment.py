@@ -48,7 +48,8 @@ class Experiment:
   def example_batch(self, batch_size: int = 2) -> dict[str, Any]:
     """Zeros shaped like a host batch of this run's format (for tracing and init)."""
     from data import pipeline
-    return pipeline.example_batch(self.data_format, batch_size, self.config.seq_len)
+    return pipeline.example_batch(self.data_format, batch_size, self.config.seq_len,
+                                  self.config.data)
 
   def init_params_fn(self) -> Callable[[Any], Any]:
     """key -> boxed parameters, traced through the objective's own prepare()."""

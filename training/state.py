@@ -103,10 +103,10 @@ def split_and_bind(objective: Any, params: Any, model_config: Any, *,
                                     model_config=model_config, train=train)
 
 
-def sharded_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 mesh: Mesh, rules: Any, rng: jax.Array, *, objective: Any = None,
-                 model_config: Any = None) -> tuple[TrainState, Any]:
-  """Initialises the state directly in its sharded layout; returns (state, state shardings).
+def state_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                  *, objective: Any = None, model_config: Any = None
+                  ) -> Callable[[jax.Array], TrainState]:
+  """key -> the initial TrainState (parameters boxed with their logical axis names).
 
   With an `objective` that owns parameters (and the `model_config` it sizes them from),
   those parameters join the model's under `OBJECTIVE_KEY`; otherwise the state holds exactly
@@ -126,6 +126,14 @@ def sharded_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
                       nonfinite_total=jnp.zeros((), jnp.int32),
                       nonfinite_streak=jnp.zeros((), jnp.int32), tx=tx)
 
+  return init
+
+
+def sharded_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                 mesh: Mesh, rules: Any, rng: jax.Array, *, objective: Any = None,
+                 model_config: Any = None) -> tuple[TrainState, Any]:
+  """Initialises the state directly in its sharded layout; returns (state, state shardings)."""
+  init = state_init_fn(init_params, tx, objective=objective, model_config=model_config)
   abstract = jax.eval_shape(init, rng)
   specs = nn.get_partition_spec(abstract)
   shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)

@@ -4,6 +4,12 @@ Each document becomes [bos] + pieces + [eos]; no token is lost or repeated. A do
 by a window's end continues in the next window as a new segment whose positions restart at
 0. Examples: int32 `tokens`, `segment_ids` (1, 2, ... per document chunk in a window; 0 only
 for padding) and `positions` (0 at each chunk's start).
+
+With `config.data.attend_across_documents` (GPT-2's and RoBERTa's FULL-SENTENCES packing)
+a window is instead one segment: its documents, still delimited by [bos]/[eos], see one
+another, positions run 0..seq_len-1, and a scalar `lengths` (real tokens) lets the model
+attend by length and `is_causal` with no dense mask. The targets are unchanged: a causal LM
+still never predicts across a segment boundary, which now only padding makes.
 """
 
 from __future__ import annotations
@@ -17,7 +23,10 @@ from data.formats.registry import register
 from data.vocab import Vocab
 
 
-@register('packed')
+DEFAULTS = {'attend_across_documents': False}
+
+
+@register('packed', defaults=DEFAULTS)
 class Packed:
   """Packed windows for causal, masked and permutation LMs."""
 
@@ -25,7 +34,9 @@ class Packed:
   unit = 'document'
 
   def __init__(self, vocab: Vocab, seq_len: int, settings: Any = None):
-    del settings
+    across = (settings or {}).get('attend_across_documents', False)
+    if not isinstance(across, bool):
+      raise ValueError(f'config.data.attend_across_documents must be True or False, got {across!r}.')
     if seq_len < 1:
       raise ValueError(f'config.seq_len must be positive, got {seq_len}.')
     if vocab.bos_id < 0 or vocab.eos_id < 0 or vocab.pad_id < 0:
@@ -33,20 +44,25 @@ class Packed:
                        'one by leaving config.data.tokenizer empty.')
     self.vocab = vocab
     self.seq_len = seq_len
+    self.settings = {'attend_across_documents': across}
 
   @classmethod
-  def spec(cls, batch_size: int, seq_len: int) -> Spec:
-    return token_spec(batch_size, seq_len)
+  def spec(cls, batch_size: int, seq_len: int, settings: Any = None) -> Spec:
+    spec = token_spec(batch_size, seq_len)
+    if (settings or {}).get('attend_across_documents', False):
+      spec['lengths'] = ((batch_size,), np.int32)
+    return spec
 
   def builder(self, seed: int, process_index: int = 0) -> PackedBuilder:
     del seed, process_index  # packing draws no random numbers
-    return PackedBuilder(self.vocab, self.seq_len)
+    return PackedBuilder(self.vocab, self.seq_len, self.settings['attend_across_documents'])
 
 
 class PackedBuilder:
   """Pending documents (the first possibly part-read) and the windows cut from them."""
 
-  def __init__(self, vocab: Vocab, seq_len: int):
+  def __init__(self, vocab: Vocab, seq_len: int, one_segment: bool = False):
+    self._one_segment = one_segment
     self._bos, self._eos, self._pad = vocab.bos_id, vocab.eos_id, vocab.pad_id
     self.seq_len = seq_len
     self._pending: list[np.ndarray] = []
@@ -92,6 +108,11 @@ class PackedBuilder:
       else:
         self._pending[0] = piece[take:]
     self._pending_tokens -= filled
+    if self._one_segment:
+      segment_ids[:filled] = 1
+      positions[:filled] = np.arange(filled, dtype=np.int32)
+      return {'tokens': tokens, 'segment_ids': segment_ids, 'positions': positions,
+              'lengths': np.int32(filled)}
     return {'tokens': tokens, 'segment_ids': segment_ids, 'positions': positions}
 
   def end_of_pass(self, final: bool) -> None:

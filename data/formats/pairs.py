@@ -18,7 +18,8 @@ skews the labels).
 
 Examples: int32 `tokens` ([CLS] A [SEP] B [SEP], padded), `segment_ids` (1 on the pair, 0 on
 padding), `positions`, `token_types` (0 for [CLS] A [SEP], 1 for B [SEP]) and a scalar
-`next_sentence_label`.
+`next_sentence_label`, and the scalar `lengths` (real tokens: the model attends by length,
+with no dense mask).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def pack_pair(tokens_a: Sequence[int], tokens_b: Sequence[int], vocab: Vocab,
   token_types[len(tokens_a) + 2:length] = 1
   segment_ids = (np.arange(seq_len) < length).astype(np.int32)
   return {'tokens': tokens, 'segment_ids': segment_ids, 'positions': positions,
-          'token_types': token_types}
+          'token_types': token_types, 'lengths': np.int32(length)}
 
 
 class _Pairs:
@@ -102,10 +103,12 @@ class _Pairs:
     self.short_seq_prob = float(short_seq_prob)
 
   @classmethod
-  def spec(cls, batch_size: int, seq_len: int) -> Spec:
+  def spec(cls, batch_size: int, seq_len: int, settings: Any = None) -> Spec:
+    del settings
     spec = token_spec(batch_size, seq_len)
     spec['token_types'] = ((batch_size, seq_len), np.int32)
     spec['next_sentence_label'] = ((batch_size,), np.int32)
+    spec['lengths'] = ((batch_size,), np.int32)  # one segment then padding: no dense mask
     return spec
 
   def builder(self, seed: int, process_index: int = 0) -> PairBuilder:
