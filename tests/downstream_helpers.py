@@ -1,7 +1,8 @@
-"""Tiny pretraining workdirs and toy task files for the downstream tests (no corpus, no network).
+"""Tiny pretraining workdirs and toy task files for the downstream tests (no network).
 
-A workdir is what train.py leaves: config.json, tokenizer.model and an orbax checkpoint, here
-of a freshly initialised state saved through the trainer's own Checkpointer.
+A workdir is what train.py leaves, made by its library entry `train.run`: config.json,
+tokenizer.model and the orbax checkpoint of a few steps of pretraining on a small corpus of
+the toy task's words.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import random
 WORDS = {0: 'apple banana cherry grape melon peach plum lemon'.split(),
          1: 'river mountain ocean forest desert valley canyon island'.split()}
 OBJECTIVE_CONFIGS = {'clm': 'clm', 'mlm': 'mlm', 'bert': 'bert', 'plm': 'plm'}
+FILLER = 'the quick brown fox jumps over the lazy dog'
+PRETRAIN_STEPS = 4
 
 
 def toy_examples(count: int, seed: int, words: int = 8) -> list[dict]:
@@ -34,7 +37,7 @@ def train_tokenizer(path: str, vocab_size: int = 320) -> str:
   from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
 
   texts = [e['text'] for e in toy_examples(200, 99)]
-  texts += ['the quick brown fox jumps over the lazy dog and what is said is said'] * 20
+  texts += [f'{FILLER} and what is said is said'] * 20
   with open(path, 'wb') as f:
     f.write(tokenizer_lib.train_model(texts, vocab_size, log_path=path + '.log'))
   return path
@@ -54,24 +57,40 @@ def tiny_config(objective: str):
   return config
 
 
-def make_workdir(workdir: str, objective: str, tokenizer_path: str, step: int = 5) -> str:
-  """A pretraining workdir of `objective` holding a freshly initialised checkpoint at `step`."""
-  import shutil  # pylint: disable=import-outside-toplevel
+def pretraining_corpus(path: str, documents: int = 96, seed: int = 3) -> str:
+  """JSON lines of documents of four sentences, three of toy words and one of filler prose
+  (BERT's sentence pairs need two sentences or more in a document)."""
+  rng = random.Random(seed)
+  records = []
+  for i in range(documents):
+    sentences = [' '.join(rng.choice(WORDS[(i + j) % 2]) for _ in range(4)) for j in range(3)]
+    records.append({'text': '. '.join(sentences + [FILLER]) + '.'})
+  return write_jsonl(path, records)
 
-  import jax  # pylint: disable=import-outside-toplevel
 
-  from training import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
-  from training import experiment, optim  # pylint: disable=import-outside-toplevel
+def pretrain(workdir: str, objective: str, corpus: str, steps: int = PRETRAIN_STEPS) -> str:
+  """A real pretraining workdir: `steps` steps of train.run on the `corpus` JSON lines with
+  its own tokenizer, checkpointed halfway and at the end. The caller sets the cache root (the
+  corpus build and the tokenizer are cached there)."""
+  import train  # pylint: disable=import-outside-toplevel
 
-  os.makedirs(workdir, exist_ok=True)
-  shutil.copy(tokenizer_path, os.path.join(workdir, 'tokenizer.model'))
   config = tiny_config(objective)
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json(indent=2))
-  exp = experiment.build(config, workdir, data=False)
-  state, _ = exp.init_state(optim.make_optimizer(config.optimizer, config.total_steps))
-  state = state.replace(step=jax.numpy.asarray(step, jax.numpy.int32))
-  checkpointer = checkpoint_lib.Checkpointer(workdir, 3, 0)
-  checkpointer.save(step, state, {})
-  checkpointer.close()
+  config.total_steps = steps
+  config.log_every = config.eval_every = steps
+  config.checkpoint_every = steps // 2
+  config.eval_steps = 0
+  config.optimizer.warmup_steps = 1
+  config.data.update(source='text', train_files=corpus, vocab_size=320)
+  train.run(config, workdir)
   return workdir
+
+
+def checkpoint_params(workdir: str, step: int) -> dict:
+  """The model parameters saved in `workdir`'s checkpoint at `step`, read straight from the
+  orbax files (no restore target, nothing compiled): what a loader must return."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  from training import state as state_lib  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'state')
+  return state_lib.model_params(ocp.StandardCheckpointer().restore(path)['params'])

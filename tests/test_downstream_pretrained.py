@@ -1,11 +1,9 @@
 """Fine-tuning from pretraining workdirs: a head on a separable toy task reaches >= 0.95 dev
-accuracy from each objective's model; results.json is written; a checkpoint that does not
+accuracy from each objective's checkpoint; results.json is written; a checkpoint that does not
 fit the task's tokenizer or model is a one-line error naming both, before compiling.
 
-The clm run is a real workdir (config.json, tokenizer.model and a freshly initialised state
-saved through the trainer's Checkpointer) loaded by tools/finetune.py's library entry; mlm,
-bert (mlm + nsp: token types, post-LN, pooler) and plm use freshly initialised parameters of
-their runs' exact models, which skips an orbax round trip each.
+Every workdir is a real pretraining run: a few steps of train.py's `run` on a small corpus of
+the toy words, once per objective for the module, restored through `pretrained.load`.
 """
 
 import json
@@ -14,21 +12,39 @@ import os
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import finetune as finetune_config
 from downstream import finetune, heads, pretrained, runner, strategies
 from downstream.model import DownstreamModel
 from downstream.tasks import registry
+from tests import conftest
 from tests import downstream_helpers as helpers
 
 
 @pytest.fixture(scope='module')
 def files(tmp_path_factory):
   root = tmp_path_factory.mktemp('downstream')
-  tokenizer = helpers.train_tokenizer(str(root / 'tok.model'))
   train = helpers.write_jsonl(str(root / 'train.jsonl'), helpers.toy_examples(64, 1))
   dev = helpers.write_jsonl(str(root / 'dev.jsonl'), helpers.toy_examples(32, 2))
-  return {'root': root, 'tokenizer': tokenizer, 'train': train, 'dev': dev}
+  corpus = helpers.pretraining_corpus(str(root / 'corpus.jsonl'))
+  return {'root': root, 'train': train, 'dev': dev, 'corpus': corpus}
+
+
+@pytest.fixture(scope='module')
+def workdir_of(files, shared_cache):
+  """objective -> its pretraining workdir, trained on first use and shared by the module."""
+  workdirs = {}
+
+  def get(objective: str) -> str:
+    if objective not in workdirs:
+      workdirs[objective] = helpers.pretrain(str(files['root'] / objective), objective,
+                                             files['corpus'])
+    return workdirs[objective]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(conftest.TEST_CACHE_ENV, shared_cache)  # the corpus build and the tokenizer
+    yield get
 
 
 def _config(files, **overrides):
@@ -44,23 +60,24 @@ def _config(files, **overrides):
 
 
 @pytest.mark.parametrize('objective', ['clm'])
-def test_finetune_from_workdir_writes_results(files, objective):
-  workdir = helpers.make_workdir(str(files['root'] / objective), objective, files['tokenizer'])
+def test_finetune_from_workdir_writes_results(files, workdir_of, objective):
+  workdir = workdir_of(objective)
   [path] = runner.run(_config(files), workdir, log=lambda line: None)
   assert path == os.path.join(workdir, 'downstream', 'local', 'full', 'results.json')
   with open(path, encoding='utf-8') as f:
     record = json.load(f)
   assert record['dev']['accuracy']['mean'] >= 0.95
-  assert record['pretraining']['step'] == 5
+  steps = helpers.PRETRAIN_STEPS
+  assert record['pretraining']['step'] == steps
   assert record['pretraining']['causal'] == (objective == 'clm')
-  assert record['pretraining']['flops'] == 5 * record['pretraining']['flops_per_step'] > 0
+  assert record['pretraining']['flops'] == steps * record['pretraining']['flops_per_step'] > 0
   assert record['settings']['pooling'] == ('last' if objective == 'clm' else 'first')
   assert record['trained_params'] == record['total_params']  # full fine-tuning
   if objective == 'clm':
     from data import tokenizer as tokenizer_lib
     # The same checkpoint with another tokenizer, or another width: one line naming both.
     other = helpers.train_tokenizer(str(files['root'] / 'other.model'), vocab_size=300)
-    size = tokenizer_lib.Tokenizer(files['tokenizer']).size
+    size = tokenizer_lib.Tokenizer(os.path.join(workdir, 'tokenizer.model')).size
     assert tokenizer_lib.Tokenizer(other).size != size
     with pytest.raises(ValueError) as error:
       runner.run(_config(files, tokenizer=other), workdir, log=lambda line: None)
@@ -77,31 +94,35 @@ def test_finetune_from_workdir_writes_results(files, objective):
     assert workdir in message
 
 
-@pytest.mark.parametrize('objective', ['mlm', 'bert', 'plm'])
-def test_head_learns_toy_task_from_objective_models(files, objective):
-  from data import tokenizer as tokenizer_lib
-  from training import experiment
+def _changed(params, reference) -> list[str]:
+  """Names of the parameters of `params` that differ from `reference`'s."""
+  flat, other = (traverse_util.flatten_dict(jax.device_get(tree)) for tree in (params, reference))
+  assert flat.keys() == other.keys()
+  return sorted('/'.join(key) for key in flat if not np.array_equal(flat[key], other[key]))
 
-  workdir = str(files['root'] / f'init_{objective}')
-  os.makedirs(workdir, exist_ok=True)
-  config = helpers.tiny_config(objective)
-  config.data.tokenizer = files['tokenizer']
-  exp = experiment.build(config, workdir, data=False)
-  params = jax.jit(lambda key: __import__('flax').linen.unbox(exp.init_params_fn()(key)))(
-      jax.random.key(0))
-  causal = pretrained.is_causal(exp.objective.prepare, exp.example_batch())
-  assert not causal
-  tokenizer = tokenizer_lib.Tokenizer(files['tokenizer'])
+
+@pytest.mark.parametrize('objective', ['clm', 'mlm', 'bert', 'plm'])
+def test_head_learns_toy_task_from_objective_models(files, workdir_of, objective):
+  workdir = workdir_of(objective)
+  pre = pretrained.load(workdir)
+  steps = helpers.PRETRAIN_STEPS
+  assert pre.step == steps
+  assert pre.causal == (objective == 'clm')
+  # The parameters are the last checkpoint's, and pretraining moved them since the one before.
+  assert not _changed(pre.params, helpers.checkpoint_params(workdir, steps))
+  changed = _changed(pre.params, helpers.checkpoint_params(workdir, steps // 2))
+  assert 'token_embed/embedding' in changed and any('layers' in name for name in changed), changed
+
   task = registry.build({'name': 'local', 'train_file': files['train'],
                          'validation_file': files['dev']})
-  encoded = finetune.encode_task(task, tokenizer, 24, causal)
-  model = DownstreamModel(exp.model_config, 'classification', 2, causal,
-                          heads.default_pooling(causal), 0.0)
+  encoded = finetune.encode_task(task, pre.tokenizer, 24, pre.causal)
+  model = DownstreamModel(pre.model_config, 'classification', 2, pre.causal,
+                          heads.default_pooling(pre.causal), 0.0)
   result = finetune.train_and_evaluate(
-      model, strategies.Strategy('full'), params, task, encoded,
+      model, strategies.Strategy('full'), pre.params, task, encoded,
       finetune.TrainSettings(learning_rate=3e-3, epochs=4, batch_size=16),
-      ordinary_ids=tokenizer.vocab.ordinary_ids)
-  assert result.scores['validation']['accuracy'] >= 0.95
+      ordinary_ids=pre.tokenizer.vocab.ordinary_ids)
+  assert result.scores['validation']['accuracy'] >= 0.95, result.scores
 
 
 def test_bad_settings_fail_before_loading(files):
