@@ -39,6 +39,11 @@ class ModelInputs:
   span_boundaries: [batch, P, 3] (left, right, offset) per predict_index slot: SpanBERT's
     span-boundary head (built when config.sbo_max_offset > 0) predicts that slot's token
     from the hidden states at left and right and the offset; logits in `sbo_logits`.
+  labels: [batch, length] with `label_chunk` > 0: instead of logits, the model returns each
+    position's -log p(label) and whether the label is the argmax (`token_nll`,
+    `token_correct`), computed `label_chunk` positions at a time and recomputed in the
+    backward pass, so the [batch, length, vocab] float32 logits never exist at once.
+    Full-sequence logits only (no predict_index or query_index).
   prompt_embeddings: [batch, P, embed] soft-prompt vectors (prompt tuning) prepended to the
     embedded tokens. Every non-padding token may attend to them, they attend only to one
     another, they get no logits and no position term (rotary treats them as position 0),
@@ -56,7 +61,9 @@ class ModelInputs:
   query_index: Array | None = None
   span_boundaries: Array | None = None
   prompt_embeddings: Array | None = None
+  labels: Array | None = None
   causal: bool = struct.field(pytree_node=False, default=False)
+  label_chunk: int = struct.field(pytree_node=False, default=0)
   compute_logits: bool = struct.field(pytree_node=False, default=True)
 
 
@@ -88,13 +95,16 @@ class KVCache:
 class ModelOutputs:
   """hidden: [batch, length, embed] final content states; logits: [batch, P, vocab]
   (or [batch, length, vocab]) in float32; sentence_logits: [batch, classes]; cache: the
-  updated KVCache when the call was given one."""
+  updated KVCache when the call was given one; token_nll / token_correct: [batch, length]
+  scores of `inputs.labels` (then logits is None)."""
 
   hidden: Array
   logits: Array | None = None
   sentence_logits: Array | None = None
   cache: KVCache | None = None
   sbo_logits: Array | None = None  # [batch, P, vocab] from span_boundaries
+  token_nll: Array | None = None
+  token_correct: Array | None = None
 
 
 def _dense_init(config: ModelConfig):
@@ -406,8 +416,14 @@ class Transformer(nn.Module):
       if query is not None:
         query = final_norm(query)
 
-    logits = sbo_logits = None
-    if query is not None:
+    logits = sbo_logits = token_nll = token_correct = None
+    if inputs.labels is not None:
+      if inputs.predict_index is not None or query is not None or inputs.label_chunk < 1:
+        raise ValueError('ModelInputs.labels scores every position: it needs label_chunk >= 1 '
+                         'and neither predict_index nor query_index.')
+      token_nll, token_correct = self._label_scores(hidden, inputs.labels, embed,
+                                                    inputs.label_chunk)
+    elif query is not None:
       logits = self._logits(query, embed)
     elif inputs.predict_index is not None:
       gathered = _gather(hidden, inputs.predict_index)
@@ -433,7 +449,8 @@ class Transformer(nn.Module):
           bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
           name='sentence_classifier')(pooled)
     return ModelOutputs(hidden=hidden, logits=logits, sentence_logits=sentence_logits,
-                        cache=new_cache, sbo_logits=sbo_logits)
+                        cache=new_cache, sbo_logits=sbo_logits, token_nll=token_nll,
+                        token_correct=token_correct)
 
   def _check_cache_inputs(self, inputs: ModelInputs) -> None:
     """Decoding with a cache is causal and runs the content stream of real tokens only."""
@@ -458,22 +475,59 @@ class Transformer(nn.Module):
       return sinusoidal_embedding(positions, cfg.embed_dim).astype(cfg.compute_dtype)
     return None  # rotary acts inside attention
 
-  def _logits(self, hidden: Array, embed: nn.Embed) -> Array:
+  def _lm_transform(self, hidden: Array) -> Array:
+    """BERT's dense + gelu + norm before the vocabulary projection (identity without it)."""
     cfg = self.config
-    if cfg.lm_transform:
-      hidden = nn.gelu(nn.Dense(
-          cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', None)),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-          name='lm_transform')(hidden))
-      hidden = _layer_norm(cfg, 'lm_transform_norm')(hidden)
+    if not cfg.lm_transform:
+      return hidden
+    hidden = nn.gelu(nn.Dense(
+        cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', None)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+        name='lm_transform')(hidden))
+    return _layer_norm(cfg, 'lm_transform_norm')(hidden)
+
+  def _output_embedding(self, embed: nn.Embed) -> tuple[Array, Array]:
+    """The vocabulary projection [vocab, embed] (tied or not) and its float32 bias [vocab]."""
+    cfg = self.config
     if cfg.tie_embeddings:
-      logits = embed.attend(hidden)
+      table = embed.embedding
     else:
-      kernel = self.param('lm_head', nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'vocab')),
-                          (cfg.embed_dim, cfg.vocab_size), jnp.float32)
-      logits = hidden @ kernel.astype(cfg.compute_dtype)
+      table = self.param('lm_head', nn.with_logical_partitioning(_dense_init(cfg), ('embed', 'vocab')),
+                         (cfg.embed_dim, cfg.vocab_size), jnp.float32).T
     bias = self.param('lm_bias', nn.with_logical_partitioning(nn.initializers.zeros, ('vocab',)),
                       (cfg.vocab_size,), jnp.float32)
-    logits = logits.astype(jnp.float32) + bias
+    return table.astype(cfg.compute_dtype), bias
+
+  def _logits(self, hidden: Array, embed: nn.Embed) -> Array:
+    table, bias = self._output_embedding(embed)
+    hidden = self._lm_transform(hidden).astype(self.config.compute_dtype)
+    logits = jnp.dot(hidden, table.T).astype(jnp.float32) + bias
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+
+  def _label_scores(self, hidden: Array, labels: Array, embed: nn.Embed,
+                    chunk: int) -> tuple[Array, Array]:
+    """(-log p(label), label == argmax) per position, `chunk` positions of every row at a
+    time; each chunk's logits are recomputed in the backward pass instead of kept."""
+    table, bias = self._output_embedding(embed)
+    hidden = self._lm_transform(hidden).astype(self.config.compute_dtype)
+    batch, length, width = hidden.shape
+    pad = -length % chunk
+    if pad:
+      hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+      labels = jnp.pad(labels, ((0, 0), (0, pad)))
+    pieces = (length + pad) // chunk
+    hidden = hidden.reshape(batch, pieces, chunk, width).swapaxes(0, 1)
+    labels = labels.reshape(batch, pieces, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def score(piece):
+      h, y = piece
+      logits = jnp.dot(h, table.T).astype(jnp.float32) + bias
+      label_logit = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
+      nll = jax.nn.logsumexp(logits, axis=-1) - label_logit
+      return nll, jnp.argmax(logits, axis=-1) == y
+
+    nll, correct = jax.lax.map(score, (hidden, labels))
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, length + pad)[:, :length]
+    return unchunk(nll), unchunk(correct)

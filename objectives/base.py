@@ -67,15 +67,29 @@ def token_cross_entropy(logits: Array, targets: Array, weights: Array) -> tuple[
   normalised by the number of targets (never by the padded length); positions of
   weight 0 get exactly zero gradient.
   """
-  weights = weights.astype(jnp.float32)
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  losses = jnp.where(weights > 0, losses, 0.0)
+  return scored_cross_entropy(losses, jnp.argmax(logits, axis=-1) == targets, weights)
+
+
+def scored_cross_entropy(nll: Array, correct: Array, weights: Array) -> tuple[Array, Metrics]:
+  """token_cross_entropy from per-target scores: -log p(target) and target == argmax (what
+  the model returns for `ModelInputs.labels`, without the logits)."""
+  weights = weights.astype(jnp.float32)
+  losses = jnp.where(weights > 0, nll, 0.0)
   count = weights.sum()
   total = (losses * weights).sum()
-  correct = ((jnp.argmax(logits, axis=-1) == targets) * weights).sum()
+  correct = (correct * weights).sum()
   loss = total / jnp.maximum(count, 1.0)
   return loss, {'loss': (total, count), 'accuracy': (correct, count),
                 'predictions': (count, jnp.ones_like(count))}
+
+
+def token_loss(outputs: Any, targets: Mapping[str, Array]) -> tuple[Array, Metrics]:
+  """The token cross-entropy of `targets` from the logits, or from the model's own scores
+  of `ModelInputs.labels` when the objective asked for those instead."""
+  if getattr(outputs, 'token_nll', None) is not None:
+    return scored_cross_entropy(outputs.token_nll, outputs.token_correct, targets['weights'])
+  return token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])
 
 
 def metric_value(total: Any, count: Any) -> float:

@@ -1,9 +1,14 @@
-"""Causal language modeling (GPT): predict every next token within its document."""
+"""Causal language modeling (GPT): predict every next token within its document.
+
+`loss_chunk` > 0 scores the next tokens that many positions at a time inside the model
+(ModelInputs.labels), so the float32 logits [batch, seq_len, vocab] never exist at once and
+are recomputed chunk by chunk in the backward pass; the loss is the same.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -11,22 +16,31 @@ import jax.numpy as jnp
 from objectives import base
 from objectives.registry import register
 
+DEFAULTS = dict(
+    loss_chunk=0,  # > 0: positions per chunk of the fused logits + cross-entropy; 0: all at once
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class CausalLM:
   """Left-to-right attention; targets are the next token, never across a document boundary."""
 
   data_format: str = 'packed'
+  loss_chunk: int = 0
 
   def model_overrides(self) -> dict[str, Any]:
     return {}
 
   def prepare(self, rng: jax.Array, batch: base.Batch, inputs):
     del rng  # deterministic
-    return inputs.replace(causal=True), next_token_targets(batch['tokens'], batch['segment_ids'])
+    targets = next_token_targets(batch['tokens'], batch['segment_ids'])
+    inputs = inputs.replace(causal=True)
+    if self.loss_chunk:
+      inputs = inputs.replace(labels=targets['targets'], label_chunk=self.loss_chunk)
+    return inputs, targets
 
   def loss(self, outputs, targets):
-    return base.token_cross_entropy(outputs.logits, targets['targets'], targets['weights'])
+    return base.token_loss(outputs, targets)
 
 
 def next_token_targets(tokens: jax.Array, segment_ids: jax.Array) -> dict[str, jax.Array]:
@@ -37,11 +51,17 @@ def next_token_targets(tokens: jax.Array, segment_ids: jax.Array) -> dict[str, j
   return {'targets': targets, 'weights': weights.astype(jnp.float32)}
 
 
-@register('clm')
-def make(settings, *, vocab, seq_len: int) -> CausalLM:
+@register('clm', defaults=DEFAULTS)
+def make(settings: Mapping[str, Any] | None, *, vocab, seq_len: int) -> CausalLM:
   del vocab
-  if settings:
-    raise ValueError(f'config.clm takes no settings, got {sorted(settings)}.')
+  settings = dict(DEFAULTS, **dict(settings or {}))
+  unknown = sorted(set(settings) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f'Unknown setting config.clm.{unknown[0]}: known are {sorted(DEFAULTS)}.')
+  chunk = settings['loss_chunk']
+  if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+    raise ValueError(f'config.clm.loss_chunk must be an integer >= 0 (0: whole sequence at '
+                     f'once), got {chunk!r}.')
   if seq_len < 2:
     raise ValueError('config.seq_len must be at least 2 for causal LM.')
-  return CausalLM()
+  return CausalLM(loss_chunk=min(chunk, seq_len))

@@ -99,9 +99,10 @@ def exact_batches(exp, split: str, documents) -> Iterator[dict[str, np.ndarray]]
 def _part_kind(outputs, targets) -> str:
   """'token' (a token likelihood), 'sentence' (a pair label) or '' (aggregate metrics only)."""
   if isinstance(targets, Mapping):
-    if ('targets' in targets and 'weights' in targets and outputs.logits is not None
-        and outputs.logits.shape[:2] == targets['targets'].shape):
-      return 'token'
+    if 'targets' in targets and 'weights' in targets:
+      scores = outputs.token_nll if outputs.token_nll is not None else outputs.logits
+      if scores is not None and scores.shape[:2] == targets['targets'].shape:
+        return 'token'
     if 'labels' in targets and outputs.sentence_logits is not None:
       return 'sentence'
   return ''
@@ -136,9 +137,12 @@ def _eval_fn(model_config, objective):
       if kind == 'token':
         labels = part_targets['targets']
         weight = (part_targets['weights'] > 0) & valid[:, None]
-        nll = optax.softmax_cross_entropy_with_integer_labels(
-            outputs.logits.astype(jnp.float32), labels)
-        correct = jnp.argmax(outputs.logits, axis=-1) == labels
+        if outputs.token_nll is not None:  # scored inside the model, chunk by chunk
+          nll, correct = outputs.token_nll, outputs.token_correct
+        else:
+          nll = optax.softmax_cross_entropy_with_integer_labels(
+              outputs.logits.astype(jnp.float32), labels)
+          correct = jnp.argmax(outputs.logits, axis=-1) == labels
         rows[f'{name}.nll'] = jnp.where(weight, nll, 0.0).sum(axis=1)
         rows[f'{name}.count'] = weight.sum(axis=1, dtype=jnp.int32)
         rows[f'{name}.correct'] = (correct & weight).sum(axis=1, dtype=jnp.int32)
