@@ -96,7 +96,8 @@ class ModelOutputs:
   """hidden: [batch, length, embed] final content states; logits: [batch, P, vocab]
   (or [batch, length, vocab]) in float32; sentence_logits: [batch, classes]; cache: the
   updated KVCache when the call was given one; token_nll / token_correct: [batch, length]
-  scores of `inputs.labels` (then logits is None)."""
+  scores of `inputs.labels` (then logits is None). With a query stream, `hidden` is the
+  content stream entering the last layer (nothing reads its last update)."""
 
   hidden: Array
   logits: Array | None = None
@@ -234,10 +235,16 @@ def _layer_norm(cfg: ModelConfig, name: str) -> nn.LayerNorm:
 
 
 class Block(nn.Module):
-  """One Transformer layer; the query stream (if any) shares every weight with the content stream."""
+  """One Transformer layer; the query stream (if any) shares every weight with the content stream.
+
+  `last` marks the final layer of a two-stream model: when a query stream runs, nothing reads
+  the content stream after it (the logits come from the query stream), so only the content
+  keys and values are computed there and the content stream passes through unchanged.
+  """
 
   config: ModelConfig
   deterministic: bool
+  last: bool = False
 
   @nn.compact
   def __call__(self, carry, positions, content_pattern, query_positions, query_pattern,
@@ -261,9 +268,11 @@ class Block(nn.Module):
     stream_positions = [positions, query_positions]
     stream_patterns = [content_pattern, query_pattern]
     cache = None if layer_cache is None else (*layer_cache, cache_index)
-    attended, new_cache = attention(
-        [(x, stream_positions[i], stream_patterns[i]) for i, x in enumerate(normed)],
-        kv_input, positions, cache)
+    queries = [(x, stream_positions[i], stream_patterns[i]) for i, x in enumerate(normed)]
+    content_dead = self.last and query is not None
+    if content_dead:
+      streams, queries = streams[1:], queries[1:]
+    attended, new_cache = attention(queries, kv_input, positions, cache)
 
     new_streams = []
     for stream, update in zip(streams, attended):
@@ -279,6 +288,8 @@ class Block(nn.Module):
       new_streams.append(nn.with_logical_constraint(stream, ('batch', 'length', 'embed')))
     if query is None:
       return (new_streams[0], None), new_cache
+    if content_dead:
+      return (content, new_streams[0]), new_cache
     return (new_streams[0], new_streams[1]), new_cache
 
 
@@ -384,20 +395,34 @@ class Transformer(nn.Module):
     layer_args = (positions, content_pattern, query_positions, query_pattern)
     if cache is not None:
       layer_args += ((cache.key, cache.value), cache.index)
+    layer_args_at = lambda i: layer_args if cache is None else layer_args[:4] + (
+        (cache.key[i], cache.value[i]), cache.index)
     if cfg.scan_layers:
+      # A two-stream model's last layer runs apart from the scan, so that its dead content
+      # stream can be left out (see Block); its parameters are then `last_layer`.
+      scanned = cfg.num_layers - 1 if cfg.two_stream and cfg.num_layers > 1 else cfg.num_layers
+      scan_args = layer_args
+      if cache is not None:
+        scan_args = layer_args[:4] + ((cache.key[:scanned], cache.value[:scanned]), cache.index)
       # With a cache, each layer reads its own slice of the stacked keys and values.
       cache_axes = () if cache is None else (0, nn.broadcast)
       stack = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast,) * 4 + cache_axes, length=cfg.num_layers,
+          in_axes=(nn.broadcast,) * 4 + cache_axes, length=scanned,
           metadata_params={nn.PARTITION_NAME: 'layers'})
-      carry, layer_caches = stack(cfg, deterministic, name='layers')(carry, *layer_args)
+      carry, layer_caches = stack(cfg, deterministic, name='layers')(carry, *scan_args)
+      if scanned < cfg.num_layers:
+        carry, last_cache = block(cfg, deterministic, last=True, name='last_layer')(
+            carry, *layer_args_at(scanned))
+        if cache is not None:
+          layer_caches = jax.tree.map(lambda x, y: jnp.concatenate([x, y[None]]),
+                                      layer_caches, last_cache)
     else:
       per_layer = []
       for i in range(cfg.num_layers):
-        args = layer_args if cache is None else layer_args[:4] + (
-            (cache.key[i], cache.value[i]), cache.index)
-        carry, layer_cache = block(cfg, deterministic, name=f'layers_{i}')(carry, *args)
+        last = cfg.two_stream and i == cfg.num_layers - 1
+        carry, layer_cache = block(cfg, deterministic, last=last, name=f'layers_{i}')(
+            carry, *layer_args_at(i))
         per_layer.append(layer_cache)
       layer_caches = None if cache is None else jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
     new_cache = None

@@ -1,5 +1,6 @@
 """Permutation LM: target sampling, factorisation order, both streams' masks, no leaks, loss."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -325,3 +326,44 @@ def test_a_mostly_padded_row_gets_predictions_in_proportion_to_its_real_tokens()
   for row, count in enumerate([21, 5, 16, 1]):
     assert sorted(ranks[row][ranks[row] > 0]) == list(range(1, count + 1))
   assert float(weights[1].sum()) / 28 < 0.2  # 28 candidates: bos and eos are never targets
+
+
+def test_last_layer_leaves_out_the_dead_content_stream_and_changes_no_logit():
+  """The scanned model runs its last layer apart (parameters `last_layer`) and gives the
+  unrolled model's logits from the same weights; the FLOP count leaves out exactly the
+  last layer's content queries, attention, output projection and MLP."""
+  from models import transformer  # pylint: disable=import-outside-toplevel
+  from models.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from training import flops  # pylint: disable=import-outside-toplevel
+  cfg = ModelConfig(vocab_size=40, num_layers=3, embed_dim=32, num_heads=4, mlp_dim=64,
+                    max_len=16, two_stream=True, position='rotary', norm='post')
+  rng = np.random.default_rng(0)
+  tokens = jnp.asarray(rng.integers(5, 40, (2, 12)), jnp.int32)
+  order = jnp.asarray(np.stack([rng.permutation(12) for _ in range(2)]), jnp.int32)
+  inputs = transformer.ModelInputs(
+      tokens=tokens, positions=jnp.broadcast_to(jnp.arange(12), (2, 12)),
+      segment_ids=jnp.ones((2, 12), jnp.int32), attn_order=order,
+      query_index=jnp.asarray([[1, 4, 7], [0, 2, 11]], jnp.int32))
+  scanned = transformer.Transformer(cfg)
+  params = nn.unbox(scanned.init(jax.random.key(0), inputs)['params'])
+  assert set(params['layers']['attention']['query']['kernel'].shape[:1]) == {2}
+  got = scanned.apply({'params': params}, inputs).logits
+
+  # The same weights as three unrolled layers, the last one run in full by a plain Block.
+  unrolled_cfg = dataclasses.replace(cfg, scan_layers=False)
+  unrolled = {k: v for k, v in params.items() if k not in ('layers', 'last_layer')}
+  for i in range(2):
+    unrolled[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+  unrolled['layers_2'] = params['last_layer']
+  expected = transformer.Transformer(unrolled_cfg).apply({'params': unrolled}, inputs).logits
+  np.testing.assert_allclose(got, expected, atol=1e-5)
+
+  seq_len, queries = 12, 3
+  d, f, n, h = cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.resolved_head_dim
+  dead = seq_len * (2 * d * n * h + 2 * n * h * d + 4 * d * f) + 4 * seq_len * seq_len * n * h
+  with_queries = flops.train_flops_per_sequence(cfg, seq_len, queries, queries)
+  everything = (3.0 * cfg.num_layers * (seq_len * (8 * d * n * h + 4 * d * f)
+                                        + queries * (4 * d * n * h + 4 * d * f)
+                                        + 4 * (seq_len + queries) * seq_len * n * h)
+                + 3.0 * 2 * queries * d * cfg.vocab_size)
+  assert with_queries == everything - 3.0 * dead

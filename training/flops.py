@@ -20,7 +20,9 @@ def train_flops_per_sequence(cfg: ModelConfig, seq_len: int, num_logits: int,
 
   Counts the layer matmuls for the seq_len content tokens plus `num_queries` query-stream
   tokens (permutation LM), full attention scores and weighted sums, and the vocabulary
-  projection at `num_logits` positions (plus the pooler/transform where present).
+  projection at `num_logits` positions (plus the pooler/transform where present). With a
+  query stream the last layer computes only the content keys and values (models/transformer.py
+  Block), so its content queries, attention, output projection and MLP are not counted.
   """
   d, f, n, h = cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.resolved_head_dim
   tokens = seq_len + num_queries
@@ -32,6 +34,8 @@ def train_flops_per_sequence(cfg: ModelConfig, seq_len: int, num_logits: int,
     layers = tokens * per_token_layer
   attention = 2 * 2 * tokens * seq_len * n * h
   forward = cfg.num_layers * (layers + attention)
+  if num_queries:  # the last layer's dead content stream
+    forward -= seq_len * (per_token_layer_queries + 2 * 2 * seq_len * n * h)
   forward += 2 * num_logits * d * cfg.vocab_size
   if cfg.lm_transform:
     forward += 2 * num_logits * d * d
