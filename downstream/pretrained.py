@@ -100,12 +100,7 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
     raise ValueError(f'--workdir {workdir} does not exist: give a pretraining run\'s workdir.')
   # The run as restore_params assembles it (no data, this machine's devices), to check the
   # task's tokenizer and model against the checkpoint's shapes before restoring anything.
-  config = experiment.load_config(workdir)
-  with config.unlocked():
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    config.distributed.auto = False
-    config.resume = False
-  exp = experiment.build(config, workdir, data=False)
+  exp = experiment.build_local(workdir)
   tokenizer = exp.tokenizer
   if tokenizer_path:
     if not os.path.exists(tokenizer_path):
@@ -122,7 +117,7 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   run_shapes = param_shapes(exp.model_config, prepare, example)
   check_compatible(run_shapes, model_config, tokenizer, checkpoint=described, prepare=prepare,
                    example_batch=example)
-  params, step, exp = experiment.restore_params(workdir, step, config=config)
+  params, step, exp = experiment.restore_params(workdir, step, exp=exp)
   # The model's parameters only: an objective's own (ELECTRA's generator) stay behind, and
   # the model fine-tuned and evaluated is the discriminator.
   params = state_lib.model_params(params)

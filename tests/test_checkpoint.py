@@ -164,3 +164,17 @@ def test_intact_note_says_what_was_written(tmp_path):
   assert 'step 3 is intact' in checkpointer.intact_note()
   assert checkpointer.last_saved_step == 3
   checkpointer.close()
+
+
+def test_a_partial_restore_reads_only_the_fields_asked_for(tmp_path):
+  checkpointer = save_steps(tmp_path, [2])  # the checkpointer that saved, closed
+  abstract = state_lib.abstract_state(make_state(0))
+  restored, data_state = checkpointer.restore(2, {'params': abstract.params}, partial=True)
+  assert set(restored) == {'params'} and data_state == {'position': 2}
+  jax.tree.map(np.testing.assert_array_equal, restored['params'], make_state(2).params)
+  wide = state_lib.abstract_state(make_state(0, embed=16))
+  with pytest.raises(checkpoint_lib.CheckpointRejected) as error:
+    checkpointer.restore(2, {'params': wide.params}, partial=True,
+                         settings={'model.embed_dim': 16})
+  assert '\n' not in str(error.value)
+  assert 'config.model.embed_dim is 16 here but was 8' in str(error.value)

@@ -60,7 +60,7 @@ def main(argv):
     check_causal(exp)
     decode.check_lengths(exp.model_config, [len(p) for p in encode_prompts(exp, texts)],
                          _MAX_NEW.value)
-    params, step, exp = experiment.restore_params(_WORKDIR.value, _STEP.value, config=exp.config)
+    params, step, exp = experiment.restore_params(_WORKDIR.value, _STEP.value, exp=exp)
     outputs, timing = generate_texts(
         exp, params, texts, max_new_tokens=_MAX_NEW.value, sampling=sampling,
         seed=_SEED.value, batch_size=_BATCH.value, use_cache=_CACHE.value,

@@ -345,21 +345,24 @@ class Checkpointer:
       if _digest(file) != digest:
         raise _Unfit(f'{name} does not match its sha256 (corrupted on disk)')
 
-  def restore(self, step: int, abstract_state: Any, *,
-              settings: Mapping[str, int] | None = None) -> tuple[Any, dict[str, Any]]:
+  def restore(self, step: int, abstract_state: Any, *, settings: Mapping[str, int] | None = None,
+              partial: bool = False) -> tuple[Any, dict[str, Any]]:
     """The state at `step`, laid out as `abstract_state` says (any mesh), and the data position.
 
     Raises `CheckpointRejected` (one line) when the checkpoint is corrupt, torn, unreadable,
     non-finite, lacks its data position or does not fit `abstract_state`; `settings`
     (`model_settings(model_config)`) lets a shape mismatch name the setting that differs.
+    With `partial`, `abstract_state` is a dict of some of the state's fields (e.g.
+    {'params': ...}) and only those are read and returned, e.g. no optimizer state for an
+    evaluation.
     """
     try:
-      return self._restore(step, abstract_state, settings)
+      return self._restore(step, abstract_state, settings, partial)
     except _Unfit as error:
       raise CheckpointRejected(f'Checkpoint {self.directory / str(step)} cannot be restored: '
                                f'{error}.', str(error)) from error
 
-  def _restore(self, step, abstract_state, settings):
+  def _restore(self, step, abstract_state, settings, partial):
     path = self._data_path(step)
     try:
       data_state = json.loads(path.read_text())
@@ -378,8 +381,11 @@ class Checkpointer:
       if mismatch:
         raise _Unfit(mismatch)
     try:
-      restored = self.manager.restore(
-          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
+      if partial:
+        restored = _restore_fields(self.directory / str(step) / 'state', abstract_state)
+      else:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))['state']
     except Exception as error:  # pylint: disable=broad-exception-caught
       raise _Unfit(f'its arrays cannot be read ({_cause(error)})') from error
     if not _all_finite(restored):
@@ -451,6 +457,15 @@ class Checkpointer:
       # After a failed save orbax re-raises that failure here; `wait` has reported it.
       with contextlib.suppress(Exception):
         self.manager.close()
+
+
+def _restore_fields(path: epath.Path, target: dict[str, Any]) -> dict[str, Any]:
+  """The fields of `target` from a saved state, the others left unread. Read apart from the
+  manager, which refuses a second kind of restore for the item it saved."""
+  args = ocp.args.PyTreeRestore(target, partial_restore=True,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(path, args=args)
 
 
 def _write_atomically(path: epath.Path, text: str) -> None:

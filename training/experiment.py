@@ -71,6 +71,21 @@ class Experiment:
                                   jax.random.key(seed), objective=self.objective,
                                   model_config=self.model_config)
 
+  def abstract_state(self, tx) -> Any:
+    """The train state as ShapeDtypeStructs carrying their shardings on this run's mesh: a
+    checkpoint's restore target, traced from the init without running or compiling it."""
+    import flax.linen as nn
+    import jax
+
+    from training import state as state_lib
+    init = state_lib.state_init_fn(self.init_params_fn(), tx, objective=self.objective,
+                                   model_config=self.model_config)
+    boxed = jax.eval_shape(init, jax.random.key(self.config.seed))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
+    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                 sharding=sharding),
+                        nn.unbox(boxed), shardings)
+
 
 def check_first_batch(iterator, split: str) -> None:
   """Reads one batch and rewinds (the iterators restore exactly), so data that yields no
@@ -183,28 +198,36 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def restore_params(workdir: str, step: int | None = None, *,
-                   config: ml_collections.ConfigDict | None = None) -> tuple[Any, int, Experiment]:
-  """A pretraining run's parameters at `step` (default: its latest checkpoint).
-
-  Returns (params, step, experiment); the experiment is built without data, on this
-  machine's devices, with the run's own tokenizer and model. `params` is the train state's
-  whole tree: an objective's own parameters (ELECTRA's generator) sit under 'objective';
-  `training.state.model_params(params)` is the model alone.
-  """
-  import jax
-
-  from training import checkpoint as checkpoint_lib, optim, state as state_lib
-
+def build_local(workdir: str, config: ml_collections.ConfigDict | None = None) -> Experiment:
+  """The run of `workdir` (its config.json, or `config`) assembled without data on this
+  machine's devices, as one process that resumes nothing: what restoring its checkpoints for
+  evaluation, fine-tuning or generation needs. `config` is changed in place."""
   config = load_config(workdir) if config is None else config
   with config.unlocked():
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     config.distributed.auto = False
     config.resume = False
-  exp = build(config, workdir, data=False)
-  # The restore target is the run's whole train state (its optimizer included); only the
-  # parameters are kept.
-  state, _ = exp.init_state(optim.make_optimizer(config.optimizer, config.total_steps))
+  return build(config, workdir, data=False)
+
+
+def restore_params(workdir: str, step: int | None = None, *,
+                   config: ml_collections.ConfigDict | None = None,
+                   exp: Experiment | None = None) -> tuple[Any, int, Experiment]:
+  """A pretraining run's parameters at `step` (default: its latest checkpoint).
+
+  Returns (params, step, experiment); the experiment is `build_local(workdir, config)`, or
+  `exp` when the caller has built it already. `params` is the train state's whole tree: an
+  objective's own parameters (ELECTRA's generator) sit under 'objective';
+  `training.state.model_params(params)` is the model alone. Only the parameters are read,
+  into a target traced from the init (nothing is initialised or compiled for it).
+  """
+  import jax
+
+  from training import checkpoint as checkpoint_lib, optim
+
+  exp = build_local(workdir, config) if exp is None else exp
+  config = exp.config
+  abstract = exp.abstract_state(optim.make_optimizer(config.optimizer, config.total_steps))
   checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, jax.process_index())
   try:
     steps = checkpointer.complete_steps()
@@ -213,8 +236,8 @@ def restore_params(workdir: str, step: int | None = None, *,
     step = steps[-1] if step is None else int(step)
     if step not in steps:
       raise ValueError(f'{workdir} has no checkpoint at step {step}: it has {steps}.')
-    restored, _ = checkpointer.restore(step, state_lib.abstract_state(state))
-    params = restored.params
+    restored, _ = checkpointer.restore(step, {'params': abstract.params}, partial=True)
+    params = restored['params']
   finally:
     checkpointer.close()
   return params, step, exp

@@ -1,0 +1,79 @@
+"""Restoring a pretraining run's parameters: a target traced from the init (never run), only
+the parameters read, the experiment built once, and the saved values returned exactly."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from downstream import pretrained
+from tests import conftest
+from tests import downstream_helpers as helpers
+from training import experiment
+from training import state as state_lib
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory, shared_cache):
+  """A real clm pretraining run, checkpointed halfway and at the end."""
+  root = tmp_path_factory.mktemp('restore')
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(conftest.TEST_CACHE_ENV, shared_cache)
+    corpus = helpers.pretraining_corpus(str(root / 'corpus.jsonl'))
+    yield helpers.pretrain(str(root / 'clm'), 'clm', corpus)
+
+
+def saved_params(workdir: str, step: int):
+  """The whole params tree of a checkpoint, read straight from its files."""
+  path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'state')
+  return ocp.StandardCheckpointer().restore(path)['params']
+
+
+@pytest.fixture
+def no_init(monkeypatch):
+  """Fails the test if anything initialises a state: the init may only be traced."""
+
+  def refuse(*args, **kwargs):
+    raise AssertionError('a train state was initialised to restore parameters')
+
+  monkeypatch.setattr(state_lib, 'sharded_init', refuse)
+  monkeypatch.setattr(experiment.Experiment, 'init_state', refuse)
+  traced = state_lib.state_init_fn
+
+  def traced_only(*args, **kwargs):
+    init = traced(*args, **kwargs)
+
+    def guarded(key):
+      assert isinstance(key, jax.core.Tracer), 'the init ran on a concrete key'
+      return init(key)
+
+    return guarded
+
+  monkeypatch.setattr(state_lib, 'state_init_fn', traced_only)
+
+
+@pytest.mark.parametrize('step', [None, helpers.PRETRAIN_STEPS // 2])
+def test_restore_params_runs_no_init_and_returns_the_saved_params(workdir, no_init, step):
+  params, restored_step, exp = experiment.restore_params(workdir, step)
+  assert restored_step == (helpers.PRETRAIN_STEPS if step is None else step)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params),
+               saved_params(workdir, restored_step))
+  assert {leaf.sharding.mesh for leaf in jax.tree.leaves(params)} == {exp.mesh}
+
+
+def test_missing_step_is_one_line(workdir, no_init):
+  with pytest.raises(ValueError) as error:
+    experiment.restore_params(workdir, 3)
+  assert str(error.value) == f'{workdir} has no checkpoint at step 3: it has [2, 4].'
+
+
+def test_pretrained_load_builds_the_run_once(workdir, no_init, monkeypatch):
+  built = []
+  build = experiment.build
+  monkeypatch.setattr(experiment, 'build', lambda *a, **k: built.append(a) or build(*a, **k))
+  loaded = pretrained.load(workdir)
+  assert len(built) == 1 and loaded.step == helpers.PRETRAIN_STEPS
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.params),
+               helpers.checkpoint_params(workdir, helpers.PRETRAIN_STEPS))
