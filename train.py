@@ -19,17 +19,16 @@ import sys
 import traceback
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from tools import cli
+
+_COMMAND = 'train.py'
 
 
 class SetupError(Exception):
   """Bad input found before compilation; printed as one line."""
-
-
-def _one_line(error: BaseException) -> str:
-  text = str(error).strip()
-  return text.splitlines()[0] if text else repr(error)
 
 
 def setup(config, workdir: str):
@@ -65,20 +64,20 @@ def run(config, workdir: str) -> dict[str, float]:
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       stack.enter_context(workdir_lock.workdir_lock(workdir, enabled=jax.process_index() == 0))
     except (ValueError, OSError, KeyError, workdir_lock.WorkdirLocked) as error:
-      raise SetupError(_one_line(error)) from error  # OSError: e.g. an unwritable workdir
+      raise SetupError(cli.one_line(error)) from error  # OSError: e.g. an unwritable workdir
     try:
       try:
         exp = setup(config, workdir)
       except (ValueError, OSError, KeyError) as error:
-        raise SetupError(_one_line(error)) from error
+        raise SetupError(cli.one_line(error)) from error
       try:
         return train(exp)
       except loop.RestoreError as error:  # no checkpoint fits this config's model
-        raise SetupError(_one_line(error)) from error
+        raise SetupError(cli.one_line(error)) from error
     except (WriteError, FloatingPointError) as error:
       # A run that failed while training says why in status.json (the lock is ours). A start
       # that failed (SetupError) changes nothing in the workdir.
-      _record_failure(workdir, _one_line(error))
+      _record_failure(workdir, cli.one_line(error))
       raise
 
 
@@ -96,7 +95,7 @@ def dry_run(config, workdir: str) -> dict[str, Any]:
     exp = setup(config, workdir)
     steps = loop.planned_steps(exp)
   except (ValueError, OSError, KeyError) as error:
-    raise SetupError(_one_line(error)) from error
+    raise SetupError(cli.one_line(error)) from error
   shapes = jax.eval_shape(exp.init_params_fn(), jax.random.key(0))
   params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   summary = {'objective': loop.describe_objective(config.objective), 'data_format':
@@ -114,11 +113,6 @@ _PRINT_CONFIG = flags.DEFINE_bool('print_config', False,
                                   'Print the resolved config (after overrides) and exit.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Validate, build the data and the tokenizer, print '
                              'parameters and FLOPs, and exit without training.')
-
-
-def _fail(message: str, code: int) -> None:
-  print(f'train.py: error: {message}', file=sys.stderr)
-  sys.exit(code)
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -183,7 +177,7 @@ def _config_help(argv: list[str]) -> str:
     module.__spec__.loader.exec_module(module)
     config = module.get_config(preset) if preset else module.get_config()
   except Exception as error:  # pylint: disable=broad-exception-caught
-    return f'(cannot list the settings of {spec}: {_one_line(error)})'
+    return f'(cannot list the settings of {spec}: {cli.one_line(error)})'
   lines = [f'Settings of {spec} (override any with --config.KEY=VALUE):']
   lines += [f'  --config.{key}={value!r}' for key, value in base.flatten(config).items()]
   return '\n'.join(lines)
@@ -217,7 +211,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   path = _config_path(argv)
   problem = _config_file_problem(path) if path else None
   if problem:
-    _fail(problem, 2)
+    cli.fail(_COMMAND, problem, 2)
   if any(arg in ('--help', '-help', '-h', '--helpshort', '--helpfull') for arg in argv[1:]):
     print(__doc__.strip() + '\n')
     print(flags.FLAGS.main_module_help())
@@ -228,15 +222,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as error:  # pylint: disable=broad-exception-caught
     located = _config_frame_error(error, path)
     if located:
-      _fail(located, 2)
+      cli.fail(_COMMAND, located, 2)
     if isinstance(error, (AttributeError, KeyError)):  # --config.key=value for no such key
       name = re.search(r"'([\w.-]+)", str(error))
       hint = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', str(error))
-      _fail(f'A --config.* override names no setting of the config'
-            f'{f" ({name.group(1)!r})" if name else ""}{f": {hint.group()}" if hint else "."}', 2)
+      cli.fail(_COMMAND, 'A --config.* override names no setting of the config'
+               f'{f" ({name.group(1)!r})" if name else ""}{f": {hint.group()}" if hint else "."}',
+               2)
     if not isinstance(error, flags.Error):
       raise
-    _fail(f'{str(error).strip().splitlines()[0]} (pass --helpfull to see the flags).', 1)
+    cli.fail(_COMMAND, f'{cli.one_line(error)} (pass --helpfull to see the flags).', 1)
   return []  # unreachable
 
 
@@ -259,22 +254,18 @@ def _record_failure(workdir: str, reason: str) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # keep the progress lines readable
+  if cli.start(argv):
     _quiet_platform_messages()
   config = _CONFIG.value
   from configs import base
   try:
     base.apply_objective(config, _objective_override[-1] if _objective_override else None)
   except ValueError as error:
-    _fail(_one_line(error), 2)
+    cli.fail(_COMMAND, cli.one_line(error), 2)
   if _PRINT_CONFIG.value:
     print(config.to_json(indent=2))
     return
-  if _WORKDIR.value is None:
-    _fail('--workdir is required (e.g. --workdir runs/clm).', 2)
+  cli.require_workdir(_COMMAND, _WORKDIR.value, '--workdir is required (e.g. --workdir runs/clm).')
   from training.metrics import WriteError
 
   try:
@@ -283,9 +274,9 @@ def main(argv):
     else:
       run(config, _WORKDIR.value)
   except SetupError as error:
-    _fail(str(error), 2)
+    cli.fail(_COMMAND, str(error), 2)
   except (WriteError, FloatingPointError) as error:
-    _fail(str(error), 1)
+    cli.fail(_COMMAND, str(error), 1)
 
 
 if __name__ == '__main__':

@@ -12,11 +12,15 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
+
+from tools import cli  # pylint: disable=wrong-import-position
+
+_COMMAND = 'evaluate.py'
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a finished pretraining run.')
 _SPLIT = flags.DEFINE_string('split', 'validation', 'validation, or test where the source has one.')
@@ -52,19 +56,13 @@ def run(workdir: str, split: str = 'validation', step: int | None = None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # keep the metrics line readable
-  if not _WORKDIR.value:
-    print('evaluate.py: error: --workdir is required (a finished pretraining run).',
-          file=sys.stderr)
-    sys.exit(2)
+  cli.start(argv)
+  cli.require_workdir(_COMMAND, _WORKDIR.value,
+                      '--workdir is required (a finished pretraining run).')
   try:
     metrics = run(_WORKDIR.value, _SPLIT.value, _STEP.value, _SAVE.value)
   except ValueError as error:
-    print(f'evaluate.py: error: {str(error).strip().splitlines()[0]}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(_COMMAND, cli.one_line(error), 2)
   print(' | '.join(f'{key} {value:.4f}' if isinstance(value, float) else f'{key} {value}'
                    for key, value in metrics.items()), flush=True)
 

@@ -18,8 +18,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # pylint: disable=wrong-import-position
+from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+from tools import cli  # pylint: disable=wrong-import-position
+
+_COMMAND = 'finetune.py'
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and task preset, e.g. configs/finetune.py:stdlib_package.',
@@ -27,25 +31,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The pretraining run\'s workdir.')
 
 
-def _fail(message: str, code: int) -> None:
-  print(f'finetune.py: error: {message}', file=sys.stderr)
-  sys.exit(code)
-
-
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  if _WORKDIR.value is None:
-    _fail('--workdir is required: the pretraining run to evaluate (e.g. --workdir runs/clm).', 2)
+  cli.start(argv)
+  cli.require_workdir(
+      _COMMAND, _WORKDIR.value,
+      '--workdir is required: the pretraining run to evaluate (e.g. --workdir runs/clm).')
   from downstream import runner  # pylint: disable=import-outside-toplevel
 
   try:
     runner.run(_CONFIG.value, _WORKDIR.value, log=lambda line: print(line, flush=True))
   except (ValueError, OSError, KeyError) as error:
-    lines = str(error).strip().splitlines()
-    _fail(lines[0] if lines else repr(error), 2)
+    cli.fail(_COMMAND, cli.one_line(error), 2)
 
 
 if __name__ == '__main__':

@@ -16,10 +16,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # pylint: disable=wrong-import-position
+from absl import app, flags  # pylint: disable=wrong-import-position
 
 from downstream.generation import (  # pylint: disable=wrong-import-position
     check_causal, encode_prompts, generate_texts, load_run, read_prompts)
+from tools import cli  # pylint: disable=wrong-import-position
+
+_COMMAND = 'generate.py'
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The causal pretraining run to generate from.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
@@ -35,18 +38,12 @@ _CACHE = flags.DEFINE_bool('cache', True, 'Use the key/value cache (--nocache re
                            'whole sequence every step, for comparison).')
 _STOP_AT_EOS = flags.DEFINE_bool('stop_at_eos', True, 'End a row at its end-of-sequence token.')
 
-def _fail(message: str, code: int) -> None:
-  print(f'generate.py: error: {message}', file=sys.stderr)
-  sys.exit(code)
-
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
-  if _WORKDIR.value is None:
-    _fail('--workdir is required: the causal pretraining run (e.g. --workdir runs/clm).', 2)
+  cli.start(argv)
+  cli.require_workdir(
+      _COMMAND, _WORKDIR.value,
+      '--workdir is required: the causal pretraining run (e.g. --workdir runs/clm).')
   from models import decode  # pylint: disable=import-outside-toplevel
   from training import experiment  # pylint: disable=import-outside-toplevel
 
@@ -66,8 +63,7 @@ def main(argv):
         seed=_SEED.value, batch_size=_BATCH.value, use_cache=_CACHE.value,
         stop_at_eos=_STOP_AT_EOS.value)
   except (ValueError, OSError) as error:
-    lines = str(error).strip().splitlines()
-    _fail(lines[0] if lines else repr(error), 2)
+    cli.fail(_COMMAND, cli.one_line(error), 2)
   for text, output in zip(texts, outputs):
     print(f'>>> {text}\n{text}{output}\n', flush=True)
   print(f'step {step} | {len(texts)} prompts | {int(timing["new_tokens"])} new tokens in '

@@ -1,0 +1,42 @@
+"""What the absl commands (train.py, tools/evaluate.py, tools/finetune.py, tools/generate.py)
+share: the start of main() and errors a user can fix as one line on stderr, with an exit status.
+
+Light on purpose (absl only): train.py reports a broken --config file before jax is imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn, Sequence
+
+from absl import app, flags, logging
+
+
+def one_line(error: BaseException) -> str:
+  """The first line of an error's message, or its repr when the message is empty."""
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else repr(error)
+
+
+def fail(command: str, message: str, code: int) -> NoReturn:
+  """Prints '<command>: error: <message>' on stderr and exits with `code`."""
+  print(f'{command}: error: {message}', file=sys.stderr)
+  sys.exit(code)
+
+
+def start(argv: Sequence[str]) -> bool:
+  """Refuses positional arguments and, unless --verbosity is given, keeps absl's logging to
+  warnings so the command's own lines stay readable; returns whether it quieted logging."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if flags.FLAGS['verbosity'].present:
+    return False
+  logging.set_verbosity(logging.WARNING)
+  return True
+
+
+def require_workdir(command: str, workdir: str | None, message: str) -> str:
+  """`workdir`; when --workdir is missing or empty, exits with status 2 and `message`."""
+  if not workdir:
+    fail(command, message, 2)
+  return workdir
