@@ -31,12 +31,7 @@ def load_run(workdir: str) -> Any:
   validate a request before restoring (and compiling) anything."""
   from training import experiment  # pylint: disable=import-outside-toplevel
 
-  config = experiment.load_config(workdir)
-  with config.unlocked():  # as experiment.restore_params does
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    config.distributed.auto = False
-    config.resume = False
-  return experiment.build(config, workdir, data=False)
+  return experiment.build_local(workdir)
 
 
 def encode_prompts(exp: Any, texts: Sequence[str]) -> list[list[int]]:

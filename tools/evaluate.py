@@ -61,7 +61,7 @@ def main(argv):
                       '--workdir is required (a finished pretraining run).')
   try:
     metrics = run(_WORKDIR.value, _SPLIT.value, _STEP.value, _SAVE.value)
-  except ValueError as error:
+  except (ValueError, OSError) as error:  # OSError: a rejected checkpoint, one line
     cli.fail(_COMMAND, cli.one_line(error), 2)
   print(' | '.join(f'{key} {value:.4f}' if isinstance(value, float) else f'{key} {value}'
                    for key, value in metrics.items()), flush=True)
