@@ -23,6 +23,9 @@ def data_config(vocab_size: int) -> ml_collections.ConfigDict:
       tokenizer_model_type='unigram',  # SentencePiece model: unigram | bpe | char | word
       tokenizer_user_symbols='',  # comma-separated pieces never split, e.g. '<unk>,@-@'
       shuffle=True,
+      # Training batches read and put on the device this many steps ahead, in a background
+      # thread (training/prefetch.py); 0 reads each in the training thread. Same batches.
+      prefetch=2,
   )
   for key, value in {**sources.defaults(), **formats.defaults()}.items():
     values.setdefault(key, value)

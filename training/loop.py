@@ -4,12 +4,17 @@
 `log`, `evaluate`, `checkpoint`, `stop?`. What a step costs in real (non-padding) tokens and
 FLOPs is counted, so a run can stop at a compute budget (`config.budget`) instead of a step
 count and every record carries `tokens`, `flops` and `wall_time`.
+
+Batches come from training/prefetch.py: read and put on the device config.data.prefetch
+steps ahead in a background thread, each paired with the data position right after it, so a
+checkpoint saves the position of the last batch trained on.
 """
 
 # pylint: disable=import-outside-toplevel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,6 +24,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
@@ -27,7 +33,7 @@ from data import pipeline
 from data.cleaning import describe_cleaning
 from training import checkpoint as checkpoint_lib
 from training import flops as flops_lib, mesh as mesh_lib, metrics as metrics_lib
-from training import optim, state as state_lib, step as step_lib
+from training import optim, prefetch, state as state_lib, step as step_lib
 from training.experiment import Experiment
 
 PREEMPTED_EXIT_CODE = 143  # a process stopped by SIGTERM conventionally returns 128 + 15
@@ -46,6 +52,16 @@ class Stopped(SystemExit):
 def real_tokens(host_batch: dict[str, np.ndarray]) -> int:
   """Non-padding input tokens of a host batch (segment id > 0)."""
   return int(np.count_nonzero(host_batch['segment_ids']))
+
+
+@jax.jit
+def _add(total: Any, metrics: Any) -> Any:
+  return jax.tree.map(jnp.add, total, metrics)
+
+
+def accumulate(total: Any, metrics: Any) -> Any:
+  """Adds (total, count) metrics on device in one dispatch (not one small op per leaf)."""
+  return metrics if total is None else _add(total, metrics)
 
 
 def _global_sum(value: float) -> float:
@@ -177,6 +193,7 @@ class Trainer:
     self.checkpointer = checkpoint_lib.Checkpointer(self.workdir, config.keep_checkpoints,
                                                     jax.process_index(), keep_steps=self.keep)
     self.writer = None
+    self.feed: prefetch.Feed | None = None  # the training batches, while the loop runs
     self.step = 0
     self.saved_step: int | None = None
     self.local_tokens = 0  # this process's real tokens seen, over the whole run
@@ -245,6 +262,10 @@ class Trainer:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding, v)
             for k, v in host_batch.items()}
 
+  def _train_batch(self, host_batch: dict[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
+    """What the feed makes of a host batch (in its thread): the device batch, real tokens."""
+    return self.device_batch(host_batch), real_tokens(host_batch)
+
   def tokens_seen(self) -> int:
     return int(_global_sum(float(self.local_tokens)))
 
@@ -265,8 +286,8 @@ class Trainer:
     for index, host_batch in enumerate(eval_iter):
       if index >= self.config.eval_steps:
         break
-      total = step_lib.accumulate(total, self.eval_step(self.state.params,
-                                                        self.device_batch(host_batch), index))
+      total = accumulate(total, self.eval_step(self.state.params, self.device_batch(host_batch),
+                                               index))
     if total is None:
       self.progress.message('The validation split gave no batch: evaluation skipped.')
       return {}
@@ -300,7 +321,7 @@ class Trainer:
         step_time=seconds_per_step, tokens=self.tokens_seen(), padded_tokens=step * tokens_per_step,
         flops=step * self.exp.flops_per_step, wall_time=self.train_seconds,
         nonfinite_steps=int(self.state.nonfinite_total),
-        **pipeline.stats_values(self.exp.train_iter))
+        **pipeline.stats_values(self.feed))
     peak = flops_lib.peak_flops_per_device()
     if peak and interval['timed_steps']:
       values['mfu'] = self.exp.flops_per_step / seconds_per_step / (peak * jax.device_count())
@@ -313,14 +334,14 @@ class Trainer:
     self.interval = _new_interval()
 
   def checkpoint(self, step: int, force: bool = False) -> None:
-    """Saves (state, data position, counters) at `step`, once per step."""
+    """Saves (state, data position after the step's batch, counters) at `step`, once."""
     if self.saved_step == step:
       return
     # The metrics of a logging interval cut by this checkpoint, so a run resumed from it logs
     # the same average as an uninterrupted one.
     interval = self._interval_sums() if self.interval['metrics'] is not None else None
     self.checkpointer.save(step, self.state, {
-        'iterator': self.exp.train_iter.get_state(), 'tokens': self.local_tokens,
+        'iterator': self.feed.get_state(), 'tokens': self.local_tokens,
         'train_seconds': self.train_seconds, 'interval': interval}, force=force)
     self.saved_step = step
 
@@ -371,15 +392,16 @@ class Trainer:
 
   def _steps(self, signals: _Signals) -> None:
     config = self.config
+    self.feed = prefetch.make_feed(self.exp.train_iter, self._train_batch,
+                                   config.data.get('prefetch', prefetch.DEFAULT_DEPTH))
     first = True
     for step in range(self.step + 1, self.total_steps + 1):
       started = time.time()
-      host_batch = next(self.exp.train_iter)
-      batch_tokens = real_tokens(host_batch)
+      batch, batch_tokens = next(self.feed)
       self.local_tokens += batch_tokens
-      self.state, metrics = self.train_step(self.state, self.device_batch(host_batch))
+      self.state, metrics = self.train_step(self.state, batch)
       self.step = step
-      self.interval['metrics'] = step_lib.accumulate(self.interval['metrics'], metrics)
+      self.interval['metrics'] = accumulate(self.interval['metrics'], metrics)
       self.interval['steps'] += 1
       if first:  # the compiling step: kept out of tokens/s and the ETA, not out of wall_time
         jax.block_until_ready(self.state.step)
@@ -418,15 +440,13 @@ class Trainer:
         raise Stopped(INTERRUPTED_EXIT_CODE if name == 'SIGINT' else PREEMPTED_EXIT_CODE)
 
   def close(self) -> None:
-    """Waits for the last save and closes the writers; safe to call twice."""
-    checkpointer, self.checkpointer = self.checkpointer, None
-    writer, self.writer = self.writer, None
-    try:
-      if checkpointer is not None:
-        checkpointer.close()
-    finally:
-      if writer is not None:
-        writer.close()
+    """Stops the feed, waits for the last save and closes the writers; safe to call twice."""
+    closing = (self.writer, self.checkpointer, self.feed)  # closed last to first
+    self.writer = self.checkpointer = self.feed = None
+    with contextlib.ExitStack() as stack:  # each closes even if a later one raised
+      for part in closing:
+        if part is not None:
+          stack.callback(part.close)
 
 
 def _new_interval() -> dict[str, Any]:
