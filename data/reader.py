@@ -20,7 +20,7 @@ import numpy as np
 
 from data.formats.base import padding_example
 
-# Documents encoded per batched tokenizer call, where the tokenizer has one.
+# Upcoming documents read in one batched call (and encoded in one, where the tokenizer can).
 PREFETCH_DOCUMENTS = 64
 
 

@@ -1,9 +1,11 @@
 """Tokenized views of documents, what formats read: whole-document ids or each sentence's ids.
 
-`EncodedDocuments` tokenizes text on the fly (lazily, with a batch of upcoming documents
-encoded in one call where the tokenizer has `encode_batch`); the pretokenized source
-(data/sources/pretokenized.py) gives the same view from stored ids. Both carry a
-`fingerprint()` of corpus and tokenizer, which the reader saves with its position.
+`EncodedDocuments` tokenizes text on the fly, lazily: the reader's upcoming documents are read
+in one batched call where the documents have `read` (a record source read one record at a
+time costs several times more CPU per record) and encoded in one call where the tokenizer has
+`encode_batch`; any other document (NSP's random next segment) is read on its own. The
+pretokenized source (data/sources/pretokenized.py) gives the same view from stored ids. Both
+carry a `fingerprint()` of corpus and tokenizer, which the reader saves with its position.
 """
 
 from __future__ import annotations
@@ -63,38 +65,59 @@ class EncodedSentences(Sequence):
 
 
 class EncodedDocuments:
-  """Documents tokenized on the fly by `encode` (ids without bos/eos)."""
+  """Documents tokenized on the fly by `encode` (ids without bos/eos).
+
+  `prefetch` reads the documents about to be read in one call and keeps their texts; the
+  first of them read as a whole document encodes all of them in one `encode_batch` call, and
+  one read as sentences takes its text. Each is kept until read, so what any index gives never
+  depends on the window it came in.
+  """
 
   def __init__(self, documents: Sequence[str], encode: Callable[[str], Sequence[int]],
                encode_batch: Callable[[list[str]], list[Sequence[int]]] | None = None):
     self.texts = documents
     self._encode = encode
     self._encode_batch = encode_batch
-    self._cache: dict[int, np.ndarray] = {}
+    self._read = getattr(documents, 'read', None)
+    self._texts_ahead: dict[int, str] = {}
+    self._ids_ahead: dict[int, np.ndarray] = {}
     self.name = getattr(documents, 'name', 'the documents')
 
   def __len__(self) -> int:
     return len(self.texts)
 
+  def _text(self, index: int) -> str:
+    text = self._texts_ahead.pop(index, None)
+    return self.texts[index] if text is None else text
+
   def document(self, index: int) -> np.ndarray:
-    ids = self._cache.pop(index, None)
+    ids = self._ids_ahead.pop(index, None)
+    if ids is None and self._encode_batch is not None and index in self._texts_ahead:
+      ahead = list(self._texts_ahead)
+      for i, encoded in zip(ahead, self._encode_batch([self._texts_ahead[i] for i in ahead])):
+        self._ids_ahead[i] = np.asarray(encoded, np.int32)
+      self._texts_ahead.clear()
+      ids = self._ids_ahead.pop(index)
     if ids is None:
-      ids = np.asarray(self._encode(self.texts[index]), np.int32)
+      ids = np.asarray(self._encode(self._text(index)), np.int32)
     return ids
 
   def sentences(self, index: int) -> EncodedSentences:
-    return EncodedSentences(split_sentences(self.texts[index]), self._encode, self._encode_batch)
+    return EncodedSentences(split_sentences(self._text(index)), self._encode, self._encode_batch)
 
   def wants_prefetch(self) -> bool:
-    return self._encode_batch is not None and not self._cache
+    """Whether a batch would be cheaper and every prefetched document has been read."""
+    batched = self._read is not None or self._encode_batch is not None
+    return batched and not self._texts_ahead and not self._ids_ahead
 
   def prefetch(self, indices: Sequence[int]) -> None:
-    """Encodes documents about to be read in one batched call (kept until read)."""
-    indices = [int(i) for i in indices if int(i) not in self._cache]
-    if self._encode_batch is None or not indices:
+    """Reads the documents about to be read in one batched call (kept until read)."""
+    indices = [int(i) for i in indices if int(i) not in self._texts_ahead
+               and int(i) not in self._ids_ahead]
+    if not indices:
       return
-    for index, ids in zip(indices, self._encode_batch([self.texts[i] for i in indices])):
-      self._cache[index] = np.asarray(ids, np.int32)
+    texts = self._read(indices) if self._read is not None else [self.texts[i] for i in indices]
+    self._texts_ahead.update(zip(indices, texts))
 
   def fingerprint(self) -> dict[str, Any]:
     samples = [self.texts[i] for i in sample_indices(len(self.texts), 4)]

@@ -1,7 +1,8 @@
 """Random-access documents, and the fingerprint a data position is saved with.
 
-A source returns a `Documents`: `len`, integer indexing to str, a `name` for messages, what
-cleaning did (`cleaning`) and an `identity` string that says where the documents came from.
+A source returns a `Documents`: `len`, integer indexing to str, `read` of many indices at
+once, a `name` for messages, what cleaning did (`cleaning`) and an `identity` string that
+says where the documents came from.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ class DocumentSource(Sequence):
     return len(self._source)
 
   def __getitem__(self, index: int) -> str:
+    return self._text(self._source[self._key(index)])
+
+  def read(self, indices: Sequence[int]) -> list[str]:
+    """The documents at `indices`, in order, from one batched read where the record source
+    has one (`__getitems__`): a single-record read costs several times more per record."""
+    keys = [self._key(index) for index in indices]
+    read_many = getattr(self._source, '__getitems__', None)
+    values = read_many(keys) if read_many is not None and keys else [self._source[k] for k in keys]
+    return [self._text(value) for value in values]
+
+  def _key(self, index: int) -> int:
     if not isinstance(index, int) and not hasattr(index, '__index__'):
       raise TypeError(f'DocumentSource indices must be integers, got {type(index).__name__}.')
     index = int(index)
@@ -36,7 +48,9 @@ class DocumentSource(Sequence):
       index += len(self)
     if not 0 <= index < len(self):
       raise IndexError(f'document {index} out of range for {self.name} ({len(self)} documents).')
-    value = self._source[index]
+    return index
+
+  def _text(self, value: Any) -> str:
     if self._field is not None:
       value = value[self._field]
     return value.decode('utf-8', errors='replace') if isinstance(value, bytes) else str(value)

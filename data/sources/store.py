@@ -2,22 +2,26 @@
 
 The builtin and local-text sources define builders on `TextBuilder`; the tfds source uses the
 registered ones. `build_and_load` builds under a file lock (concurrent processes build once)
-and returns the split as `DocumentSource`. Importing this module imports tensorflow_datasets,
-so sources import it only when loading.
+and returns the split as `DocumentSource` over a `RecordSource`. Importing this module imports
+tensorflow_datasets, so sources import it only when loading.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import logging
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import ml_collections
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 
 from data.cache import cache_root
 from data.cleaning import why_empty
@@ -120,6 +124,58 @@ class _NoCustomConfigWarning(logging.Filter):
 logging.getLogger('absl').addFilter(_NoCustomConfigWarning())
 
 
+class RecordSource(Sequence):
+  """A built split's examples by index, decoded as tfds decodes them, read in the caller's
+  thread: one record per `[index]`, many per `__getitems__` (each file's records of a batch in
+  one `ArrayRecordReader.read(positions)` call).
+
+  tfds' and array_record's data sources read a batch in a new thread pool per call, which cost
+  about half as much CPU again per document in batches of 64 (105 us against 68 us, with
+  decoding; a single-record read is about 200 us: BENCHMARKS.md, host pipeline).
+  """
+
+  def __init__(self, file_instructions: Sequence[Any], features: Any):
+    self._files = [(os.fspath(instruction.filename), int(instruction.skip))
+                   for instruction in file_instructions]
+    self._ends = list(itertools.accumulate(int(i.take) for i in file_instructions))
+    self._features = features
+    self._readers: list[Any] = [None] * len(self._files)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return self._ends[-1] if self._ends else 0
+
+  def __getitem__(self, index: int) -> Any:
+    return self.__getitems__([index])[0]
+
+  def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+    by_file: dict[int, tuple[list[int], list[int]]] = {}
+    for slot, index in enumerate(indices):
+      index = int(index)
+      if not 0 <= index < len(self):
+        raise IndexError(f'record {index} out of range ({len(self)} records).')
+      file = bisect.bisect_right(self._ends, index)
+      slots, positions = by_file.setdefault(file, ([], []))
+      slots.append(slot)
+      positions.append(index - (self._ends[file - 1] if file else 0) + self._files[file][1])
+    records: list[Any] = [None] * len(indices)
+    for file, (slots, positions) in by_file.items():
+      for slot, record in zip(slots, self._reader(file).read(positions)):
+        records[slot] = record
+    return [self._features.deserialize_example_np(record) for record in records]
+
+  def _reader(self, file: int) -> Any:
+    """The file's reader, opened on first use (once, however many threads ask)."""
+    if self._readers[file] is None:
+      with self._lock:
+        if self._readers[file] is None:
+          # Random access: no readahead, and no reader threads of its own.
+          self._readers[file] = array_record_module.ArrayRecordReader(
+              self._files[file][0], 'readahead_buffer_size:0,max_parallelism:0',
+              file_reader_buffer_size=32768)
+    return self._readers[file]
+
+
 def build_and_load(make_builder: Callable[[], Any], data_dir: str, split_name: str,
                    text_field: str, *, setting: str, empty_fix: str) -> DocumentSource:
   """Builds (once, under a lock) and opens `split_name` of the builder as documents.
@@ -141,10 +197,11 @@ def build_and_load(make_builder: Callable[[], Any], data_dir: str, split_name: s
                          'that holds the built corpus).')
       builder.download_and_prepare(file_format='array_record')
   info = builder.info
-  if info.file_format is not None and info.file_format.value != 'array_record':
-    raise ValueError(f'{builder.name} in {data_dir} is stored as {info.file_format.value}, which '
-                     'cannot be read without TensorFlow; point config.data.data_dir at an empty '
-                     'directory so it is rebuilt as array_record.')
+  if info.file_format is None or info.file_format.value != 'array_record':
+    stored = info.file_format.value if info.file_format is not None else 'an unknown format'
+    raise ValueError(f'{builder.name} in {data_dir} is stored as {stored}, which cannot be read '
+                     'without TensorFlow; point config.data.data_dir at an empty directory so it '
+                     'is rebuilt as array_record.')
   if text_field not in info.features:
     raise ValueError(f'config.data.text_field={text_field!r} is not a feature of {builder.name} '
                      f'(features: {", ".join(info.features)}).')
@@ -157,7 +214,7 @@ def build_and_load(make_builder: Callable[[], Any], data_dir: str, split_name: s
   if base_split not in info.splits:
     raise ValueError(f'{setting}={split_name!r} is not a split of {builder.name} '
                      f'(splits: {", ".join(info.splits)}).')
-  source = builder.as_data_source(split=split_name)
+  source = RecordSource(info.splits[split_name].file_instructions, info.features)
   checksums = metadata.get('checksums', {})
   identity = f'{info.full_name}[{split_name}]'
   if base_split in checksums and base_split == split_name:

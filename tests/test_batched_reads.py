@@ -1,0 +1,177 @@
+"""Batched reads of upcoming documents: the same documents, order and resume position as
+reading one record per document, and a record source that maps indices across files."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data import formats, pipeline, reader as reader_lib
+from data import tokenizer as tokenizer_lib
+from data.config import data_config
+from data.sources import store
+from data.sources.documents import DocumentSource
+from data.tokens import EncodedDocuments
+
+WORDS = ('lantern harbor meadow copper violin thunder pebble saddle mirror canyon velvet '
+         'orchard compass ember glacier'.split())
+SEQ_LEN = 48
+DOCUMENTS = 230  # a few prefetch windows per shard of 3, with a partial one at each end
+
+
+def make_documents(count: int, seed: int) -> list[str]:
+  """Documents of 1-6 sentences of 2-8 words each (some single-sentence ones, which pairs
+  skip)."""
+  rng = np.random.default_rng(seed)
+  return [' '.join(' '.join(WORDS[j] for j in rng.integers(0, len(WORDS), rng.integers(2, 9)))
+                   .capitalize() + '.' for _ in range(rng.integers(1, 7)))
+          for _ in range(count)]
+
+
+class OneAtATime:
+  """Documents with no batched read: every document is its own record read."""
+
+  def __init__(self, documents):
+    self._documents = documents
+    self.name = documents.name
+    self.identity = documents.identity
+
+  def __len__(self) -> int:
+    return len(self._documents)
+
+  def __getitem__(self, index: int) -> str:
+    return self._documents[index]
+
+
+@pytest.fixture(scope='module')
+def corpus(tmp_path_factory):
+  """(config, train documents, tokenizer) of a text corpus built into array_record."""
+  folder = tmp_path_factory.mktemp('batched_reads')
+  (folder / 'train.txt').write_text('\n\n'.join(make_documents(DOCUMENTS, seed=0)) + '\n')
+  (folder / 'valid.txt').write_text('\n\n'.join(make_documents(8, seed=1)) + '\n')
+  config = data_config(320)
+  config.update(source='text', data_dir=str(folder / 'tfds'), train_files=str(folder / 'train.txt'),
+                validation_files=str(folder / 'valid.txt'), tokenizer_max_chars=100_000)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv('PRETRAINING_OBJECTIVES_CACHE', str(folder / 'cache'))
+    documents = pipeline.load_documents(config, 'train')
+    tokenizer = tokenizer_lib.load_or_train(config, str(folder / 'tok'),
+                                            make_documents(300, seed=2))
+  assert len(documents) == DOCUMENTS
+  return config, documents, tokenizer
+
+
+@pytest.fixture
+def record_reads(monkeypatch):
+  """The sizes of the record source's reads, in order, as they happen."""
+  sizes = []
+  read = store.RecordSource.__getitems__
+  monkeypatch.setattr(store.RecordSource, '__getitems__',
+                      lambda self, indices: (sizes.append(len(indices)), read(self, indices))[1])
+  return sizes
+
+
+def _iterator(view, tokenizer, data_format: str, *, process_index: int = 1, seed: int = 4):
+  fmt = formats.get(data_format)(tokenizer.vocab, SEQ_LEN, {'short_seq_prob': 0.1})
+  return reader_lib.ExampleIterator(fmt, view, local_batch_size=4, process_index=process_index,
+                                    process_count=3, seed=seed, shuffle=True)
+
+
+def _assert_same(got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_document_source_reads_many_in_order(corpus):
+  _, documents, _ = corpus
+  indices = [int(i) for i in np.random.default_rng(0).permutation(len(documents))[:70]]
+  assert documents.read(indices + [-1]) == [documents[i] for i in indices] + [documents[-1]]
+  assert documents.read([]) == []
+  with pytest.raises(IndexError):
+    documents.read([0, len(documents)])
+
+
+@pytest.mark.parametrize('data_format', formats.names())
+@pytest.mark.parametrize('process_index, seed', [(0, 0), (2, 7)])
+def test_batched_reads_yield_the_documents_of_single_reads(corpus, record_reads, data_format,
+                                                           process_index, seed):
+  """A sharded, shuffled stream over several epochs is the same with batched reads (and with
+  batched or single encoding) as with one record read per document."""
+  _, documents, tokenizer = corpus
+  views = {'single': EncodedDocuments(OneAtATime(documents), tokenizer.encode),
+           'batched_reads': EncodedDocuments(documents, tokenizer.encode),
+           'batched': pipeline.tokenized_view(documents, tokenizer)}
+  streams, reads = {}, {}
+  for name, view in views.items():
+    iterator = _iterator(view, tokenizer, data_format, process_index=process_index, seed=seed)
+    read_log, add = [], iterator.builder.add
+    iterator.builder.add = lambda index, *args, log=read_log, add=add: (log.append(index),
+                                                                        add(index, *args))[1]
+    del record_reads[:]
+    streams[name] = [next(iterator) for _ in range(60)]
+    reads[name] = (read_log, dict(iterator.stats), iterator.get_state())
+    epochs = iterator.reader.epoch + 1
+    assert epochs >= 2
+    if name == 'single':
+      assert set(record_reads) == {1}
+    else:  # the shard's documents in windows of 64, a call each (NSP's random ones singly)
+      windows = [size for size in record_reads if size > 1]
+      assert max(windows) == reader_lib.PREFETCH_DOCUMENTS
+      shard = len(iterator.reader.shard)
+      assert len(windows) <= epochs * -(-shard // reader_lib.PREFETCH_DOCUMENTS)
+      assert sum(windows) >= len(read_log) - epochs  # an epoch's last window may be one
+  for name in ('batched_reads', 'batched'):
+    assert reads[name] == reads['single']
+    for got, want in zip(streams[name], streams['single']):
+      _assert_same(got, want)
+
+
+@pytest.mark.parametrize('data_format', formats.names())
+def test_resume_mid_prefetch_window_gives_the_same_next_batch(corpus, data_format):
+  _, documents, tokenizer = corpus
+  make = lambda: _iterator(pipeline.tokenized_view(documents, tokenizer), tokenizer, data_format)
+  original = make()
+  for _ in range(3):
+    next(original)
+  # Documents read ahead of the position are held: a resume must not depend on them.
+  assert original.reader.index % reader_lib.PREFETCH_DOCUMENTS
+  assert not original.documents.wants_prefetch()
+  state = json.loads(json.dumps(original.get_state()))
+  expected = [next(original) for _ in range(40)]  # past the window and the epoch
+  restored = make()
+  restored.set_state(state)
+  rewound = original  # rewound in place, as a prefetching feed does, holding a stale window
+  rewound.set_state(state)
+  for want in expected:
+    _assert_same(next(restored), want)
+  for want in expected:
+    _assert_same(next(rewound), want)
+  assert restored.get_state() == rewound.get_state()
+
+
+def test_record_source_maps_indices_across_files(corpus, record_reads):
+  """Two slices of the split's file, as tfds gives split slices and shards, read in one call
+  per file and put back in the order asked."""
+  config, documents, _ = corpus
+  [path] = glob.glob(os.path.join(config.data_dir, '**', '*train.array_record*'), recursive=True)
+  instruction = tfds.core.utils.shard_utils.FileInstruction
+  source = store.RecordSource(
+      [instruction(path, skip=3, take=10, examples_in_shard=DOCUMENTS),
+       instruction(path, skip=200, take=25, examples_in_shard=DOCUMENTS)],
+      tfds.features.FeaturesDict({'text': tfds.features.Text()}))
+  expected = [documents[i] for i in list(range(3, 13)) + list(range(200, 225))]
+  sliced = DocumentSource(source, 'text', 'two slices')
+  assert len(sliced) == len(expected)
+  order = [int(i) for i in np.random.default_rng(1).permutation(len(expected))]
+  del record_reads[:]
+  assert sliced.read(order) == [expected[i] for i in order]
+  assert record_reads == [len(order)]
+  assert [sliced[i] for i in (0, 9, 10, 34)] == [expected[i] for i in (0, 9, 10, 34)]
+  with pytest.raises(IndexError):
+    source[len(expected)]
