@@ -73,7 +73,8 @@ class PretokenizedDocuments:
     return len(self._records)
 
   def document(self, index: int) -> np.ndarray:
-    return decode_record(self._records[int(index)])[0]
+    values = np.frombuffer(self._records[int(index)], '<i4')
+    return values[2:2 + int(values[0])]  # the ids alone, as decode_record gives them
 
   def sentences(self, index: int) -> list[np.ndarray]:
     return decode_record(self._records[int(index)])[1]
