@@ -2,13 +2,18 @@
 
   python -m benchmarks.throughput --config configs/clm.py:gpt2_small --steps 20
   python -m benchmarks.throughput --config configs/bert.py:bert_base --config.batch_size=64
+  python -m benchmarks.throughput --config configs/clm.py:gpt2_small --json  # one JSON line
 
 Random tokens and no host pipeline: this measures the jitted step alone. The FLOP count
 includes only the logits each objective really computes; MFU uses the datasheet bf16 peak.
+Peak device memory (bytes the allocator held at most, over the whole process) is reported
+where the backend tracks it (GPU, TPU), not on CPU.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import tempfile
 import time
 
@@ -22,6 +27,8 @@ from training import experiment, flops, loop, mesh as mesh_lib, optim, step as s
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py:tiny', 'Config to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile step).')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON line (with the run\'s shape, peak '
+                          'device memory and versions) instead of the text line.')
 
 
 def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng) -> dict:
@@ -75,11 +82,47 @@ def benchmark(config, steps: int) -> dict[str, float]:
   return result
 
 
+def peak_memory_bytes(device: jax.Device | None = None) -> int | None:
+  """The allocator's peak bytes in use on `device`, or None where it keeps no statistics."""
+  device = device or jax.devices()[0]
+  try:
+    stats = device.memory_stats()
+  except Exception:  # pylint: disable=broad-exception-caught
+    return None
+  peak = (stats or {}).get('peak_bytes_in_use')
+  return None if peak is None else int(peak)
+
+
+def json_record(config, result: dict[str, float], steps: int) -> dict:
+  """`result` with the run's shape, device, peak memory and versions, for one JSON line."""
+  import flax  # pylint: disable=import-outside-toplevel
+  device = jax.devices()[0]
+  peak = peak_memory_bytes(device)
+  return {'impl': 'ours', 'framework': 'jax',
+          'objective': loop.describe_objective(config.objective),
+          'batch': config.batch_size, 'seq': config.seq_len,
+          'vocab': config.model.vocab_size or config.data.vocab_size,
+          'layers': config.model.num_layers, 'width': config.model.embed_dim,
+          'dtype': config.model.dtype, 'steps': steps, **result,
+          'peak_memory_bytes': peak,
+          'peak_memory_gib': None if peak is None else peak / 2**30,
+          'device': device.device_kind, 'device_count': jax.device_count(),
+          'platform': device.platform,
+          'versions': {'jax': jax.__version__, 'flax': flax.__version__,
+                       'python': platform.python_version()}}
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   result = benchmark(config, _STEPS.value)
+  if _JSON.value:
+    print(json.dumps(json_record(config, result, _STEPS.value)), flush=True)
+    return
   device = jax.devices()[0]
+  peak = peak_memory_bytes(device)
+  if peak is not None:
+    result['peak_memory_gib'] = peak / 2**30
   print(f'{loop.describe_objective(config.objective)} | {device.device_kind} x{jax.device_count()} | batch '
         f'{config.batch_size} x seq {config.seq_len} | ' +
         ' | '.join(f'{k} {v:,.3f}' for k, v in result.items()))
