@@ -183,31 +183,14 @@ def _config_help(argv: list[str]) -> str:
   return '\n'.join(lines)
 
 
-_OBJECTIVE_FLAG = '--config.objective'
 _objective_override: list[str] = []  # a --config.objective value, applied after parsing
-
-
-def _take_objective(argv: list[str]) -> list[str]:
-  """Removes --config.objective from argv: absl would keep the type of the config's value
-  (a name or a dict), while a name may replace a mix and the reverse."""
-  kept, index = [argv[0]], 1
-  while index < len(argv):
-    arg = argv[index]
-    if arg == _OBJECTIVE_FLAG and index + 1 < len(argv):
-      _objective_override.append(argv[index + 1])
-      index += 2
-      continue
-    if arg.startswith(_OBJECTIVE_FLAG + '='):
-      _objective_override.append(arg.split('=', 1)[1])
-    else:
-      kept.append(arg)
-    index += 1
-  return kept
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, except that a broken --config file is one line naming file and line."""
-  argv = _take_objective(argv)
+  argv, objective = cli.take_objective(argv)
+  if objective is not None:
+    _objective_override.append(objective)
   path = _config_path(argv)
   problem = _config_file_problem(path) if path else None
   if problem:

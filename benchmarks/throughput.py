@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 import tempfile
 import time
 
@@ -112,9 +113,11 @@ def json_record(config, result: dict[str, float], steps: int) -> dict:
                        'python': platform.python_version()}}
 
 
-def main(argv):
+def main(argv, objective: str | None = None):
   del argv
   config = _CONFIG.value
+  from configs import base  # pylint: disable=import-outside-toplevel
+  base.apply_objective(config, objective)  # e.g. --config.objective=mlm on configs/bert.py
   result = benchmark(config, _STEPS.value)
   if _JSON.value:
     print(json.dumps(json_record(config, result, _STEPS.value)), flush=True)
@@ -129,4 +132,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tools import cli  # pylint: disable=g-import-not-at-top
+  _argv, _objective = cli.take_objective(sys.argv)
+  app.run(lambda argv: main(argv, _objective), argv=_argv)

@@ -329,13 +329,15 @@ class Transformer(nn.Module):
     if position_term is not None:
       x = x + position_term
     if cfg.num_token_types:
-      if inputs.token_types is None:
-        raise ValueError('This model has token types (config.model.num_token_types > 0) '
-                         'but the objective gave no token_types.')
+      # Inputs without token types (packed windows, a switched objective) are all type 0,
+      # as BERT types a single segment.
+      token_types = inputs.token_types
+      if token_types is None:
+        token_types = jnp.zeros_like(inputs.tokens)
       x = x + nn.Embed(
           cfg.num_token_types, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
           embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
-          name='token_type_embed')(inputs.token_types)
+          name='token_type_embed')(token_types)
     if cfg.norm == 'post':
       x = _layer_norm(cfg, 'embed_norm')(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)

@@ -150,3 +150,20 @@ def test_lengths_give_the_segment_masks_hidden_states(causal):
                              atol=1e-5)
   np.testing.assert_allclose(np.asarray(got.logits)[real], np.asarray(expected.logits)[real],
                              atol=1e-4)
+
+
+def test_missing_token_types_are_type_zero():
+  """A model with token types fed inputs without them (packed windows after switching
+  configs/bert.py to another objective) treats every token as type 0, as BERT does."""
+  config = ModelConfig(vocab_size=30, num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32,
+                       max_len=8, num_token_types=2)
+  tokens = jax.random.randint(jax.random.key(2), (2, 8), 3, 30)
+  inputs = ModelInputs(tokens=tokens, positions=jnp.broadcast_to(jnp.arange(8), (2, 8)),
+                       segment_ids=jnp.ones((2, 8), jnp.int32))
+  model = Transformer(config)
+  params = model.init(jax.random.key(0), inputs)['params']
+  untyped = model.apply({'params': params}, inputs).logits
+  zeros = model.apply({'params': params}, inputs.replace(token_types=jnp.zeros_like(tokens))).logits
+  ones = model.apply({'params': params}, inputs.replace(token_types=jnp.ones_like(tokens))).logits
+  np.testing.assert_array_equal(untyped, zeros)
+  assert not np.allclose(untyped, ones)

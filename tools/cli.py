@@ -40,3 +40,25 @@ def require_workdir(command: str, workdir: str | None, message: str) -> str:
   if not workdir:
     fail(command, message, 2)
   return workdir
+
+
+OBJECTIVE_FLAG = '--config.objective'
+
+
+def take_objective(argv: Sequence[str]) -> tuple[list[str], str | None]:
+  """argv without --config.objective, and its last value (None if absent): absl would keep
+  the type of the config's value (a name or a dict), while a name may replace a mix and the
+  reverse. Apply it with configs.base.apply_objective after parsing."""
+  kept, override, index = [argv[0]], None, 1
+  while index < len(argv):
+    arg = argv[index]
+    if arg == OBJECTIVE_FLAG and index + 1 < len(argv):
+      override = argv[index + 1]
+      index += 2
+      continue
+    if arg.startswith(OBJECTIVE_FLAG + '='):
+      override = arg.split('=', 1)[1]
+    else:
+      kept.append(arg)
+    index += 1
+  return kept, override
