@@ -196,10 +196,10 @@ fi
 ours_args() {
   case $1 in
     clm) echo --config configs/clm.py:gpt2_small --config.data.vocab_size=50304 ;;
-    # MLM only with BERT-base's shape: configs/mlm.py:base (bert.py:bert_base is MLM+NSP and
-    # its objective cannot be narrowed from this command line) at BERT's vocab and length.
-    mlm) echo --config configs/mlm.py:base --config.seq_len=128 --config.batch_size=256 \
-           --config.data.vocab_size=30522 --config.model.layer_norm_eps=1e-12 ;;
+    # BERT-base as MLM alone (the peer's BertForMaskedLM), on full rows of one segment each
+    # (attention by length, as the peer attends with no mask).
+    mlm) echo --config configs/bert.py:bert_base --config.objective=mlm \
+           --config.data.attend_across_documents=True ;;
     mlm_nsp) echo --config configs/bert.py:bert_base --config.seq_len=512 --config.batch_size=32 ;;
     plm) echo --config configs/plm.py:xlnet_base --config.batch_size=16 ;;
   esac

@@ -32,9 +32,12 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line (with the run\'s s
                           'device memory and versions) instead of the text line.')
 
 
-def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng) -> dict:
+def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng,
+                 data_config=None) -> dict:
+  """Full rows of random tokens in the format's shapes (under `data_config`: a `lengths`
+  entry where its rows are one segment, so attention takes the same path as in training)."""
   from data import pipeline  # pylint: disable=import-outside-toplevel
-  example = pipeline.example_batch(data_format, batch, seq_len)
+  example = pipeline.example_batch(data_format, batch, seq_len, data_config)
   example['tokens'] = rng.integers(7, vocab, size=(batch, seq_len), dtype=np.int32)
   if 'next_sentence_label' in example:
     example['token_types'][:, seq_len // 2:] = 1
@@ -57,8 +60,8 @@ def benchmark(config, steps: int) -> dict[str, float]:
       model, objective, 0, optim.learning_rate_schedule(config.optimizer, config.total_steps)),
       in_shardings=(shardings, batch_sharding), donate_argnums=(0,))
   rng = np.random.default_rng(0)
-  batches = [jax.device_put(random_batch(exp.data_format, config.batch_size,
-                                         config.seq_len, vocab_size, rng), batch_sharding)
+  batches = [jax.device_put(random_batch(exp.data_format, config.batch_size, config.seq_len,
+                                         vocab_size, rng, config.data), batch_sharding)
              for _ in range(2)]
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     start = time.perf_counter()
