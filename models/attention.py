@@ -41,8 +41,10 @@ class AttentionPattern:
 
 
 def from_lengths(lengths: Array, *, causal: bool) -> AttentionPattern:
-  """Rows of one segment of `lengths` tokens followed by padding: no dense mask."""
-  lengths = lengths.astype(jnp.int32)
+  """Rows of one segment of `lengths` tokens followed by padding: no dense mask. An
+  all-padding row (length 0, e.g. filling an evaluation's last batch) attends to its first
+  key, so no kernel ever sees a row with no key; nothing reads that row's outputs."""
+  lengths = jnp.maximum(lengths.astype(jnp.int32), 1)
   return AttentionPattern(query_lengths=lengths, key_lengths=lengths, causal=causal)
 
 
