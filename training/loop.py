@@ -24,7 +24,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
@@ -52,16 +51,6 @@ class Stopped(SystemExit):
 def real_tokens(host_batch: dict[str, np.ndarray]) -> int:
   """Non-padding input tokens of a host batch (segment id > 0)."""
   return int(np.count_nonzero(host_batch['segment_ids']))
-
-
-@jax.jit
-def _add(total: Any, metrics: Any) -> Any:
-  return jax.tree.map(jnp.add, total, metrics)
-
-
-def accumulate(total: Any, metrics: Any) -> Any:
-  """Adds (total, count) metrics on device in one dispatch (not one small op per leaf)."""
-  return metrics if total is None else _add(total, metrics)
 
 
 def _global_sum(value: float) -> float:
@@ -286,7 +275,7 @@ class Trainer:
     for index, host_batch in enumerate(eval_iter):
       if index >= self.config.eval_steps:
         break
-      total = accumulate(total, self.eval_step(self.state.params, self.device_batch(host_batch),
+      total = step_lib.accumulate(total, self.eval_step(self.state.params, self.device_batch(host_batch),
                                                index))
     if total is None:
       self.progress.message('The validation split gave no batch: evaluation skipped.')
@@ -401,7 +390,7 @@ class Trainer:
       self.local_tokens += batch_tokens
       self.state, metrics = self.train_step(self.state, batch)
       self.step = step
-      self.interval['metrics'] = accumulate(self.interval['metrics'], metrics)
+      self.interval['metrics'] = step_lib.accumulate(self.interval['metrics'], metrics)
       self.interval['steps'] += 1
       if first:  # the compiling step: kept out of tokens/s and the ETA, not out of wall_time
         jax.block_until_ready(self.state.step)
