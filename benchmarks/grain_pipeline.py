@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.host_rate import host_rate
+
 # Documents per encode call in the batched variants, as the reader's prefetch.
 ENCODE_BATCH = 64
 
@@ -221,15 +223,8 @@ def same_batch(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 
 
 def throughput(iterator, batches: int) -> dict[str, float]:
-  next(iterator)
-  start = time.process_time()
-  tokens = real = 0
-  for _ in range(batches):
-    batch = next(iterator)
-    tokens += batch['tokens'].size
-    real += int((batch['segment_ids'] > 0).sum())
-  seconds = time.process_time() - start
-  return {'tokens_per_sec': round(tokens / seconds), 'real_tokens_per_sec': round(real / seconds)}
+  """host_rate's tokens/s, rounded for the JSON lines."""
+  return {key: round(value) for key, value in host_rate(iterator, batches).items()}
 
 
 def state_costs(iterator, make: Callable[[], Any]) -> dict[str, Any]:

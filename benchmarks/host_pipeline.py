@@ -21,22 +21,12 @@ import ml_collections  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
+from benchmarks.host_rate import host_rate  # pylint: disable=wrong-import-position
+
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bert.py:tiny', 'Config[:preset].')
 _OUTPUT = flags.DEFINE_string('output', '/tmp/host_pipeline_pretok', 'Shard directory.')
 _BATCHES = flags.DEFINE_integer('batches', 200, 'Timed batches per format and path.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['128', '512'], 'Sequence lengths.')
-
-
-def _time(iterator, batches: int) -> dict[str, float]:
-  next(iterator)
-  start = time.process_time()
-  tokens = real = 0
-  for _ in range(batches):
-    batch = next(iterator)
-    tokens += batch['tokens'].size
-    real += int((batch['segment_ids'] > 0).sum())
-  seconds = time.process_time() - start
-  return {'tokens_per_sec': tokens / seconds, 'real_tokens_per_sec': real / seconds}
 
 
 def main(argv) -> None:
@@ -65,7 +55,7 @@ def main(argv) -> None:
       for path, view in views.items():
         iterator = reader.ExampleIterator(fmt, view, local_batch_size=32, seed=0)
         print(json.dumps({'format': name, 'seq_len': seq_len, 'path': path,
-                          **_time(iterator, _BATCHES.value)}))
+                          **host_rate(iterator, _BATCHES.value)}))
   # Pair construction per document at two corpus sizes (documents repeated to grow it).
   texts = [train[i] for i in range(len(train))]
   for copies in (1, 8):
@@ -73,7 +63,7 @@ def main(argv) -> None:
     fmt = formats.get('sentence_pairs')(tokenizer.vocab, 128, config.data)
     iterator = reader.ExampleIterator(fmt, EncodedDocuments(corpus, tokenizer.encode),
                                       local_batch_size=32, seed=0)
-    result = _time(iterator, _BATCHES.value)
+    result = host_rate(iterator, _BATCHES.value)
     print(json.dumps({'pair_construction_documents': len(corpus), **result}))
 
 
