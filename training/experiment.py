@@ -74,17 +74,14 @@ class Experiment:
   def abstract_state(self, tx) -> Any:
     """The train state as ShapeDtypeStructs carrying their shardings on this run's mesh: a
     checkpoint's restore target, traced from the init without running or compiling it."""
-    import flax.linen as nn
     import jax
 
     from training import state as state_lib
     init = state_lib.state_init_fn(self.init_params_fn(), tx, objective=self.objective,
                                    model_config=self.model_config)
-    boxed = jax.eval_shape(init, jax.random.key(self.config.seed))
-    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), self.mesh, self.rules)
-    return jax.tree.map(lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                 sharding=sharding),
-                        nn.unbox(boxed), shardings)
+    abstract, _ = state_lib.sharded_abstract_state(init, self.mesh, self.rules,
+                                                   jax.random.key(self.config.seed))
+    return abstract
 
 
 def check_first_batch(iterator, split: str) -> None:

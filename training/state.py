@@ -114,7 +114,7 @@ def state_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTra
   """
   with_objective = objective is not None and owns_params(objective)
   if with_objective and model_config is None:
-    raise ValueError('state.sharded_init needs model_config to size the objective\'s parameters.')
+    raise ValueError('state.state_init_fn needs model_config to size the objective\'s parameters.')
 
   def init(key):
     params = init_params(key)  # boxed with logical axis names
@@ -129,14 +129,24 @@ def state_init_fn(init_params: Callable[[jax.Array], Any], tx: optax.GradientTra
   return init
 
 
+def sharded_abstract_state(init: Callable[[jax.Array], TrainState], mesh: Mesh, rules: Any,
+                           rng: jax.Array) -> tuple[Any, Any]:
+  """(the state `init` makes, as ShapeDtypeStructs carrying their shardings; the shardings),
+  traced with eval_shape: nothing is initialised or compiled."""
+  boxed = jax.eval_shape(init, rng)
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  abstract = jax.tree.map(
+      lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      nn.unbox(boxed), shardings)
+  return abstract, shardings
+
+
 def sharded_init(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
                  mesh: Mesh, rules: Any, rng: jax.Array, *, objective: Any = None,
                  model_config: Any = None) -> tuple[TrainState, Any]:
   """Initialises the state directly in its sharded layout; returns (state, state shardings)."""
   init = state_init_fn(init_params, tx, objective=objective, model_config=model_config)
-  abstract = jax.eval_shape(init, rng)
-  specs = nn.get_partition_spec(abstract)
-  shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+  _, shardings = sharded_abstract_state(init, mesh, rules, rng)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state = jax.jit(lambda key: nn.unbox(init(key)), out_shardings=shardings)(rng)
   return state, shardings
