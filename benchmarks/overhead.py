@@ -13,7 +13,6 @@ the framework's overhead. CLM only: it is the objective a hand-written step can 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 
 import jax
@@ -23,9 +22,9 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.vocab import toy_vocab
+from benchmarks import random_step
 from models.transformer import ModelInputs
-from training import experiment, mesh as mesh_lib, optim, step as step_lib
+from training import optim
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py:tiny', 'A CLM config.')
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps per variant (after one compile step).')
@@ -65,28 +64,15 @@ def benchmark(config, steps: int, rounds: int) -> dict[str, float]:
   if config.objective != 'clm':
     raise ValueError(f'benchmarks.overhead compares CLM steps only; got objective '
                      f'{config.objective!r}: use --config configs/clm.py:PRESET.')
-  vocab_size = config.model.vocab_size or config.data.vocab_size
-  with tempfile.TemporaryDirectory() as workdir:
-    exp = experiment.build(config, workdir, data=False, vocab=toy_vocab(vocab_size))
+  exp, state, framework, batch_sharding = random_step.compiled_train_step(config)
   tx = optim.make_optimizer(config.optimizer, config.total_steps)
-  state, shardings = exp.init_state(tx)
-  batch_sharding = mesh_lib.batch_sharding(exp.mesh, exp.rules)
-  framework = jax.jit(step_lib.make_train_step(
-      exp.model(), exp.objective, 0, optim.learning_rate_schedule(config.optimizer,
-                                                                  config.total_steps)),
-      in_shardings=(shardings, batch_sharding), donate_argnums=(0,))
   hand = hand_written_step(exp.model(), tx)
   params = jax.tree.map(jnp.copy, state.params)
   opt_state = tx.init(params)
-
-  rng = np.random.default_rng(0)
-  shape = (config.batch_size, config.seq_len)
-  batch = {'tokens': rng.integers(7, vocab_size, size=shape, dtype=np.int32),
-           'segment_ids': np.ones(shape, np.int32),
-           'positions': np.broadcast_to(np.arange(config.seq_len, dtype=np.int32), shape).copy()}
-  if 'lengths' in exp.example_batch(1):
-    batch['lengths'] = np.full(config.batch_size, config.seq_len, np.int32)
-  device_batch = jax.device_put(batch, batch_sharding)
+  vocab_size = config.model.vocab_size or config.data.vocab_size
+  device_batch = jax.device_put(random_step.random_batch(
+      exp.data_format, config.batch_size, config.seq_len, vocab_size, np.random.default_rng(0),
+      config.data), batch_sharding)
 
   times = {'framework': [], 'hand_written': []}
   holder = {'state': state, 'params': params, 'opt': opt_state}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import platform
 import sys
-import tempfile
 import time
 
 import jax
@@ -23,8 +22,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from data.vocab import toy_vocab
-from training import experiment, flops, loop, mesh as mesh_lib, optim, step as step_lib
+from benchmarks.random_step import compiled_train_step, random_batch
+from training import flops, loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py:tiny', 'Config to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps (after one compile step).')
@@ -32,33 +31,13 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON line (with the run\'s s
                           'device memory and versions) instead of the text line.')
 
 
-def random_batch(data_format: str, batch: int, seq_len: int, vocab: int, rng,
-                 data_config=None) -> dict:
-  """Full rows of random tokens in the format's shapes (under `data_config`: a `lengths`
-  entry where its rows are one segment, so attention takes the same path as in training)."""
-  from data import pipeline  # pylint: disable=import-outside-toplevel
-  example = pipeline.example_batch(data_format, batch, seq_len, data_config)
-  example['tokens'] = rng.integers(7, vocab, size=(batch, seq_len), dtype=np.int32)
-  if 'next_sentence_label' in example:
-    example['token_types'][:, seq_len // 2:] = 1
-    example['next_sentence_label'] = rng.integers(0, 2, size=(batch,), dtype=np.int32)
-  return example
-
-
 def benchmark(config, steps: int) -> dict[str, float]:
   """Compiles the run's train step through the shared assembly and times it on random tokens."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
   vocab_size = config.model.vocab_size or config.data.vocab_size
-  with tempfile.TemporaryDirectory() as workdir:
-    exp = experiment.build(config, workdir, data=False, vocab=toy_vocab(vocab_size))
-  model, objective, mesh, rules = exp.model(), exp.objective, exp.mesh, exp.rules
-  model_config = exp.model_config
-  state, shardings = exp.init_state(optim.make_optimizer(config.optimizer, config.total_steps))
-  batch_sharding = mesh_lib.batch_sharding(mesh, rules)
-  train_step = jax.jit(step_lib.make_train_step(
-      model, objective, 0, optim.learning_rate_schedule(config.optimizer, config.total_steps)),
-      in_shardings=(shardings, batch_sharding), donate_argnums=(0,))
+  exp, state, train_step, batch_sharding = compiled_train_step(config)
+  objective, mesh, rules, model_config = exp.objective, exp.mesh, exp.rules, exp.model_config
   rng = np.random.default_rng(0)
   batches = [jax.device_put(random_batch(exp.data_format, config.batch_size, config.seq_len,
                                          vocab_size, rng, config.data), batch_sharding)
