@@ -89,6 +89,9 @@ def benchmark(config, steps: int, rounds: int) -> dict[str, float]:
 
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
     compile_times = {'framework': _timed(run_framework, 1), 'hand_written': _timed(run_hand, 1)}
+    # A second untimed call each: the hand-written step compiles again once its donated
+    # inputs come back from the first call in the jitted outputs' layout.
+    _timed(run_framework, 1), _timed(run_hand, 1)
     for _ in range(rounds):
       times['framework'].append(_timed(run_framework, steps))
       times['hand_written'].append(_timed(run_hand, steps))
