@@ -39,7 +39,6 @@ def main(argv) -> None:
   config = _CONFIG.value
   train = pipeline.load_documents(config.data, 'train')
   tokenizer = tokenizer_lib.load_or_train(config.data, None, (train[i] for i in range(len(train))))
-  single = lambda texts: tokenizer.encode_batch(texts, num_threads=1)
   start = time.process_time()
   pretokenize.write(config.data, _OUTPUT.value, ['train'], 8, tokenizer, pipeline.load_documents)
   print(json.dumps({'pretokenize_cpu_seconds': time.process_time() - start,
@@ -49,8 +48,7 @@ def main(argv) -> None:
   for seq_len in map(int, _SEQ_LENS.value):
     for name in formats.names():
       fmt = formats.get(name)(tokenizer.vocab, seq_len, config.data)
-      views = {'on_the_fly': EncodedDocuments(train, tokenizer.encode),
-               'on_the_fly_batched': EncodedDocuments(train, tokenizer.encode, single),
+      views = {'on_the_fly': pipeline.tokenized_view(train, tokenizer),  # as train.py reads
                'pretokenized': stored}
       for path, view in views.items():
         iterator = reader.ExampleIterator(fmt, view, local_batch_size=32, seed=0)

@@ -1,9 +1,10 @@
-"""Writing pre-tokenized shards: a source's documents tokenized once into ArrayRecord files.
+"""Writing pre-tokenized shards: a source's documents tokenized once into memory-mappable arrays.
 
-Each record holds one document's ids and its sentences' ids (see
-data/sources/pretokenized.py); `metadata.json` holds the corpus and tokenizer fingerprints,
-the cleaning counts and the shard names, and `tokenizer.model` is copied alongside. Called by
-tools/pretokenize.py.
+Per shard, every document's ids and every sentence's ids end to end with their offset tables
+(the layout is in data/sources/pretokenized.py); `metadata.json` holds the corpus and
+tokenizer fingerprints, the cleaning counts and the shard names, and `tokenizer.model` is
+copied alongside. Arrays are streamed to disk as they grow, so a shard never has to fit in
+memory. Called by tools/pretokenize.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from data.formats.pairs import split_sentences
 from data.sources import pretokenized
 from data.sources.documents import corpus_fingerprint
@@ -23,29 +26,76 @@ from data.tokens import tokenizer_fingerprint
 BATCH_DOCUMENTS = 256  # documents per batched tokenizer call
 
 
+class NpyAppender:
+  """Rows appended to a raw temporary file, written out as one `.npy` array by `close`."""
+
+  def __init__(self, path: str, dtype: Any, row_shape: tuple[int, ...] = ()):
+    self.path = path
+    self.dtype = np.dtype(dtype)
+    self.row_shape = row_shape
+    self.rows = 0
+    self._raw = open(path + '.raw', 'wb')  # pylint: disable=consider-using-with
+
+  def append(self, rows: Any) -> None:
+    rows = np.asarray(rows, self.dtype).reshape((-1,) + self.row_shape)
+    self._raw.write(rows.tobytes())
+    self.rows += len(rows)
+
+  def close(self) -> None:
+    self._raw.close()
+    header = {'descr': np.lib.format.dtype_to_descr(self.dtype), 'fortran_order': False,
+              'shape': (self.rows,) + self.row_shape}
+    with open(self.path + '.tmp', 'wb') as out, open(self.path + '.raw', 'rb') as raw:
+      np.lib.format.write_array_header_2_0(out, header)
+      shutil.copyfileobj(raw, out, 1 << 24)
+    os.replace(self.path + '.tmp', self.path)
+    os.remove(self.path + '.raw')
+
+
+def write_shard(texts: Sequence[str], tokenizer: Any, directory: str, shard: str) -> int:
+  """Tokenizes `texts` into the arrays of one shard; returns how many ids its documents hold."""
+  dtype = pretokenized.token_dtype(tokenizer.vocab.size)
+  arrays = {'tokens': NpyAppender(pretokenized.array_path(directory, shard, 'tokens'), dtype),
+            'document_index': NpyAppender(
+                pretokenized.array_path(directory, shard, 'document_index'), np.int64, (2,)),
+            'sentence_tokens': NpyAppender(
+                pretokenized.array_path(directory, shard, 'sentence_tokens'), dtype),
+            'sentence_index': NpyAppender(
+                pretokenized.array_path(directory, shard, 'sentence_index'), np.int64)}
+  tokens = sentence_tokens = sentences = 0
+  for start in range(0, len(texts), BATCH_DOCUMENTS):
+    batch = list(texts[start:start + BATCH_DOCUMENTS])
+    for text, ids in zip(batch, tokenizer.encode_batch(batch)):
+      sentence_texts = split_sentences(text)
+      sentence_ids = ([np.asarray(s, dtype) for s in tokenizer.encode_batch(sentence_texts)]
+                      if sentence_texts else [])
+      arrays['document_index'].append([tokens, sentences])
+      arrays['tokens'].append(ids)
+      tokens += len(ids)
+      lengths = np.asarray([len(s) for s in sentence_ids], np.int64)
+      arrays['sentence_index'].append(sentence_tokens + np.cumsum(lengths) - lengths)
+      if sentence_ids:
+        arrays['sentence_tokens'].append(np.concatenate(sentence_ids))
+      sentence_tokens += int(lengths.sum())
+      sentences += len(sentence_ids)
+  arrays['document_index'].append([tokens, sentences])  # closes the last document
+  arrays['sentence_index'].append([sentence_tokens])  # closes the last sentence
+  for array in arrays.values():
+    array.close()
+  return tokens
+
+
 def write_split(documents: Sequence[str], tokenizer: Any, directory: str, split: str,
                 num_shards: int) -> dict[str, Any]:
-  """Writes `split`'s documents as `num_shards` ArrayRecord files; returns its metadata."""
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-
+  """Writes `split`'s documents as `num_shards` shards; returns its metadata."""
   count = len(documents)
   num_shards = max(1, min(num_shards, count))
   per_shard = math.ceil(count / num_shards)
   shards, tokens = [], 0
   for shard in range(num_shards):
-    name = f'{split}-{shard:05d}-of-{num_shards:05d}.array_record'
-    writer = array_record_module.ArrayRecordWriter(os.path.join(directory, name),
-                                                   'group_size:1')
-    for start in range(shard * per_shard, min(count, (shard + 1) * per_shard), BATCH_DOCUMENTS):
-      texts = [documents[i] for i in range(start, min(count, (shard + 1) * per_shard,
-                                                      start + BATCH_DOCUMENTS))]
-      document_ids = tokenizer.encode_batch(texts)
-      for text, ids in zip(texts, document_ids):
-        sentences = split_sentences(text)
-        sentence_ids = tokenizer.encode_batch(sentences) if sentences else []
-        writer.write(pretokenized.encode_record(ids, sentence_ids))
-        tokens += len(ids)
-    writer.close()
+    name = f'{split}-{shard:05d}-of-{num_shards:05d}'
+    texts = [documents[i] for i in range(shard * per_shard, min(count, (shard + 1) * per_shard))]
+    tokens += write_shard(texts, tokenizer, directory, name)
     shards.append(name)
   return {'documents': count, 'tokens': tokens, 'shards': shards,
           'corpus_fingerprint': corpus_fingerprint(documents),

@@ -66,6 +66,12 @@ def corpus(tmp_path_factory):
   return config, documents, tokenizer
 
 
+@pytest.fixture(autouse=True)
+def small_prefetch_window(monkeypatch):
+  """Windows of 32 documents, so a shard of 76 spans several (the default is 256)."""
+  monkeypatch.setattr(reader_lib, 'PREFETCH_DOCUMENTS', 32)
+
+
 @pytest.fixture
 def record_reads(monkeypatch):
   """The sizes of the record source's reads, in order, as they happen."""
@@ -120,7 +126,7 @@ def test_batched_reads_yield_the_documents_of_single_reads(corpus, record_reads,
     assert epochs >= 2
     if name == 'single':
       assert set(record_reads) == {1}
-    else:  # the shard's documents in windows of 64, a call each (NSP's random ones singly)
+    else:  # the shard's documents in windows, a call each (NSP's random ones singly)
       windows = [size for size in record_reads if size > 1]
       assert max(windows) == reader_lib.PREFETCH_DOCUMENTS
       shard = len(iterator.reader.shard)

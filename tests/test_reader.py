@@ -165,6 +165,50 @@ def test_pretokenized_shards_give_the_on_the_fly_stream(documents, tokenizer, da
   assert documents['pretokenized'][3] == documents['text'][3]
 
 
+def test_pretokenized_shards_are_memory_mapped_ids_of_each_document_and_sentence(
+    documents, tokenizer, corpus_dir):
+  from data.formats.pairs import split_sentences  # pylint: disable=import-outside-toplevel
+  from data.sources import pretokenized  # pylint: disable=import-outside-toplevel
+
+  stored, texts = documents['pretokenized'], documents['text']
+  metadata = pretokenized.read_metadata(str(corpus_dir / 'pretok'))
+  shards = metadata['splits']['train']['shards']
+  assert len(shards) == 3 and metadata['splits']['train']['documents'] == len(texts)
+  tokens = np.load(pretokenized.array_path(str(corpus_dir / 'pretok'), shards[0], 'tokens'),
+                   mmap_mode='r')
+  assert isinstance(tokens, np.memmap) and tokens.dtype == np.uint16  # 320 pieces fit
+  total = 0
+  for index in range(len(texts)):
+    want = tokenizer.encode(texts[index])
+    got = stored.document(index)
+    assert got.dtype == np.int32 and got.tolist() == list(want)
+    sentences = split_sentences(texts[index])
+    assert [s.tolist() for s in stored.sentences(index)] == [
+        list(tokenizer.encode(s)) for s in sentences]
+    total += len(want)
+  assert metadata['splits']['train']['tokens'] == total
+
+
+def test_pretokenized_shards_of_another_version_or_incomplete_are_refused(tmp_path, corpus_dir):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from data.sources import pretokenized  # pylint: disable=import-outside-toplevel
+
+  copy = tmp_path / 'pretok'
+  shutil.copytree(corpus_dir / 'pretok', copy)
+  config = data_config(320)
+  config.update(source='pretokenized', pretokenized_dir=str(copy))
+  metadata = json.loads((copy / 'metadata.json').read_text())
+  shard = metadata['splits']['train']['shards'][1]
+  (copy / f'{shard}.sentence_index.npy').unlink()
+  with pytest.raises(ValueError, match=f'{shard}.sentence_index.npy is missing.*pretokenize'):
+    pipeline.load_documents(config, 'train')
+  (copy / 'metadata.json').write_text(json.dumps({**metadata, 'version': 1}))
+  with pytest.raises(ValueError, match='version 1, this code reads version 2.*pretokenize') as error:
+    pipeline.load_documents(config, 'train')
+  assert '\n' not in str(error.value)
+  assert pretokenized.token_dtype(65536) == np.uint16 and pretokenized.token_dtype(65537) == np.uint32
+
+
 def test_changed_corpus_or_tokenizer_is_a_one_line_error(documents, tokenizer, corpus_dir,
                                                          shared_cache):
   texts = list(documents['text'])

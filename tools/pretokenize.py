@@ -1,4 +1,4 @@
-"""Tokenizes a source's splits once into sharded ArrayRecord files for the `pretokenized` source.
+"""Tokenizes a source's splits once into memory-mapped shards for the `pretokenized` source.
 
   python tools/pretokenize.py --config configs/bert.py:tiny --output data/pretok \
       --config.data.source=text --config.data.train_files='corpus/*.txt'
@@ -23,7 +23,7 @@ from ml_collections import config_flags  # pylint: disable=wrong-import-position
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/clm.py', 'Config file[:preset].')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory for the shards.', required=True)
 _SPLITS = flags.DEFINE_list('splits', ['train', 'validation'], 'Splits to tokenize.')
-_SHARDS = flags.DEFINE_integer('shards', 8, 'ArrayRecord files per split.')
+_SHARDS = flags.DEFINE_integer('shards', 8, 'Shards per split (four .npy arrays each).')
 
 
 def main(argv) -> None:

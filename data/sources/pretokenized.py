@@ -1,18 +1,21 @@
 """Source `pretokenized`: documents tokenized once by tools/pretokenize.py, read back by id.
 
 `config.data.pretokenized_dir` holds `metadata.json`, the `tokenizer.model` that made the ids
-and, per split, ArrayRecord shards with one record per document: its ids and each
-sentence's ids (what packed windows and sentence pairs read). Each host reads only the
-records of its own documents, with random access, so a pod-scale run does not tokenize at
-start. The fingerprint stored with the shards is the one of the source corpus, so a run
-resumes across the on-the-fly and pretokenized paths of the same corpus and tokenizer.
+and, per split and shard, four memory-mapped `.npy` arrays (the layout of Megatron's indexed
+datasets): every document's ids end to end (`tokens`), every sentence's ids end to end
+(`sentence_tokens`, for sentence pairs), and two offset tables into them. Reading a document
+is a slice of a memory map, about 1 us, where a record of an ArrayRecord file costs 25-40 us
+(BENCHMARKS.md, host pipeline); each host touches only the pages of its own documents, so a
+pod-scale run neither tokenizes nor loads the corpus at start. The fingerprint stored with
+the shards is the one of the source corpus, so a run resumes across the on-the-fly and
+pretokenized paths of the same corpus and tokenizer.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
@@ -22,27 +25,53 @@ from data.sources.registry import register
 
 METADATA = 'metadata.json'
 TOKENIZER = 'tokenizer.model'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# The arrays of one shard, as `<shard>.<name>.npy`:
+#   tokens           [T]      every document's ids, end to end (uint16 when the vocabulary fits)
+#   document_index   [D+1, 2] per document: offset of its first id in tokens, index of its
+#                             first sentence in sentence_index (row D closes the last one)
+#   sentence_tokens  [S]      every sentence's ids, end to end
+#   sentence_index   [S+1]    offset of each sentence's first id in sentence_tokens
+ARRAYS = ('tokens', 'document_index', 'sentence_tokens', 'sentence_index')
 
 
-def encode_record(document_ids: Sequence[int], sentence_ids: Sequence[Sequence[int]]) -> bytes:
-  """One document as bytes: [len(ids), len(sentences)], ids, sentence lengths, sentence ids."""
-  lengths = [len(ids) for ids in sentence_ids]
-  parts = [np.asarray([len(document_ids), len(lengths)], np.int32),
-           np.asarray(document_ids, np.int32), np.asarray(lengths, np.int32)]
-  parts += [np.asarray(ids, np.int32) for ids in sentence_ids]
-  return np.concatenate(parts).astype('<i4').tobytes()
+def array_path(directory: str, shard: str, name: str) -> str:
+  return os.path.join(directory, f'{shard}.{name}.npy')
 
 
-def decode_record(record: bytes) -> tuple[np.ndarray, list[np.ndarray]]:
-  """(document ids, [ids of each sentence]) of `encode_record`'s bytes."""
-  values = np.frombuffer(record, '<i4')
-  num_ids, num_sentences = int(values[0]), int(values[1])
-  ids = values[2:2 + num_ids]
-  start = 2 + num_ids
-  lengths = values[start:start + num_sentences]
-  ends = start + num_sentences + np.cumsum(lengths)
-  return ids, [values[end - length:end] for end, length in zip(ends, lengths)]
+def token_dtype(vocab_size: int) -> np.dtype:
+  """The narrowest unsigned integer type that holds every id of the vocabulary."""
+  return np.dtype(np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32)
+
+
+class _Shard:
+  """One shard's arrays, memory-mapped (plain ndarray views: slicing them is cheap)."""
+
+  def __init__(self, directory: str, shard: str):
+    arrays = {}
+    for name in ARRAYS:
+      path = array_path(directory, shard, name)
+      if not os.path.exists(path):
+        raise ValueError(f'{path} is missing: run tools/pretokenize.py again for this directory.')
+      arrays[name] = np.load(path, mmap_mode='r').view(np.ndarray)
+    self.tokens = arrays['tokens']
+    self.sentence_tokens = arrays['sentence_tokens']
+    # The offset tables are small (16 bytes per document, 8 per sentence): read into memory.
+    self.document_index = np.asarray(arrays['document_index'], np.int64)
+    self.sentence_index = np.asarray(arrays['sentence_index'], np.int64)
+
+  def __len__(self) -> int:
+    return len(self.document_index) - 1
+
+  def document(self, index: int) -> np.ndarray:
+    start, end = self.document_index[index, 0], self.document_index[index + 1, 0]
+    return self.tokens[start:end].astype(np.int32)
+
+  def sentences(self, index: int) -> list[np.ndarray]:
+    first, last = self.document_index[index, 1], self.document_index[index + 1, 1]
+    offsets = self.sentence_index[first:last + 1]
+    ids = self.sentence_tokens[offsets[0]:offsets[-1]].astype(np.int32)
+    return np.split(ids, offsets[1:-1] - offsets[0]) if last > first else []
 
 
 class PretokenizedDocuments:
@@ -53,8 +82,6 @@ class PretokenizedDocuments:
   """
 
   def __init__(self, directory: str, split: str, metadata: dict[str, Any]):
-    from array_record.python import array_record_data_source  # pylint: disable=import-outside-toplevel
-
     info = metadata['splits'][split]
     self.directory = directory
     self.name = f'pretokenized {directory}[{split}]'
@@ -62,22 +89,28 @@ class PretokenizedDocuments:
     self._fingerprint = {'corpus': info['corpus_fingerprint'],
                          'tokenizer': metadata['tokenizer_fingerprint'],
                          'documents': info['documents']}
-    paths = [os.path.join(directory, shard) for shard in info['shards']]
-    self._records = array_record_data_source.ArrayRecordDataSource(paths)
-    if len(self._records) != info['documents']:
-      raise ValueError(f'{self.name} holds {len(self._records)} documents but {METADATA} says '
-                       f'{info["documents"]}: run tools/pretokenize.py again.')
+    self._shards = [_Shard(directory, shard) for shard in info['shards']]
+    self._ends = list(np.cumsum([len(shard) for shard in self._shards]).tolist())
+    if (self._ends[-1] if self._ends else 0) != info['documents']:
+      raise ValueError(f'{self.name} holds {self._ends[-1] if self._ends else 0} documents but '
+                       f'{METADATA} says {info["documents"]}: run tools/pretokenize.py again.')
     self._tokenizer = None
 
   def __len__(self) -> int:
-    return len(self._records)
+    return self._ends[-1] if self._ends else 0
+
+  def _locate(self, index: int) -> tuple[_Shard, int]:
+    index = int(index)
+    shard = bisect.bisect_right(self._ends, index)
+    return self._shards[shard], index - (self._ends[shard - 1] if shard else 0)
 
   def document(self, index: int) -> np.ndarray:
-    values = np.frombuffer(self._records[int(index)], '<i4')
-    return values[2:2 + int(values[0])]  # the ids alone, as decode_record gives them
+    shard, local = self._locate(index)
+    return shard.document(local)
 
   def sentences(self, index: int) -> list[np.ndarray]:
-    return decode_record(self._records[int(index)])[1]
+    shard, local = self._locate(index)
+    return shard.sentences(local)
 
   def fingerprint(self) -> dict[str, Any]:
     return dict(self._fingerprint)
@@ -104,7 +137,8 @@ def read_metadata(directory: str) -> dict[str, Any]:
     metadata = json.load(f)
   if metadata.get('version') != FORMAT_VERSION:
     raise ValueError(f'{path} is version {metadata.get("version")}, this code reads version '
-                     f'{FORMAT_VERSION}: run tools/pretokenize.py again.')
+                     f'{FORMAT_VERSION}: run tools/pretokenize.py again (the same corpus and '
+                     'tokenizer give the same ids and fingerprint, so runs still resume).')
   return metadata
 
 
