@@ -9,7 +9,8 @@
 #                      mlm   BERT-base MLM, vocab 30522, 256 x 128       peer: HF BertForMaskedLM
 #                      mlm_nsp  BERT-base MLM+NSP, 32 x 512              peer: HF BertForPreTraining
 #                      plm   XLNet-base size, K=6, 16 x 512              peer: HF XLNetLMHeadModel
-# then, if time is left, the host pipeline on the builtin corpus (one core).
+# then, if time is left, the host pipeline on the builtin corpus (one core). A row of ours that
+# runs out of device memory is run again with --config.model.remat=dots, and noted.
 #
 # Installs nothing: ours needs the project's requirements (pip install -e .) with a GPU jax;
 # the peers need torch (and transformers for the HF ones) and are skipped when it does not
@@ -77,8 +78,9 @@ record() {
 }
 
 # run_row ROW SIDE COMMAND...: runs under a timeout within the remaining budget.
+# TRY (a name) gives a rerun its own log; NOTE goes into the row's status line.
 run_row() {
-  local row=$1 side=$2 log="$WORK/$1.$2.log"
+  local row=$1 side=$2 log="$WORK/$1.$2${TRY:+.$TRY}.log"
   shift 2
   local left=$(( BUDGET_S - $(elapsed) ))
   if [ "$left" -lt "$MIN_ROW_S" ]; then
@@ -105,7 +107,7 @@ run_row() {
   else
     tail -n 3 "$log"
   fi
-  record "$row" "$side" "$state" "$rc" "$wall" "$log"
+  record "$row" "$side" "$state" "$rc" "$wall" "$log" "${NOTE:-}"
 }
 
 # --- environment --------------------------------------------------------------------------
@@ -224,6 +226,15 @@ for row in $ROWS; do
       [ "$SMOKE" = 1 ] && [ "$row" = clm ] && extra=(--config.clm.loss_chunk=32)
       # shellcheck disable=SC2046
       run_row "$row" ours "${OURS[@]}" $(ours_args "$row") "${OURS_SMOKE[@]}" "${extra[@]}"
+      # Every preset runs without rematerialisation; one that runs out of device memory is run
+      # again saving only the matmuls' outputs, and the row says so.
+      if grep -qE 'RESOURCE_EXHAUSTED|[Oo]ut of memory' "$WORK/$row.ours.log" 2> /dev/null; then
+        say "$row ours ran out of device memory: again with --config.model.remat=dots"
+        # shellcheck disable=SC2046
+        TRY=remat_dots NOTE='config.model.remat=dots (out of memory without)' run_row "$row" \
+          ours "${OURS[@]}" $(ours_args "$row") "${OURS_SMOKE[@]}" "${extra[@]}" \
+          --config.model.remat=dots
+      fi
     fi ;;
   esac
   case " $SIDES " in *" peer "*)

@@ -86,7 +86,7 @@ def json_record(config, result: dict[str, float], steps: int) -> dict:
           'batch': config.batch_size, 'seq': config.seq_len,
           'vocab': config.model.vocab_size or config.data.vocab_size,
           'layers': config.model.num_layers, 'width': config.model.embed_dim,
-          'dtype': config.model.dtype, 'steps': steps, **result,
+          'dtype': config.model.dtype, 'remat': config.model.remat, 'steps': steps, **result,
           'peak_memory_bytes': peak,
           'peak_memory_gib': None if peak is None else peak / 2**30,
           'device': device.device_kind, 'device_count': jax.device_count(),

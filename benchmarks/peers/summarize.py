@@ -159,6 +159,9 @@ def markdown(records: list[dict]) -> str:
   steps = sorted({(r['side'], r.get('steps')) for r in shown if r.get('state') == 'ok'})
   if steps:
     lines.append('Timed steps: ' + ', '.join(f'{side} {n}' for side, n in steps) + '.')
+  noted = [r for r in records if r['state'] == 'ok' and r.get('note')]
+  if noted:
+    lines += ['', 'Notes:'] + [f'- {r["row"]} {r["side"]}: {r["note"]}' for r in noted]
   problems = [r for r in records if r['state'] != 'ok']
   if problems:
     lines += ['', 'Not measured:']
