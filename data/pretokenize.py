@@ -52,8 +52,11 @@ class NpyAppender:
     os.remove(self.path + '.raw')
 
 
-def write_shard(texts: Sequence[str], tokenizer: Any, directory: str, shard: str) -> int:
-  """Tokenizes `texts` into the arrays of one shard; returns how many ids its documents hold."""
+def write_shard(documents: Sequence[str], indices: range, tokenizer: Any, directory: str,
+                shard: str) -> int:
+  """Tokenizes `documents[indices]` into the arrays of one shard, reading them a batch at a
+  time; returns how many ids its documents hold."""
+  read = getattr(documents, 'read', None)  # one batched read where the source has it
   dtype = pretokenized.token_dtype(tokenizer.vocab.size)
   arrays = {'tokens': NpyAppender(pretokenized.array_path(directory, shard, 'tokens'), dtype),
             'document_index': NpyAppender(
@@ -63,19 +66,24 @@ def write_shard(texts: Sequence[str], tokenizer: Any, directory: str, shard: str
             'sentence_index': NpyAppender(
                 pretokenized.array_path(directory, shard, 'sentence_index'), np.int64)}
   tokens = sentence_tokens = sentences = 0
-  for start in range(0, len(texts), BATCH_DOCUMENTS):
-    batch = list(texts[start:start + BATCH_DOCUMENTS])
-    for text, ids in zip(batch, tokenizer.encode_batch(batch)):
-      sentence_texts = split_sentences(text)
-      sentence_ids = ([np.asarray(s, dtype) for s in tokenizer.encode_batch(sentence_texts)]
-                      if sentence_texts else [])
+  for start in range(indices.start, indices.stop, BATCH_DOCUMENTS):
+    wanted = range(start, min(indices.stop, start + BATCH_DOCUMENTS))
+    batch = list(read(list(wanted))) if read is not None else [documents[i] for i in wanted]
+    split = [split_sentences(text) for text in batch]
+    # Every sentence of the batch in one call: a document's few sentences per call would pay
+    # the call's overhead for each document.
+    flat = tokenizer.encode_batch([s for parts in split for s in parts]) if any(split) else []
+    ends = np.cumsum([len(parts) for parts in split])
+    for ids, end, parts in zip(tokenizer.encode_batch(batch), ends, split):
+      sentence_ids = flat[end - len(parts):end]
       arrays['document_index'].append([tokens, sentences])
       arrays['tokens'].append(ids)
       tokens += len(ids)
       lengths = np.asarray([len(s) for s in sentence_ids], np.int64)
       arrays['sentence_index'].append(sentence_tokens + np.cumsum(lengths) - lengths)
       if sentence_ids:
-        arrays['sentence_tokens'].append(np.concatenate(sentence_ids))
+        arrays['sentence_tokens'].append(np.concatenate(
+            [np.asarray(s, dtype) for s in sentence_ids]))
       sentence_tokens += int(lengths.sum())
       sentences += len(sentence_ids)
   arrays['document_index'].append([tokens, sentences])  # closes the last document
@@ -94,8 +102,8 @@ def write_split(documents: Sequence[str], tokenizer: Any, directory: str, split:
   shards, tokens = [], 0
   for shard in range(num_shards):
     name = f'{split}-{shard:05d}-of-{num_shards:05d}'
-    texts = [documents[i] for i in range(shard * per_shard, min(count, (shard + 1) * per_shard))]
-    tokens += write_shard(texts, tokenizer, directory, name)
+    indices = range(shard * per_shard, min(count, (shard + 1) * per_shard))
+    tokens += write_shard(documents, indices, tokenizer, directory, name)
     shards.append(name)
   return {'documents': count, 'tokens': tokens, 'shards': shards,
           'corpus_fingerprint': corpus_fingerprint(documents),
