@@ -249,13 +249,41 @@ for row in $ROWS; do
   esac
 done
 
+# The format and length each row's host pipeline makes (SMOKE rows are all 64 long).
+row_format() {
+  local seq
+  case $1 in
+    clm) seq=1024; echo -n packed ;;
+    mlm) seq=128; echo -n packed ;;
+    mlm_nsp) seq=512; echo -n sentence_pairs ;;
+    plm) seq=512; echo -n packed ;;
+  esac
+  [ "$SMOKE" = 1 ] && seq=64
+  echo ":$seq"
+}
+
 if [ "$HOST_PIPELINE" = 1 ] && [ -z "$OURS_SKIP" ]; then
   batches=50
   [ "$SMOKE" = 1 ] && batches=5
+  # What each of our measured rows consumed, so the host rates come with their ratio to it.
+  consumes=()
+  seq_lens=128,512
+  [ "$SMOKE" = 1 ] && seq_lens=64
+  for row in $ROWS; do
+    log="$WORK/$row.ours.log"
+    [ -f "$WORK/$row.ours.remat_dots.log" ] && log="$WORK/$row.ours.remat_dots.log"
+    rate=$(grep -E '^\{.*"tokens_per_sec"' "$log" 2> /dev/null | tail -n 1 | "$PYTHON" -c \
+      'import json, sys; print(round(json.loads(sys.stdin.read())["tokens_per_sec"]))' 2> /dev/null)
+    [ -n "$rate" ] || continue
+    consumes+=("$(row_format "$row")=$rate")
+    [ "$row" = clm ] && [ "$SMOKE" != 1 ] && seq_lens=128,512,1024
+  done
+  consumes_arg=()
+  [ ${#consumes[@]} -gt 0 ] && consumes_arg=(--consumes "$(IFS=,; echo "${consumes[*]}")")
   pin=()
   command -v taskset > /dev/null 2>&1 && pin=(taskset -c 0)  # one core: tokens/s per core
   run_row host_pipeline host "${pin[@]}" "$PYTHON" -m benchmarks.host_pipeline \
-    --batches "$batches" --seq_lens 128,512 --output "$WORK/pretok"
+    --batches "$batches" --seq_lens "$seq_lens" --output "$WORK/pretok" "${consumes_arg[@]}"
 fi
 
 say "total ${BUDGET_S}s budget, $(elapsed)s used"

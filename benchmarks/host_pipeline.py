@@ -5,8 +5,9 @@
 
 Runs one process pinned to one thread (so tokens/s is per core), reads `--batches` batches of
 each format after one warm-up batch, and prints JSON lines: format, path (on_the_fly or
-pretokenized), tokens/s (all positions) and real tokens/s (segment_ids > 0). Also times pair
-construction per document at two corpus sizes (the ratio shows it is linear).
+pretokenized), tokens/s (all positions) and real tokens/s (segment_ids > 0), and, for a format
+and length named in --consumes, the ratio to what the device consumes (at least 3 keeps up).
+Also times pair construction per document at two corpus sizes (the ratio shows it is linear).
 """
 
 from __future__ import annotations
@@ -27,6 +28,26 @@ _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bert.py:tiny', 'Con
 _OUTPUT = flags.DEFINE_string('output', '/tmp/host_pipeline_pretok', 'Shard directory.')
 _BATCHES = flags.DEFINE_integer('batches', 200, 'Timed batches per format and path.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['128', '512'], 'Sequence lengths.')
+_CONSUMES = flags.DEFINE_list(
+    'consumes', [], 'What a device consumes, as FORMAT:SEQ=TOKENS_PER_SEC (e.g. '
+    'packed:1024=600000, from benchmarks/throughput.py); each matching line then gets the ratio '
+    'host_to_device, which should be at least 3.')
+
+HEADROOM = 3.0  # host tokens/s per core over what the device consumes, for a pipeline that keeps up
+
+
+def parse_consumes(entries: list[str]) -> dict[tuple[str, int], float]:
+  """{(format, seq_len): device tokens/s} of --consumes; a malformed entry is a one-line error."""
+  rates = {}
+  for entry in entries:
+    try:
+      key, rate = entry.split('=')
+      name, seq_len = key.split(':')
+      rates[(name, int(seq_len))] = float(rate)
+    except ValueError:
+      raise app.UsageError(f'--consumes={entry!r} is not FORMAT:SEQ=TOKENS_PER_SEC, e.g. '
+                           'packed:1024=600000.') from None
+  return rates
 
 
 def main(argv) -> None:
@@ -37,6 +58,7 @@ def main(argv) -> None:
   from data.tokens import EncodedDocuments  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
+  consumes = parse_consumes(_CONSUMES.value)
   train = pipeline.load_documents(config.data, 'train')
   tokenizer = tokenizer_lib.load_or_train(config.data, None, (train[i] for i in range(len(train))))
   start = time.process_time()
@@ -52,8 +74,14 @@ def main(argv) -> None:
                'pretokenized': stored}
       for path, view in views.items():
         iterator = reader.ExampleIterator(fmt, view, local_batch_size=32, seed=0)
-        print(json.dumps({'format': name, 'seq_len': seq_len, 'path': path,
-                          **host_rate(iterator, _BATCHES.value)}))
+        line = {'format': name, 'seq_len': seq_len, 'path': path,
+                **host_rate(iterator, _BATCHES.value)}
+        device = consumes.get((name, seq_len))
+        if device:  # the device reads padding positions too, so all positions count
+          line.update(device_tokens_per_sec=device,
+                      host_to_device=line['tokens_per_sec'] / device,
+                      keeps_up=line['tokens_per_sec'] >= HEADROOM * device)
+        print(json.dumps(line))
   # Pair construction per document at two corpus sizes (documents repeated to grow it).
   texts = [train[i] for i in range(len(train))]
   for copies in (1, 8):

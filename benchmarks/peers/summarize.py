@@ -171,12 +171,17 @@ def markdown(records: list[dict]) -> str:
                    f'{r["wall_s"]:.0f} s){": " + why if why else ""}')
   for r in records:
     if r['side'] == 'host' and r.get('host_pipeline'):
-      lines += ['', 'Host pipeline, one core (tokens/s, all positions):', '',
-                '| format | seq | path | tokens/s | real tokens/s |', '|---|---|---|---|---|']
+      lines += ['', 'Host pipeline, one core (tokens/s, all positions), against what our row of '
+                'that format and length consumed on the device (3x or more keeps up):', '',
+                '| format | seq | path | tokens/s | real tokens/s | device consumed | host / device |',
+                '|---|---|---|---|---|---|---|']
       for h in r['host_pipeline']:
+        ratio = h.get('host_to_device')
         lines.append(f'| {h["format"]} | {h.get("seq_len", "-")} | {h.get("path", "-")} | '
                      f'{_tokens(h["tokens_per_sec"])} | '
-                     f'{_tokens(h.get("real_tokens_per_sec"))} |')
+                     f'{_tokens(h.get("real_tokens_per_sec"))} | '
+                     f'{_tokens(h.get("device_tokens_per_sec"))} | '
+                     f'{"-" if ratio is None else f"{ratio:.1f}x"} |')
   return '\n'.join(lines) + '\n'
 
 
