@@ -45,6 +45,17 @@ class Objective(Protocol):
     ...
 
 
+def with_defaults(name: str, settings: Mapping[str, Any] | None,
+                  defaults: Mapping[str, Any]) -> dict[str, Any]:
+  """`config.<name>` over its registered defaults; an unknown key is a one-line error."""
+  given = dict(settings) if settings else {}
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f'Unknown setting config.{name}.{unknown[0]}: known settings are '
+                     f'{sorted(defaults)}.')
+  return {**defaults, **given}
+
+
 def base_inputs(batch: Batch) -> ModelInputs:
   """Model inputs straight from a host batch: bidirectional attention, logits everywhere."""
   return ModelInputs(

@@ -54,10 +54,7 @@ def next_token_targets(tokens: jax.Array, segment_ids: jax.Array) -> dict[str, j
 @register('clm', defaults=DEFAULTS)
 def make(settings: Mapping[str, Any] | None, *, vocab, seq_len: int) -> CausalLM:
   del vocab
-  settings = dict(DEFAULTS, **dict(settings or {}))
-  unknown = sorted(set(settings) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f'Unknown setting config.clm.{unknown[0]}: known are {sorted(DEFAULTS)}.')
+  settings = base.with_defaults('clm', settings, DEFAULTS)
   chunk = settings['loss_chunk']
   if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
     raise ValueError(f'config.clm.loss_chunk must be an integer >= 0 (0: whole sequence at '

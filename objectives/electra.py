@@ -229,13 +229,7 @@ class Electra:
 @register('electra', defaults=DEFAULTS)
 def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> Electra:
   """Validates config.electra and builds the objective."""
-  values = dict(DEFAULTS)
-  given = dict(settings) if settings else {}
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f'Unknown setting config.electra.{unknown[0]}: known settings are '
-                     f'{sorted(DEFAULTS)}.')
-  values.update(given)
+  values = base.with_defaults('electra', settings, DEFAULTS)
   rate = float(values['mask_rate'])
   if not 0.0 < rate < 1.0:
     raise ValueError(f'config.electra.mask_rate must be in (0, 1), got {rate}.')

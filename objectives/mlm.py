@@ -264,12 +264,7 @@ class MaskedLM:
 @register('mlm', defaults=DEFAULTS)
 def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> MaskedLM:
   """Validates config.mlm and builds the objective."""
-  values = dict(DEFAULTS)
-  given = dict(settings) if settings else {}
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f'Unknown setting config.mlm.{unknown[0]}: known settings are {sorted(DEFAULTS)}.')
-  values.update(given)
+  values = base.with_defaults('mlm', settings, DEFAULTS)
   rate = float(values['mask_rate'])
   if not 0.0 < rate < 1.0:
     raise ValueError(f'config.mlm.mask_rate must be in (0, 1), got {rate}.')

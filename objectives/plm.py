@@ -190,10 +190,7 @@ def resolve_num_predict(settings: Mapping[str, Any], seq_len: int) -> int:
 @register('plm', defaults=DEFAULTS)
 def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> PermutationLM:
   """Validates config.plm against seq_len and builds the objective."""
-  settings = dict(DEFAULTS, **dict(settings or {}))
-  unknown = sorted(set(settings) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f'Unknown setting config.plm.{unknown[0]}: known are {sorted(DEFAULTS)}.')
+  settings = base.with_defaults('plm', settings, DEFAULTS)
   for key, kinds, kind in (('k', (int, float), 'a number'), ('num_predict', int, 'an integer'),
                            ('max_span', int, 'an integer')):
     if not isinstance(settings[key], kinds) or isinstance(settings[key], bool):

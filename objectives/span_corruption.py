@@ -160,13 +160,7 @@ def fitting_length(seq_len: int, noise_density: float, mean_span_length: float,
 @register('span_corruption', defaults=DEFAULTS)
 def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> SpanCorruption:
   """Validates config.span_corruption and builds the objective."""
-  values = dict(DEFAULTS)
-  given = dict(settings) if settings else {}
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f'Unknown setting config.span_corruption.{unknown[0]}: known settings are '
-                     f'{sorted(DEFAULTS)}.')
-  values.update(given)
+  values = base.with_defaults('span_corruption', settings, DEFAULTS)
   density = float(values['noise_density'])
   if not 0.0 < density < 1.0:
     raise ValueError(f'config.span_corruption.noise_density must be in (0, 1), got {density}.')
