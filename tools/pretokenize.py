@@ -42,8 +42,10 @@ def main(argv) -> None:
         config.data, None, (train[i] for i in range(len(train))))
     metadata = pretokenize.write(config.data, _OUTPUT.value, _SPLITS.value, _SHARDS.value,
                                  tokenizer, pipeline.load_documents)
-  except (ValueError, FileNotFoundError) as error:
+  except ValueError as error:
     raise SystemExit(f'pretokenize: {error}') from None
+  except OSError as error:  # unwritable or full --output, missing corpus files
+    raise SystemExit(f'pretokenize: {error} (writing --output={_OUTPUT.value}).') from None
   for split, info in metadata['splits'].items():
     print(f'{split}: {info["documents"]} documents, {info["tokens"]} tokens in '
           f'{len(info["shards"])} shards')
