@@ -44,8 +44,8 @@ def main(argv) -> None:
                                  tokenizer, pipeline.load_documents)
   except ValueError as error:
     raise SystemExit(f'pretokenize: {error}') from None
-  except OSError as error:  # unwritable or full --output, missing corpus files
-    raise SystemExit(f'pretokenize: {error} (writing --output={_OUTPUT.value}).') from None
+  except OSError as error:  # an unwritable or full --output
+    raise SystemExit(f'pretokenize: {error} (while writing --output={_OUTPUT.value}).') from None
   for split, info in metadata['splits'].items():
     print(f'{split}: {info["documents"]} documents, {info["tokens"]} tokens in '
           f'{len(info["shards"])} shards')
