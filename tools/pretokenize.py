@@ -42,7 +42,7 @@ def main(argv) -> None:
         config.data, None, (train[i] for i in range(len(train))))
     metadata = pretokenize.write(config.data, _OUTPUT.value, _SPLITS.value, _SHARDS.value,
                                  tokenizer, pipeline.load_documents)
-  except ValueError as error:
+  except (ValueError, FileNotFoundError) as error:  # bad settings, missing corpus files
     raise SystemExit(f'pretokenize: {error}') from None
   except OSError as error:  # an unwritable or full --output
     raise SystemExit(f'pretokenize: {error} (while writing --output={_OUTPUT.value}).') from None
