@@ -22,7 +22,7 @@ import ml_collections  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from benchmarks.host_rate import host_rate  # pylint: disable=wrong-import-position
+from benchmarks.host_rate import HEADROOM, host_rate, parse_consumes  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bert.py:tiny', 'Config[:preset].')
 _OUTPUT = flags.DEFINE_string('output', '/tmp/host_pipeline_pretok', 'Shard directory.')
@@ -33,23 +33,6 @@ _CONSUMES = flags.DEFINE_list(
     'packed:1024=600000, from benchmarks/throughput.py); each matching line then gets the ratio '
     'host_to_device, which should be at least 3.')
 
-HEADROOM = 3.0  # host tokens/s per core over what the device consumes, for a pipeline that keeps up
-
-
-def parse_consumes(entries: list[str]) -> dict[tuple[str, int], float]:
-  """{(format, seq_len): device tokens/s} of --consumes; a malformed entry is a one-line error."""
-  rates = {}
-  for entry in entries:
-    try:
-      key, rate = entry.split('=')
-      name, seq_len = key.split(':')
-      rates[(name, int(seq_len))] = float(rate)
-    except ValueError:
-      raise app.UsageError(f'--consumes={entry!r} is not FORMAT:SEQ=TOKENS_PER_SEC, e.g. '
-                           'packed:1024=600000.') from None
-  return rates
-
-
 def main(argv) -> None:
   del argv
   from data import formats, pipeline, pretokenize, reader  # pylint: disable=import-outside-toplevel
@@ -58,7 +41,10 @@ def main(argv) -> None:
   from data.tokens import EncodedDocuments  # pylint: disable=import-outside-toplevel
 
   config = _CONFIG.value
-  consumes = parse_consumes(_CONSUMES.value)
+  try:
+    consumes = parse_consumes(_CONSUMES.value)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
   train = pipeline.load_documents(config.data, 'train')
   tokenizer = tokenizer_lib.load_or_train(config.data, None, (train[i] for i in range(len(train))))
   start = time.process_time()

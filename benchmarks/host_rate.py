@@ -1,4 +1,5 @@
-"""Host tokens/s per CPU second of a batch iterator (no flags: the benchmarks share it)."""
+"""Host tokens/s per CPU second of a batch iterator, and what a device consumes (no flags: the
+benchmarks and tests share it)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,21 @@ def host_rate(iterator: Any, batches: int) -> dict[str, float]:
     real += int((batch['segment_ids'] > 0).sum())
   seconds = time.process_time() - start
   return {'tokens_per_sec': tokens / seconds, 'real_tokens_per_sec': real / seconds}
+
+
+HEADROOM = 3.0  # host tokens/s per core over what the device consumes, for a pipeline that keeps up
+
+
+def parse_consumes(entries: list[str]) -> dict[tuple[str, int], float]:
+  """{(format, seq_len): device tokens/s} of FORMAT:SEQ=TOKENS_PER_SEC entries; a malformed
+  one is a one-line ValueError."""
+  rates = {}
+  for entry in entries:
+    try:
+      key, rate = entry.split('=')
+      name, seq_len = key.split(':')
+      rates[(name, int(seq_len))] = float(rate)
+    except ValueError:
+      raise ValueError(f'--consumes={entry!r} is not FORMAT:SEQ=TOKENS_PER_SEC, e.g. '
+                       'packed:1024=600000.') from None
+  return rates
