@@ -91,7 +91,8 @@ def test_preempted_run_resumes_with_the_losses_of_an_uninterrupted_run(tmp_path,
 def test_interrupted_launcher_deletes_every_slice_it_made(tmp_path):
   state = str(tmp_path / 'cloud')
   env = dict(os.environ, **helpers.fake_environment(state))
-  helpers.write_script(state, {'default': {'ssh': 'hang'}})
+  # Deleting takes a second a slice, so the second signal below lands while slices are deleted.
+  helpers.write_script(state, {'default': {'ssh': 'hang', 'delete_seconds': 1}})
   launcher = subprocess.Popen(
       [sys.executable, 'tools/launch.py', '--sweep', seeds_sweep(tmp_path, 3), '--workdir_root',
        str(tmp_path / 'runs'), '--max_slices', '2', *TPU], cwd=helpers.REPO, env=env,
@@ -106,6 +107,7 @@ def test_interrupted_launcher_deletes_every_slice_it_made(tmp_path):
     launcher.send_signal(signal.SIGINT)  # an impatient second Ctrl-C must not skip deletion
   output = launcher.communicate(timeout=60)[0]
   assert launcher.returncode == 130, output
+  assert 'still deleting slices; please wait' in output
   created, deleted, most = helpers.slice_lifetimes(state)
   assert len(created) == 2 and most == 2 and sorted(deleted) == sorted(created), output
   assert not os.listdir(os.path.join(state, 'qr'))
