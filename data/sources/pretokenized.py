@@ -4,7 +4,7 @@
 and, per split and shard, four memory-mapped `.npy` arrays (the layout of Megatron's indexed
 datasets): every document's ids end to end (`tokens`), every sentence's ids end to end
 (`sentence_tokens`, for sentence pairs), and two offset tables into them. Reading a document
-is a slice of a memory map, about 1 us, where a record of an ArrayRecord file costs 25-40 us
+is a slice of a memory map, about 2 us, where a record of an ArrayRecord file costs 25-40 us
 (BENCHMARKS.md, host pipeline); each host touches only the pages of its own documents, so a
 pod-scale run neither tokenizes nor loads the corpus at start. The fingerprint stored with
 the shards is the one of the source corpus, so a run resumes across the on-the-fly and
@@ -68,9 +68,12 @@ class _Shard:
 
   def sentences(self, index: int) -> list[np.ndarray]:
     first, last = self.document_index[index, 1], self.document_index[index + 1, 1]
+    if last == first:
+      return []
     offsets = self.sentence_index[first:last + 1]
     ids = self.sentence_tokens[offsets[0]:offsets[-1]].astype(np.int32)
-    return np.split(ids, offsets[1:-1] - offsets[0]) if last > first else []
+    offsets = (offsets - offsets[0]).tolist()
+    return [ids[start:end] for start, end in zip(offsets, offsets[1:])]
 
 
 class PretokenizedDocuments:
