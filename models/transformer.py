@@ -382,12 +382,12 @@ class Transformer(nn.Module):
       if query_term is not None:
         query = query + query_term
       query_segments = _gather(segments, inputs.query_index)
-      query_pattern = masks.attention_mask(
+      query_mask = masks.attention_mask(
           query_segments, segments, _gather(order, inputs.query_index), order, strict=True)
       if num_prompt:
-        query_pattern = masks.prepend_prompt(query_pattern, query_segments, num_prompt,
+        query_mask = masks.prepend_prompt(query_mask, query_segments, num_prompt,
                                           prompt_queries=False)
-      query_pattern = attention_lib.AttentionPattern(mask=query_pattern)
+      query_pattern = attention_lib.AttentionPattern(mask=query_mask)
 
     block = Block
     if cfg.remat != 'none':
@@ -395,24 +395,26 @@ class Transformer(nn.Module):
       block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
     carry = (x, query)
     layer_args = (positions, content_pattern, query_positions, query_pattern)
-    if cache is not None:
-      layer_args += ((cache.key, cache.value), cache.index)
-    layer_args_at = lambda i: layer_args if cache is None else layer_args[:4] + (
-        (cache.key[i], cache.value[i]), cache.index)
+
+    def layer_args_at(layers):
+      """The block's arguments for `layers` (an index, or a slice for the scan): with a cache,
+      their slice of the stacked keys and values."""
+      if cache is None:
+        return layer_args
+      return layer_args + ((cache.key[layers], cache.value[layers]), cache.index)
+
     if cfg.scan_layers:
       # A two-stream model's last layer runs apart from the scan, so that its dead content
       # stream can be left out (see Block); its parameters are then `last_layer`.
       scanned = cfg.num_layers - 1 if cfg.two_stream and cfg.num_layers > 1 else cfg.num_layers
-      scan_args = layer_args
-      if cache is not None:
-        scan_args = layer_args[:4] + ((cache.key[:scanned], cache.value[:scanned]), cache.index)
       # With a cache, each layer reads its own slice of the stacked keys and values.
       cache_axes = () if cache is None else (0, nn.broadcast)
       stack = nn.scan(
           block, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
           in_axes=(nn.broadcast,) * 4 + cache_axes, length=scanned,
           metadata_params={nn.PARTITION_NAME: 'layers'})
-      carry, layer_caches = stack(cfg, deterministic, name='layers')(carry, *scan_args)
+      carry, layer_caches = stack(cfg, deterministic, name='layers')(
+          carry, *layer_args_at(slice(0, scanned)))
       if scanned < cfg.num_layers:
         carry, last_cache = block(cfg, deterministic, last=True, name='last_layer')(
             carry, *layer_args_at(scanned))
