@@ -14,6 +14,7 @@ pretokenized paths of the same corpus and tokenizer.
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 from typing import Any
@@ -92,10 +93,10 @@ class PretokenizedDocuments:
                          'tokenizer': metadata['tokenizer_fingerprint'],
                          'documents': info['documents']}
     self._shards = [_Shard(directory, shard) for shard in info['shards']]
-    self._ends = list(np.cumsum([len(shard) for shard in self._shards]).tolist())
-    if (self._ends[-1] if self._ends else 0) != info['documents']:
-      raise ValueError(f'{self.name} holds {self._ends[-1] if self._ends else 0} documents but '
-                       f'{METADATA} says {info["documents"]}: run tools/pretokenize.py again.')
+    self._ends = list(itertools.accumulate(len(shard) for shard in self._shards))
+    if len(self) != info['documents']:
+      raise ValueError(f'{self.name} holds {len(self)} documents but {METADATA} says '
+                       f'{info["documents"]}: run tools/pretokenize.py again.')
     self._tokenizer = None
 
   def __len__(self) -> int:
