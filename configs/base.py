@@ -75,7 +75,7 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       grad_clip_norm=1.0,
   ))
 
-  config.model = ml_collections.ConfigDict(dict(dict(
+  model = dict(
       vocab_size=0,  # 0: the tokenizer's size
       max_len=max(512, shape['seq_len']),
       head_dim=0,
@@ -90,7 +90,9 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
       tie_embeddings=True,
       lm_transform=False,
       layer_norm_eps=1e-6,
-      init_std=0.02), **MODEL_PRESETS[preset]))
+      init_std=0.02)
+  # The preset's sizes, and its dtype where it sets one, over the defaults above.
+  config.model = ml_collections.ConfigDict({**model, **MODEL_PRESETS[preset]})
 
   # Shared data settings plus each registered source's and format's own (data/config.py).
   config.data = data_config.data_config(shape['vocab_size'])

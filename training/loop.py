@@ -275,8 +275,8 @@ class Trainer:
     for index, host_batch in enumerate(eval_iter):
       if index >= self.config.eval_steps:
         break
-      total = step_lib.accumulate(total, self.eval_step(self.state.params, self.device_batch(host_batch),
-                                               index))
+      metrics = self.eval_step(self.state.params, self.device_batch(host_batch), index)
+      total = step_lib.accumulate(total, metrics)
     if total is None:
       self.progress.message('The validation split gave no batch: evaluation skipped.')
       return {}
