@@ -181,3 +181,38 @@ def test_record_source_maps_indices_across_files(corpus, record_reads):
   assert [sliced[i] for i in (0, 9, 10, 34)] == [expected[i] for i in (0, 9, 10, 34)]
   with pytest.raises(IndexError):
     source[len(expected)]
+
+
+def test_text_field_read_straight_from_the_example_equals_tfds_decoding(tmp_path):
+  """A plain Text field is parsed from the stored example without tfds' decoding, and gives
+  the same bytes for every record (non-ASCII, empty, multi-line); another field, or none, is
+  decoded by tfds."""
+  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+  def feature_dict():
+    return {'text': tfds.features.Text(), 'title': tfds.features.Text(),
+            'year': tfds.features.Scalar(np.int32)}
+  features = tfds.features.FeaturesDict(feature_dict())
+  texts = ['naïve café — 日本語 😀', '', 'two\n\nparagraphs\r\n', 'x' * 5000, 'plain']
+  path = str(tmp_path / 'mixed.array_record-00000-of-00001')
+  writer = array_record_module.ArrayRecordWriter(path, 'group_size:1')
+  for year, text in enumerate(texts):
+    writer.write(features.serialize_example({'text': text, 'title': text[::-1], 'year': year}))
+  writer.close()
+  instruction = tfds.core.utils.shard_utils.FileInstruction(
+      path, skip=0, take=len(texts), examples_in_shard=len(texts))
+  by_tfds = store.RecordSource([instruction], features).__getitems__(range(len(texts)))
+  assert [example['text'] for example in by_tfds] == [text.encode() for text in texts]
+
+  class NoDecoding(tfds.features.FeaturesDict):
+    def deserialize_example_np(self, *args, **kwargs):
+      raise AssertionError('the text field should not need tfds decoding')
+
+  direct = store.RecordSource([instruction], NoDecoding(feature_dict()), 'text')
+  assert direct.__getitems__(range(len(texts))) == [{'text': e['text']} for e in by_tfds]
+  assert (DocumentSource(direct, 'text', 'mixed').read([4, 0, 1])
+          == [texts[4], texts[0], texts[1]])
+  # A field that is not plain text (and a missing one) is decoded whole, by tfds.
+  for field in ('year', 'absent'):
+    whole = store.RecordSource([instruction], features, field).__getitems__(range(len(texts)))
+    assert [int(example['year']) for example in whole] == list(range(len(texts)))
+    assert [example['title'] for example in whole] == [e['title'] for e in by_tfds]

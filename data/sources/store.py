@@ -22,6 +22,7 @@ from typing import Any
 import ml_collections
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
+from tensorflow_datasets.proto import tf_example_pb2
 
 from data.cache import cache_root
 from data.cleaning import why_empty
@@ -124,6 +125,14 @@ class _NoCustomConfigWarning(logging.Filter):
 logging.getLogger('absl').addFilter(_NoCustomConfigWarning())
 
 
+def _plain_text(features: Any, field: str | None) -> bool:
+  """Whether `field` is a top-level tfds `Text` feature without an encoder (stored as one
+  utf-8 value of a bytes_list), which can be read without decoding the whole example."""
+  feature = features[field] if field is not None and field in features else None
+  exactly_text = type(feature) is tfds.features.Text  # pylint: disable=unidiomatic-typecheck
+  return exactly_text and getattr(feature, 'encoder', None) is None
+
+
 class RecordSource(Sequence):
   """A built split's examples by index, decoded as tfds decodes them, read in the caller's
   thread: one record per `[index]`, many per `__getitems__` (each file's records of a batch in
@@ -132,13 +141,19 @@ class RecordSource(Sequence):
   tfds' and array_record's data sources read a batch in a new thread pool per call, which cost
   about half as much CPU again per document in batches of 64 (105 us against 68 us, with
   decoding; a single-record read is about 200 us: BENCHMARKS.md, host pipeline).
+
+  With `text_field` naming a plain `Text` feature, an example is `{text_field: bytes}` parsed
+  straight from its `tf.train.Example`, the same bytes as tfds' decoding at 2.3 us a record
+  instead of 14 (its parser turns every feature into numpy first).
   """
 
-  def __init__(self, file_instructions: Sequence[Any], features: Any):
+  def __init__(self, file_instructions: Sequence[Any], features: Any,
+               text_field: str | None = None):
     self._files = [(os.fspath(instruction.filename), int(instruction.skip))
                    for instruction in file_instructions]
     self._ends = list(itertools.accumulate(int(i.take) for i in file_instructions))
     self._features = features
+    self._text_field = text_field if _plain_text(features, text_field) else None
     self._readers: list[Any] = [None] * len(self._files)
     self._lock = threading.Lock()
 
@@ -162,7 +177,14 @@ class RecordSource(Sequence):
     for file, (slots, positions) in by_file.items():
       for slot, record in zip(slots, self._reader(file).read(positions)):
         records[slot] = record
-    return [self._features.deserialize_example_np(record) for record in records]
+    return [self._decode(record) for record in records]
+
+  def _decode(self, record: bytes) -> Any:
+    if self._text_field is not None:
+      feature = tf_example_pb2.Example.FromString(record).features.feature.get(self._text_field)
+      if feature is not None and len(feature.bytes_list.value) == 1:
+        return {self._text_field: feature.bytes_list.value[0]}
+    return self._features.deserialize_example_np(record)  # anything else, as tfds decodes it
 
   def _reader(self, file: int) -> Any:
     """The file's reader, opened on first use (once, however many threads ask)."""
@@ -214,7 +236,7 @@ def build_and_load(make_builder: Callable[[], Any], data_dir: str, split_name: s
   if base_split not in info.splits:
     raise ValueError(f'{setting}={split_name!r} is not a split of {builder.name} '
                      f'(splits: {", ".join(info.splits)}).')
-  source = RecordSource(info.splits[split_name].file_instructions, info.features)
+  source = RecordSource(info.splits[split_name].file_instructions, info.features, text_field)
   checksums = metadata.get('checksums', {})
   identity = f'{info.full_name}[{split_name}]'
   if base_split in checksums and base_split == split_name:
