@@ -121,7 +121,6 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
   import jax
 
   from data import pipeline
-  from data import tokenizer as tokenizer_lib
   from models.config import ModelConfig
   from objectives import registry
   from training import checks, distributed, flops, mesh as mesh_lib
@@ -136,6 +135,8 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
     checks.check_resume(config, workdir)
 
   train_docs = pipeline.load_documents(config.data, 'train') if data else None
+  if data or vocab is None:  # SentencePiece is imported only where a tokenizer is needed
+    from data import tokenizer as tokenizer_lib
   if data:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer_lib.load_or_train(  # reads the first tokenizer_max_chars only
