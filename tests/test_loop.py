@@ -88,6 +88,26 @@ def test_token_budget_stops_at_the_budget_and_records_compute(tmp_path, shared_c
       {k for k in kept if k <= last} | {last})
 
 
+def test_token_budget_outlasts_a_short_step_estimate(tmp_path, shared_cache, monkeypatch):
+  """The planned steps only shape the schedule: a run whose estimate falls short trains on
+  until its real tokens reach the budget, at the schedule's final learning rate."""
+  from training import loop  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(loop, 'planned_steps', lambda exp: 2)
+  config = small_run_config(bert.get_config('tiny'), shared_cache, total_steps=1000,
+                            log_every=1, eval_steps=0, checkpoint_every=1000)
+  config.budget.tokens = 2000
+  train.run(config, str(tmp_path))
+  _, records = run_records(str(tmp_path))
+  tokens = [r['tokens'] for r in records]
+  assert len(records) > 2 and tokens[-1] >= 2000 > tokens[-2]
+  end = config.optimizer.learning_rate * config.optimizer.end_learning_rate_ratio
+  assert [r['learning_rate'] for r in records[2:]] == pytest.approx([end] * (len(records) - 2))
+  status = json.load(open(tmp_path / 'status.json', encoding='utf-8'))
+  assert (status['state'], status['step']) == ('done', len(records))
+  train.run(config, str(tmp_path))  # run again: nothing to do, no step added
+  assert len(run_records(str(tmp_path))[1]) == len(records)
+
+
 def test_resume_mid_interval_logs_the_uninterrupted_average_and_pause_at_the_end(
     tmp_path, shared_cache):
   def config(**overrides):

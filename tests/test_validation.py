@@ -43,6 +43,12 @@ def test_every_preset_passes(module, preset):
     ('eval_steps', -1, 'config.eval_steps must be >= 0, got -1.'),
     ('total_steps', 2.5, 'config.total_steps must be an integer, got 2.5.'),
     ('model.embed_dim', 102, 'config.model.embed_dim=102 does not divide by'),
+    ('budget.tokens', -5, 'config.budget.tokens must be >= 0, got -5.'),
+    ('budget.flops', -1.0, 'config.budget.flops must be >= 0, got -1.0.'),
+    ('budget.keep_fractions', (0.5, 2.0),
+     'config.budget.keep_fractions must be fractions of the run in (0, 1], got 2.0.'),
+    ('budget.keep_fractions', (0.0,),
+     'config.budget.keep_fractions must be fractions of the run in (0, 1], got 0.0.'),
 ])
 def test_out_of_range_settings_are_one_line_errors(key, value, expected):
   config = clm.get_config('tiny')
@@ -56,6 +62,14 @@ def test_out_of_range_settings_are_one_line_errors(key, value, expected):
   with pytest.raises(ValueError) as error:
     checks.check_values(config)
   assert str(error.value).startswith(expected) and '\n' not in str(error.value)
+
+
+def test_two_budgets_at_once_are_refused():
+  config = clm.get_config('tiny')
+  config.budget.tokens, config.budget.flops = 1000, 1e9
+  with pytest.raises(ValueError, match=r'^config.budget.tokens and config.budget.flops are both '
+                     r'set: a run stops at one budget; set the other to 0.$'):
+    checks.check_values(config)
 
 
 def _saved_run(tmp_path, config):

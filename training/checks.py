@@ -92,6 +92,8 @@ RANGES: dict[str, tuple[str, tuple[float, bool] | None, tuple[float, bool] | Non
     'distributed.num_processes': (_INT, (0, True), None),
     'distributed.process_id': (_INT, (-1, True), None),
     'nonfinite.max_consecutive': (_INT, (1, True), None),
+    'budget.tokens': (_INT, (0, True), None),
+    'budget.flops': (_FLOAT, (0, True), None),
 }
 
 
@@ -122,9 +124,25 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f'config.{key} must be {_describe(low, high)}, got {value!r}.')
 
 
+def check_budget(budget: Any) -> None:
+  """One compute budget at most, and kept fractions of the run within (0, 1]."""
+  if budget.get('tokens', 0) and budget.get('flops', 0):
+    raise ValueError('config.budget.tokens and config.budget.flops are both set: a run stops at '
+                     'one budget; set the other to 0.')
+  fractions = budget.get('keep_fractions', ()) or ()
+  if isinstance(fractions, (int, float)):
+    fractions = (fractions,)
+  for fraction in fractions:
+    if (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)
+        or not 0 < fraction <= 1):
+      raise ValueError(f'config.budget.keep_fractions must be fractions of the run in (0, 1], '
+                       f'got {fraction!r}.')
+
+
 def check_values(config: ml_collections.ConfigDict) -> None:
   """Numbers that cannot work, caught before any data is read."""
   check_ranges(config)
+  check_budget(config.get('budget', {}))
   if config.model.position == 'learned' and config.seq_len > config.model.max_len:
     raise ValueError(f'config.seq_len={config.seq_len} exceeds the {config.model.max_len} learned '
                      'positions: raise config.model.max_len or lower config.seq_len.')

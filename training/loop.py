@@ -15,6 +15,7 @@ checkpoint saves the position of the last batch trained on.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -359,10 +360,17 @@ class Trainer:
     tokens = self.config.get('budget', {}).get('tokens', 0)
     return bool(tokens) and self.tokens_seen() >= tokens
 
+  def finished(self, step: int) -> bool:
+    """Whether the run ends after `step`: at its token budget where it has one (however many
+    steps that takes: the planned steps only shape the schedule), else at its last step."""
+    if self.config.get('budget', {}).get('tokens', 0):
+      return step > 0 and self.budget_reached()
+    return step >= self.total_steps
+
   # -- the loop ----------------------------------------------------------------------------
   def run(self) -> dict[str, float]:
     config = self.config
-    if self.step >= self.total_steps or (self.step and self.budget_reached()):
+    if self.finished(self.step):
       self.progress.message(f'Nothing to do: the run in {self.workdir} is at step {self.step} '
                             f'of {self.total_steps}.')
       return {}
@@ -384,7 +392,7 @@ class Trainer:
     self.feed = prefetch.make_feed(self.exp.train_iter, self._train_batch,
                                    config.data.get('prefetch', prefetch.DEFAULT_DEPTH))
     first = True
-    for step in range(self.step + 1, self.total_steps + 1):
+    for step in itertools.count(self.step + 1):
       started = time.time()
       batch, batch_tokens = next(self.feed)
       self.local_tokens += batch_tokens
@@ -400,7 +408,7 @@ class Trainer:
       else:
         self.interval['timed_steps'] += 1
         self.interval['timed_tokens'] += batch_tokens
-      last = step == self.total_steps or self.budget_reached()
+      last = self.finished(step)
       if step % config.log_every == 0 or last:
         self.log(step)
         self.interval['start'] = time.time()

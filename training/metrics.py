@@ -153,7 +153,7 @@ class Progress:
             seconds_per_step: float) -> None:
     if not self.enabled:
       return
-    eta = format_duration((self.total_steps - step) * seconds_per_step)
+    eta = format_duration(max(self.total_steps - step, 0) * seconds_per_step)
     extras = ''.join(f' | {k} {v:.3f}' for k, v in values.items()
                      if k.endswith('accuracy') and k != 'accuracy')
     accuracy = values.get('accuracy')
