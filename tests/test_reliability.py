@@ -390,3 +390,31 @@ def test_corrupted_newest_checkpoint_resumes_from_the_one_before_exactly(tmp_pat
   assert sorted(losses) == list(range(1, STEPS + 3))
   assert os.listdir(os.path.join(workdir, 'checkpoints_rejected'))[0].startswith(f'{STEPS}.')
   assert STEPS + 2 in [int(n) for n in os.listdir(checkpoints) if n.isdigit()]
+
+
+def test_resume_on_an_edited_corpus_is_a_one_line_error_that_keeps_the_run(
+    tmp_path, shared_cache):
+  """The saved data position names its corpus: after the train file changed, resuming stops
+  in one line naming the fix, and the workdir's records are untouched."""
+  words = 'amber basin cedar delta ember fjord grove harbor inlet juniper'.split()
+  rng = np.random.default_rng(0)
+  paragraphs = ['. '.join(' '.join(rng.choice(words, 6)) for _ in range(3)).capitalize() + '.'
+                for _ in range(60)]
+  corpus = tmp_path / 'train.txt'
+  corpus.write_text('\n\n'.join(paragraphs) + '\n')
+  config = small_run_config(base_config.get_config('clm', 'tiny'), shared_cache, total_steps=4,
+                            eval_steps=0, log_every=1, pause_at_step=2)
+  config.data.update(source='text', train_files=str(corpus), vocab_size=320,
+                     data_dir=str(tmp_path / 'tfds'))
+  workdir = str(tmp_path / 'run')
+  train.run(config, workdir)
+  before = {name: open(os.path.join(workdir, name), 'rb').read()
+            for name in ('metrics.jsonl', 'config.json', 'status.json')}
+  with open(corpus, 'a', encoding='utf-8') as f:
+    f.write('\nA new closing paragraph. It changes the corpus.\n')
+  with pytest.raises(train.SetupError) as error:
+    train.run(config, workdir)
+  message = str(error.value)
+  assert message.startswith('The saved data position') and '\n' not in message
+  assert 'different corpus' in message and 'start a new workdir' in message
+  assert {name: open(os.path.join(workdir, name), 'rb').read() for name in before} == before

@@ -207,7 +207,10 @@ class Trainer:
     if found is not None:
       _, self.state, saved = found
       position = saved.get('iterator', saved) if isinstance(saved, dict) else saved
-      self.exp.train_iter.set_state(position)
+      try:
+        self.exp.train_iter.set_state(position)
+      except ValueError as error:  # a position of another corpus, tokenizer or format
+        raise RestoreError(str(error)) from error
       self.step = self.saved_step = int(self.state.step)
       self.local_tokens = int(saved.get('tokens', 0))
       self.train_seconds = float(saved.get('train_seconds', 0.0))
