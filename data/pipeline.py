@@ -6,6 +6,7 @@ data/formats/, and the reader every format shares in data/reader.py.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator, Protocol
 
 import numpy as np
@@ -52,6 +53,13 @@ def example_batch(data_format: str, batch_size: int, seq_len: int,
   return batch
 
 
+def _same_file(first: str | None, second: str) -> bool:
+  try:
+    return bool(first) and os.path.samefile(first, second)
+  except OSError:
+    return False
+
+
 def tokenized_view(documents: Any, tokenizer: Any) -> Any:
   """Documents as the formats read them: stored ids (pretokenized) or text encoded on the fly.
 
@@ -60,9 +68,12 @@ def tokenized_view(documents: Any, tokenizer: Any) -> Any:
   if hasattr(documents, 'document') and hasattr(documents, 'sentences'):
     made_by = documents.fingerprint()['tokenizer']
     if made_by != tokenizer_fingerprint(tokenizer.encode):
+      stored = os.path.join(getattr(documents, 'directory', ''), 'tokenizer.model')
+      fix = ('write the shards again with tools/pretokenize.py' if _same_file(tokenizer.path, stored)
+             else 'leave config.data.tokenizer empty to use the tokenizer.model stored with the '
+             'shards')
       raise ValueError(f'{documents.name} was tokenized by another tokenizer than the run\'s '
-                       f'({tokenizer.path}); leave config.data.tokenizer empty to use the '
-                       'tokenizer.model stored with the shards.')
+                       f'({tokenizer.path}): {fix}.')
     return documents
   batch = getattr(tokenizer, 'encode_batch', None)
   # One thread, so encoding never takes cores from the training step. Batching saves little

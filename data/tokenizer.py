@@ -184,6 +184,10 @@ def load_or_train(data_config: ml_collections.ConfigDict, workdir: str | None,
   user_path = data_config.tokenizer
   if not user_path and data_config.get('source') == 'pretokenized':
     user_path = os.path.join(os.path.expanduser(data_config.pretokenized_dir), MODEL_FILENAME)
+    if not epath.Path(user_path).exists():
+      raise FileNotFoundError(f'config.data.pretokenized_dir holds no {MODEL_FILENAME} '
+                              f'({user_path}): write the shards again with tools/pretokenize.py, '
+                              'or point config.data.tokenizer at the model that made them.')
   if user_path:
     if not epath.Path(user_path).exists():
       raise FileNotFoundError(f'config.data.tokenizer={user_path!r} does not exist; point it at '

@@ -206,6 +206,20 @@ def test_pretokenized_shards_of_another_version_or_incomplete_are_refused(tmp_pa
   with pytest.raises(ValueError, match='version 1, this code reads version 2.*pretokenize') as error:
     pipeline.load_documents(config, 'train')
   assert '\n' not in str(error.value)
+  # The shards' own tokenizer.model replaced (or lost): the fix is to write them again.
+  copy = tmp_path / 'pretok_other_model'
+  shutil.copytree(corpus_dir / 'pretok', copy)
+  config.pretokenized_dir = str(copy)
+  other = tokenizer_lib.load_or_train(data_config(330), None, make_documents(200, seed=9))
+  shutil.copy(other.path, copy / 'tokenizer.model')
+  stored = tokenizer_lib.load_or_train(config, None, [])
+  with pytest.raises(ValueError, match=r'another tokenizer .*: write the shards again with '
+                     r'tools/pretokenize.py\.$'):
+    pipeline.tokenized_view(pipeline.load_documents(config, 'train'), stored)
+  (copy / 'tokenizer.model').unlink()
+  with pytest.raises(FileNotFoundError, match=r'^config.data.pretokenized_dir holds no '
+                     r'tokenizer.model .*tools/pretokenize.py'):
+    tokenizer_lib.load_or_train(config, None, [])
   assert pretokenized.token_dtype(65536) == np.uint16 and pretokenized.token_dtype(65537) == np.uint32
 
 
@@ -223,7 +237,7 @@ def test_changed_corpus_or_tokenizer_is_a_one_line_error(documents, tokenizer, c
   with pytest.raises(ValueError, match='different tokenizer') as error:
     _iterator(texts, other, 'packed').set_state(state)
   assert '\n' not in str(error.value)
-  with pytest.raises(ValueError, match='another tokenizer'):
+  with pytest.raises(ValueError, match='another tokenizer .*: leave config.data.tokenizer empty'):
     pipeline.tokenized_view(documents['pretokenized'], other)
 
 
