@@ -392,20 +392,53 @@ def test_corrupted_newest_checkpoint_resumes_from_the_one_before_exactly(tmp_pat
   assert STEPS + 2 in [int(n) for n in os.listdir(checkpoints) if n.isdigit()]
 
 
-def test_resume_on_an_edited_corpus_is_a_one_line_error_that_keeps_the_run(
-    tmp_path, shared_cache):
-  """The saved data position names its corpus: after the train file changed, resuming stops
-  in one line naming the fix, and the workdir's records are untouched."""
+def _text_run_config(tmp_path, shared_cache, objective='clm', **overrides):
+  """A tiny run over a local text file of 60 three-sentence paragraphs, paused at step 2."""
   words = 'amber basin cedar delta ember fjord grove harbor inlet juniper'.split()
   rng = np.random.default_rng(0)
   paragraphs = ['. '.join(' '.join(rng.choice(words, 6)) for _ in range(3)).capitalize() + '.'
                 for _ in range(60)]
   corpus = tmp_path / 'train.txt'
   corpus.write_text('\n\n'.join(paragraphs) + '\n')
-  config = small_run_config(base_config.get_config('clm', 'tiny'), shared_cache, total_steps=4,
-                            eval_steps=0, log_every=1, pause_at_step=2)
+  config = small_run_config(base_config.get_config(objective, 'tiny'), shared_cache,
+                            total_steps=4, eval_steps=0, log_every=1, pause_at_step=2,
+                            **overrides)
   config.data.update(source='text', train_files=str(corpus), vocab_size=320,
                      data_dir=str(tmp_path / 'tfds'))
+  return config, corpus
+
+
+@pytest.mark.parametrize('objective', ['clm', 'bert'])
+def test_a_run_resumes_across_on_the_fly_and_pretokenized_data(tmp_path, shared_cache,
+                                                               objective):
+  """Paused while reading text on the fly, resumed from the same corpus's pre-tokenized
+  shards (another source, no train_files): the losses are the uninterrupted run's."""
+  from data import pipeline, pretokenize  # pylint: disable=import-outside-toplevel
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  objective = {'mlm': 1, 'nsp': 1} if objective == 'bert' else objective
+  config, _ = _text_run_config(tmp_path, shared_cache, objective)
+  straight, cut = str(tmp_path / 'straight'), str(tmp_path / 'cut')
+  train.run(config, cut)  # paused at step 2
+  config.pause_at_step = 0
+  train.run(config, straight)
+  tokenizer = tokenizer_lib.Tokenizer(os.path.join(cut, 'tokenizer.model'))
+  pretokenize.write(config.data, str(tmp_path / 'shards'), ['train'], 2, tokenizer,
+                    pipeline.load_documents)
+  config.data.update(source='pretokenized', pretokenized_dir=str(tmp_path / 'shards'),
+                     train_files='')
+  train.run(config, cut)
+  want = [r for r in read_metrics(straight) if r['split'] == 'train']
+  got = [r for r in read_metrics(cut) if r['split'] == 'train']
+  assert [r['step'] for r in got] == [1, 2, 3, 4]
+  assert [r['loss'] for r in got] == pytest.approx([r['loss'] for r in want], rel=1e-6)
+  assert [r['tokens'] for r in got] == [r['tokens'] for r in want]
+
+
+def test_resume_on_an_edited_corpus_is_a_one_line_error_that_keeps_the_run(
+    tmp_path, shared_cache):
+  """The saved data position names its corpus: after the train file changed, resuming stops
+  in one line naming the fix, and the workdir's records are untouched."""
+  config, corpus = _text_run_config(tmp_path, shared_cache)
   workdir = str(tmp_path / 'run')
   train.run(config, workdir)
   before = {name: open(os.path.join(workdir, name), 'rb').read()

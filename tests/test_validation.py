@@ -129,3 +129,21 @@ def test_preset_lists_agree_between_errors_readme_and_configs(module):
   assert documented == offered == list(module.PRESETS)
   for preset in module.PRESETS:
     module.get_config(preset)
+
+
+def test_switching_to_pretokenized_shards_resumes_but_other_data_changes_do_not(tmp_path):
+  """Where the documents come from may change between a corpus and its shards (the restore
+  checks their fingerprints); what shapes the examples may not."""
+  saved = clm.get_config('tiny')
+  saved.data.update(source='text', train_files='/corpus/*.txt')
+  workdir = _saved_run(tmp_path, saved)
+  now = clm.get_config('tiny')
+  now.data.update(source='pretokenized', pretokenized_dir='/shards')
+  checks.check_resume(now, workdir)
+  now.data.short_seq_prob = 0.5
+  with pytest.raises(ValueError, match=r'config.data.short_seq_prob=0.1 but this run has 0.5'):
+    checks.check_resume(now, workdir)
+  other = clm.get_config('tiny')
+  other.data.update(source='builtin')
+  with pytest.raises(ValueError, match=r"config.data.source='text' but this run has 'builtin'"):
+    checks.check_resume(other, workdir)

@@ -197,8 +197,18 @@ def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
     saved = base.flatten(json.load(f))
   current = base.flatten(json.loads(config.to_json()))
 
+  # Switching between a corpus read on the fly and its pre-tokenized shards changes where the
+  # documents come from, not the stream: restoring the data position checks the corpus's and
+  # the tokenizer's fingerprints.
+  sources_now = {saved.get('data.source'), current.get('data.source')}
+  where_from = set()
+  if 'pretokenized' in sources_now and len(sources_now) == 2:
+    from data import sources  # pylint: disable=import-outside-toplevel
+    where_from = {'data.source', 'data.tokenizer'} | {f'data.{key}' for key in sources.defaults()}
+
   def relevant(key):
-    return not any(key == k or key.startswith(k + '.') for k in RESUMABLE_CHANGES)
+    return key not in where_from and not any(
+        key == k or key.startswith(k + '.') for k in RESUMABLE_CHANGES)
 
   if saved.get('objective') != current.get('objective') or any(
       k.startswith('objective.') and saved.get(k) != current.get(k) for k in set(saved) | set(current)):
