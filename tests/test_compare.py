@@ -15,6 +15,7 @@ from configs import compare
 from data import pipeline
 from data import tokenizer as tokenizer_lib
 from tools import compare as compare_tool
+from tools import launch
 from tools import report
 
 from tests.conftest import TEST_CACHE_ENV, read_metrics, small_run_config
@@ -121,15 +122,51 @@ def test_sweep_mode_and_overrides(tmp_path, capsys):
       ('configs/compare.py:clm:tiny', 0), ('configs/compare.py:clm:tiny', 1),
       ('configs/compare.py:mlm_nsp:tiny', 0), ('configs/compare.py:mlm_nsp:tiny', 1)]
   assert all(e['data.builtin_max_files'] == '5' for e in entries)
-  with pytest.raises(ValueError, match='what the arms differ in'):
-    compare_tool.parse_overrides(['--config.mlm.mask_rate=0.3'])
+  for section in ('mlm', 'electra', 'span_corruption', 'prefix_lm', 'deshuffle'):
+    with pytest.raises(ValueError, match='what the arms differ in'):
+      compare_tool.parse_overrides([f'--config.{section}.mask_rate=0.3'])
   assert compare_tool.main(['--root', root, '--arms', 'nope']) == 2
 
 
-def test_progress_line_estimates_the_whole_comparison():
+def test_progress_line_counts_start_up_and_wall_time_per_step():
   runs = [types.SimpleNamespace()] * 3
-  progress = compare_tool.ComparisonProgress(runs)
+  now = [100.0]
+  progress = compare_tool.ComparisonProgress(runs, clock=lambda: now[0])
+  progress.start()
+  now[0] = 130.0  # 30 s of start-up (data, compile) before the first step line
+  first = progress.line(0, 'clm', 1, 'step 10/100 | loss 5.0 | 500 ms/step', 10, 100)
+  # At 0.5 s a step: 90 steps and a 30 s evaluation here, then two runs of 30 + 50 + 30 s.
+  assert first.startswith('[1/3 clm seed 1] step 10/100')
+  assert first.endswith('comparison left ~4m55s')
+  now[0] = 190.0  # 40 steps in 60 s of wall time (evaluations, checkpoints): 1.5 s a step
   line = progress.line(0, 'clm', 1, 'step 50/100 | loss 5.0 | 500 ms/step', 50, 100)
-  # 50 steps left here and 100 in each of the two runs after it, at 0.5 s a step.
-  assert line.startswith('[1/3 clm seed 1] step 50/100')
-  assert line.endswith('comparison left ~2m05s')
+  assert line.endswith(f'comparison left ~{compare_tool.format_duration(50 * 1.5 + 30 + 2 * (60 + 150))}')
+
+
+def test_children_run_where_the_caller_is_and_earlier_workdirs_are_kept(tmp_path, monkeypatch):
+  """A relative root and relative paths in overrides are the caller's; a seed trained before
+  under another workdir name goes on there instead of training again."""
+  monkeypatch.chdir(tmp_path)
+  calls = []
+
+  def fake_train(command, **kwargs):
+    calls.append((command, kwargs))
+    return types.SimpleNamespace(stdout=iter(()), wait=lambda: 0)
+
+  earlier = tmp_path / 'cmp' / 'clm'  # `--arms clm,mlm --seeds 0` named it so
+  earlier.mkdir(parents=True)
+  config = compare.get_config('clm:tiny')
+  (earlier / 'config.json').write_text(config.to_json())
+  args, overrides = compare_tool.parse_args(['--root', 'cmp', '--arms', 'clm', '--seeds', '0,1',
+                                             '--config.data.train_files=books/*.txt'])
+  runs = launch.expand(compare_tool.sweep_entries(
+      ['clm'], [0, 1], 'tiny', overrides), os.path.abspath(args.root))
+  assert [os.path.basename(r.workdir) for r in runs] == ['seed=0', 'seed=1']
+  runs = compare_tool.keep_earlier_workdirs(runs, os.path.abspath('cmp'))
+  assert [r.workdir for r in runs] == [str(earlier), str(tmp_path / 'cmp' / 'seed=1')]
+  assert compare_tool.train_all(runs, execute=fake_train) == 0
+  for command, kwargs in calls:
+    assert 'cwd' not in kwargs  # the caller's directory, where books/*.txt is
+    assert command[1] == os.path.join(compare_tool.REPO, 'train.py')
+    assert command[3].startswith(os.path.join(compare_tool.REPO, 'configs', 'compare.py:clm'))
+    assert '--config.data.train_files=books/*.txt' in command

@@ -88,6 +88,40 @@ def test_report_lists_every_run_and_reads_back(tmp_path):
   assert written['uncontrolled'] == []
 
 
+def test_a_setting_changed_in_one_seed_is_not_controlled(tmp_path):
+  """Every run of an arm is checked, not only its first: a second seed with another width,
+  learning rate or budget is flagged."""
+  root = str(tmp_path / 'compare')
+  for arm in ('clm', 'mlm'):
+    for seed in SEEDS:
+      _make_run(root, arm, seed)
+  path = os.path.join(root, 'mlm_seed=1', 'config.json')
+  config = json.load(open(path, encoding='utf-8'))
+  config['model']['num_layers'] = 6
+  config['optimizer']['learning_rate'] = 0.05
+  config['budget']['tokens'] = 999_999
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(config, f)
+  written = report.write_report(root, root)
+  assert written['uncontrolled'] == ['budget.tokens (in mlm)', 'model.num_layers (in mlm)',
+                                     'optimizer.learning_rate (in mlm)']
+  assert 'NOT CONTROLLED' in open(written['report'], encoding='utf-8').read()
+
+
+def test_a_seed_trained_twice_is_refused(tmp_path):
+  """The same arm and seed in two workdirs (a comparison widened after it ran) would count
+  twice in the mean ± std: one line naming both."""
+  root = str(tmp_path / 'compare')
+  _make_run(root, 'clm', 0)
+  _make_run(root, 'clm', 1)
+  os.rename(os.path.join(root, 'clm_seed=1'), os.path.join(root, 'clm'))
+  _make_run(root, 'clm', 1)
+  with pytest.raises(ValueError, match=r'^.*/clm.* and .*/clm.* are both arm clm seed 1: a seed '
+                     r'counts once'):
+    report.write_report(root, root)
+  assert report.main(['--root', root]) == 2
+
+
 def test_mean_and_std_over_seeds_in_the_table(tmp_path):
   root = str(tmp_path / 'compare')
   values = {seed: _make_run(root, 'clm', seed)['clm_bits_per_byte'] for seed in SEEDS}

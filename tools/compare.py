@@ -17,11 +17,13 @@ the data source), so the arms stay controlled.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
 import subprocess
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,6 +31,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 from configs import compare  # pylint: disable=wrong-import-position
+from objectives import registry  # pylint: disable=wrong-import-position
 
 CONFIG_FILE = 'configs/compare.py'
 _STEP_LINE = re.compile(r'^step\s+(\d+)/(\d+)')
@@ -53,7 +56,7 @@ def parse_overrides(extra: Sequence[str]) -> list[tuple[str, str]]:
       raise ValueError(f'Unknown argument {arg!r}: overrides look like --config.key=value.')
     key = match.group(1)
     if any(key == k or key.startswith(k + '.') for k in ARM_KEYS) or key.split('.')[0] in (
-        {'nsp', 'sop', 'clm', 'mlm', 'plm'}):
+        registry.declared_names()):  # an objective's own section
       raise ValueError(f'--config.{key} is what the arms differ in; choose arms with --arms '
                        'instead (or edit configs/compare.py).')
     overrides.append((key, match.group(2)))
@@ -84,28 +87,49 @@ def sweep_entries(arms: Sequence[str], seeds: Sequence[int], preset: str,
 
 
 def train_command(run, python: str = sys.executable) -> list[str]:
-  return ([python, 'train.py', '--config', run.config, '--workdir', run.workdir]
+  """The run's train.py command, which works from any directory: relative paths in the
+  overrides and the root are the caller's, the config file is the repository's."""
+  return ([python, os.path.join(REPO, 'train.py'), '--config', os.path.join(REPO, run.config),
+           '--workdir', run.workdir]
           + [f'--config.{key}={value}' for key, value in run.overrides])
 
 
 class ComparisonProgress:
   """Turns each run's step lines into one comparison progress line with the time left.
 
-  The time left assumes the runs still to come take as many steps, at the same speed, as the
-  one running now (arms differ a little in steps per token budget and in cost per step).
+  The time left is measured on the run going now: its start-up (process, data, compile: the
+  time to its first step line) and its wall seconds per step since then, evaluations and
+  checkpoints included. Each run still to come is taken to cost the same start-up plus its
+  steps at that rate, and one more start-up for its final evaluation (arms differ a little in
+  steps per token budget and in cost per step).
   """
 
-  def __init__(self, runs: Sequence[Any], stream=None):
+  def __init__(self, runs: Sequence[Any], stream=None, clock: Callable[[], float] = time.monotonic):
     self.runs = runs
     self.stream = stream or sys.stdout
+    self.clock = clock
+    self.started = self.startup = self.first = None
+
+  def start(self) -> None:
+    """A run's process starts now."""
+    self.started, self.startup, self.first = self.clock(), None, None
 
   def line(self, index: int, arm: str, seed: int, text: str, step: int, total: int) -> str:
     prefix = f'[{index + 1}/{len(self.runs)} {arm} seed {seed}] {text}'
+    now = self.clock()
+    if self.started is None:
+      self.start()
+    if self.first is None:
+      self.startup, self.first = now - self.started, (now, step)
     speed = _MS_PER_STEP.search(text)
     if not speed:
       return prefix
-    remaining = (total - step) + total * (len(self.runs) - index - 1)
-    return f'{prefix} | comparison left ~{format_duration(remaining * int(speed.group(1)) / 1000)}'
+    per_step = int(speed.group(1)) / 1000
+    if step > self.first[1]:  # wall time per step, with evaluations and checkpoints
+      per_step = max(per_step, (now - self.first[0]) / (step - self.first[1]))
+    left = (total - step) * per_step + self.startup  # this run, and its final evaluation
+    left += (len(self.runs) - index - 1) * (2 * self.startup + total * per_step)
+    return f'{prefix} | comparison left ~{format_duration(left)}'
 
 
 def arm_and_seed(run) -> tuple[str, int]:
@@ -122,7 +146,8 @@ def train_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.Pope
   for index, run in enumerate(runs):
     arm, seed = arm_and_seed(run)
     print(f'[{index + 1}/{len(runs)} {arm} seed {seed}] {run.workdir}', file=out, flush=True)
-    child = execute(train_command(run), cwd=REPO, stdout=subprocess.PIPE,
+    progress.start()
+    child = execute(train_command(run), stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, text=True, bufsize=1)
     for raw in child.stdout:
       text = raw.rstrip('\n')
@@ -138,6 +163,34 @@ def train_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.Pope
             f'resume it ({run.workdir}).', file=sys.stderr)
       return code
   return 0
+
+
+def keep_earlier_workdirs(runs: Sequence[Any], root: str, stream=None) -> list[Any]:
+  """Runs whose arm and seed were trained under `root` before, in a workdir named otherwise,
+  go on in that workdir. Names follow what varies (`DIR/clm` alone, `DIR/clm_seed=0` beside
+  seed 1), so widening a comparison would otherwise train a seed again in a new workdir."""
+  from tools import report  # pylint: disable=import-outside-toplevel
+
+  if '://' in root or not os.path.isdir(root):
+    return list(runs)
+  earlier: dict[tuple[str, int], list[str]] = {}
+  for folder, _, files in sorted(os.walk(root)):
+    if 'config.json' in files:
+      with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
+        config = json.load(f)
+      key = (report.arm_of(config), int(config.get('seed', 0)))
+      earlier.setdefault(key, []).append(os.path.abspath(folder))
+  kept = []
+  for run in runs:
+    arm, seed = arm_and_seed(run)
+    folders = earlier.get((arm, seed), [])
+    if folders and os.path.abspath(run.workdir) not in folders:
+      folder = folders[0]
+      print(f'{arm} seed {seed}: going on in {folder}, where it was trained before.',
+            file=stream or sys.stdout, flush=True)
+      run = dataclasses.replace(run, name=os.path.basename(folder), workdir=folder)
+    kept.append(run)
+  return kept
 
 
 def latest_checkpoint(workdir: str) -> int | None:
@@ -166,8 +219,8 @@ def evaluate_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.r
     if needs_evaluation(run.workdir):
       arm, seed = arm_and_seed(run)
       print(f'[{index + 1}/{len(runs)} {arm} seed {seed}] evaluating {run.workdir}', flush=True)
-      done = execute([sys.executable, 'tools/evaluate.py', '--workdir', run.workdir], cwd=REPO,
-                     check=False)
+      done = execute([sys.executable, os.path.join(REPO, 'tools', 'evaluate.py'), '--workdir',
+                      run.workdir], check=False)
       if done.returncode:
         return done.returncode
   return 0
@@ -211,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arm in arms:
       compare.get_arm(arm)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    if '://' not in args.root:  # the children may run elsewhere; the root is the caller's
+      args.root = os.path.abspath(args.root)
     entries = sweep_entries(arms, seeds, args.preset, overrides)
     runs = launch.expand(entries, args.root)
   except ValueError as error:
@@ -223,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f'--arms {",".join(arms)} --seeds {args.seeds} (evaluates and reports)')
     return 0
   if args.mode == 'local':
+    runs = keep_earlier_workdirs(runs, args.root)
     status = train_all(runs) or evaluate_all(runs)
     if status:
       return status

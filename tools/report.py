@@ -187,7 +187,7 @@ def final_metrics(run: Mapping[str, Any]) -> dict[str, float]:
     value = at_step(run['train'], key, step)
     if value is not None:
       row[key] = value
-  for key in ('tokens_per_sec', 'mfu'):
+  for key in ('tokens_per_sec', 'real_tokens_per_sec', 'mfu'):
     values = [r[key] for r in run['train'] if isinstance(r.get(key), (int, float))]
     if values:
       row[key] = float(np.mean(values[1:] if len(values) > 1 else values))  # first has compile
@@ -264,13 +264,41 @@ def config_diff(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
   as the seed left out; model features the objectives switch on included)."""
   flat = {}
   for arm, config in configs.items():
-    values = flatten(config)
-    values.update(model_features(config))
-    flat[arm] = {k: v for k, v in values.items()
-                 if not any(k == r or k.startswith(r + '.') for r in RUN_KEYS)}
+    flat[arm] = {**_shaping(config), **model_features(config)}
   keys = sorted(set().union(*[set(v) for v in flat.values()]))
   return {key: {arm: values.get(key, '-') for arm, values in flat.items()} for key in keys
           if len({repr(values.get(key, '-')) for values in flat.values()}) > 1}
+
+
+def _shaping(config: Mapping[str, Any]) -> dict[str, Any]:
+  """A run's flattened settings without the run keys (seed, resume, where it runs)."""
+  return {key: value for key, value in flatten(config).items()
+          if not any(key == r or key.startswith(r + '.') for r in RUN_KEYS)}
+
+
+def within_arm(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+  """Settings that differ between the runs (seeds) of one arm, as 'key (in arm)'."""
+  first: dict[str, dict[str, Any]] = {}
+  loose: list[str] = []
+  for run in runs:
+    values = _shaping(run['config'])
+    reference = first.setdefault(run['arm'], values)
+    for key in sorted(set(values) | set(reference)):
+      label = f'{key} (in {run["arm"]})'
+      if repr(values.get(key, '-')) != repr(reference.get(key, '-')) and label not in loose:
+        loose.append(label)
+  return loose
+
+
+def check_distinct(runs: Sequence[Mapping[str, Any]]) -> None:
+  """One run per (arm, seed): a seed trained twice would count twice in the mean ± std."""
+  seen: dict[tuple[str, int], str] = {}
+  for run in runs:
+    key = (run['arm'], run['seed'])
+    if key in seen:
+      raise ValueError(f'{seen[key]} and {run["workdir"]} are both arm {key[0]} seed {key[1]}: '
+                       'a seed counts once, so move one of them out of the root.')
+    seen[key] = run['workdir']
 
 
 def uncontrolled(diff: Mapping[str, Mapping[str, Any]],
@@ -455,7 +483,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                     or k.endswith('_bits_per_byte')},
                    key=lambda k: (k.split('_')[0], SUMMARY_KEYS.index(
                        next(s for s in SUMMARY_KEYS if k.endswith(s)))))
-  columns = ['seeds', 'tokens', 'flops', 'tokens_per_sec'] + metrics
+  columns = ['seeds', 'tokens', 'flops', 'real_tokens_per_sec', 'tokens_per_sec'] + metrics
   lines = ['| arm | ' + ' | '.join(columns) + ' |', '|---' * (len(columns) + 1) + '|']
   for arm in arms:
     mine = [row for row in rows if row['arm'] == arm]
@@ -503,13 +531,15 @@ def write_report(root: str, out: str) -> dict[str, Any]:
   if not runs:
     raise ValueError(f'No run under {root}: a run is a directory with config.json and '
                      'metrics.jsonl (train one with tools/compare.py).')
+  check_distinct(runs)
   os.makedirs(out, exist_ok=True)
   rows = write_csv(os.path.join(out, 'results.csv'), runs)
   plots = {}
   for name, make in (
       ('validation_vs_tokens.png', lambda p: plot_curves(p, runs, 'tokens')),
       ('validation_vs_flops.png', lambda p: plot_curves(p, runs, 'flops')),
-      ('throughput.png', lambda p: plot_bars(p, rows, ('tokens_per_sec', 'mfu'))),
+      ('throughput.png', lambda p: plot_bars(
+          p, rows, ('real_tokens_per_sec', 'tokens_per_sec', 'mfu'))),
       ('downstream_vs_flops.png', lambda p: plot_downstream(p, runs))):
     if make(os.path.join(out, name)):
       plots[name] = os.path.join(out, name)
@@ -517,7 +547,7 @@ def write_report(root: str, out: str) -> dict[str, Any]:
   for run in runs:
     configs.setdefault(run['arm'], run['config'])
   diff = config_diff(configs)
-  loose = uncontrolled(diff, configs)
+  loose = uncontrolled(diff, configs) + within_arm(runs)
 
   lines = [f'# Objective comparison: {root}', '',
            f'{len(runs)} runs: ' + ', '.join(f'{arm} (seeds {sorted(r["seed"] for r in runs if r["arm"] == arm)})'
