@@ -5,7 +5,8 @@ causal models read `[bos] a ([SEP] b) [eos]` and pool the last real token, which
 everything. Token types (A = 0, B = 1) are filled for models that have them. Extractive QA
 splits a long context into windows `start question sep context end` whose context parts start
 `doc_stride` tokens apart (BERT's run_squad), and keeps each context token's character span so
-a predicted token span maps back to text.
+a predicted token span maps back to text. A training window that does not hold the whole answer
+targets position 0 (start = end = 0), as in run_squad: "no answer here".
 """
 
 from __future__ import annotations

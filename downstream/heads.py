@@ -56,7 +56,9 @@ class PooledHead(nn.Module):
 
 
 class SpanHead(nn.Module):
-  """Start and end logits [batch, length] per token; -1e9 outside the context."""
+  """Start and end logits [batch, length] per token; -1e9 outside the context, except at
+  position 0 ([CLS] or bos), the target of a window that does not hold the answer (BERT's
+  run_squad). Decoding reads context tokens only."""
 
   dropout: float = 0.0
 
@@ -64,8 +66,9 @@ class SpanHead(nn.Module):
   def __call__(self, hidden: Array, batch: dict[str, Array], train: bool) -> Array:
     hidden = nn.Dropout(self.dropout)(hidden.astype(jnp.float32), deterministic=not train)
     logits = nn.Dense(2, kernel_init=nn.initializers.normal(0.02), name='span')(hidden)
-    outside = batch['context_mask'][..., None] == 0
-    return jnp.where(outside, -1e9, logits)  # [batch, length, 2]
+    first = jnp.arange(logits.shape[1]) == 0
+    outside = (batch['context_mask'] == 0) & ~first
+    return jnp.where(outside[..., None], -1e9, logits)  # [batch, length, 2]
 
 
 def make_head(kind: str, num_labels: int, pooling: str, dropout: float) -> nn.Module:

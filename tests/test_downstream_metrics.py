@@ -94,3 +94,23 @@ def test_span_decoding_across_stride_windows(monkeypatch):
   assert texts == ['zeta eta']
   start[0, 5], end[0, 5] = 4.0, 4.0  # now window 0's 'beta' scores 8, above 'zeta eta' (5)
   assert encoding.decode_spans(start, end, windows, [context]) == ['beta']
+  # A window without the answer targets position 0 ([CLS]), which the head leaves unmasked:
+  # its loss is the cross-entropy over [CLS] and the context tokens, finite, by hand.
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from downstream import heads  # pylint: disable=import-outside-toplevel
+  batch = {k: jnp.asarray(v) for k, v in windows.arrays.items()}
+  hidden = jax.random.normal(jax.random.key(0), (2, 10, 8))
+  head = heads.SpanHead()
+  params = head.init(jax.random.key(1), hidden, batch, False)
+  logits = np.asarray(head.apply(params, hidden, batch, False))
+  allowed = [[0, 4, 5, 6, 7, 8]] * 2  # [CLS] and the five context tokens of each window
+  for row in range(2):
+    assert (logits[row, [1, 2, 3, 9]] == -1e9).all()
+  hand = []
+  for row, targets in enumerate([(0, 0), (6, 7)]):
+    for side, target in enumerate(targets):
+      values = logits[row, allowed[row], side].astype(np.float64)
+      hand.append(np.log(np.exp(values).sum()) - logits[row, target, side])
+  loss = float(heads.loss('qa', jnp.asarray(logits), batch))
+  assert loss == pytest.approx(np.mean(hand), rel=1e-5) and loss < 10
