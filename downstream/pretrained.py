@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from flax import traverse_util
 
+from data.tokens import tokenizer_fingerprint
 from models.config import ModelConfig
 from models.transformer import Transformer
 
@@ -73,14 +74,17 @@ def param_shapes(model_config: ModelConfig, prepare, example_batch) -> dict[str,
 
 
 def check_compatible(checkpoint_shapes: Mapping[str, tuple[int, ...]], model_config: ModelConfig,
-                     tokenizer, *, checkpoint: str, prepare, example_batch) -> None:
+                     tokenizer, *, checkpoint: str, prepare, example_batch,
+                     extra_ids: int = 0) -> None:
   """One-line ValueError when the checkpoint's vocabulary or any parameter shape differs from
-  what `tokenizer` and `model_config` give, naming both; traces only, compiles nothing."""
+  what `tokenizer` and `model_config` give, naming both; traces only, compiles nothing.
+  `extra_ids` are the embedding rows past the run's tokenizer (span corruption's sentinels)."""
   rows = checkpoint_shapes['token_embed/embedding'][0]
-  if rows != tokenizer.size:
+  if rows != tokenizer.size + extra_ids:
     raise ValueError(f'{checkpoint} has a {rows}-entry vocabulary but the task tokenizer '
-                     f'{tokenizer.path} has {tokenizer.size} pieces: fine-tune with the run\'s '
-                     'own tokenizer (config.tokenizer="").')
+                     f'{tokenizer.path} has {tokenizer.size} pieces (and the objective '
+                     f'{extra_ids} ids of its own): fine-tune with the run\'s own tokenizer '
+                     '(config.tokenizer="").')
   expected = param_shapes(model_config, prepare, example_batch)
   for name in sorted(set(expected) | set(checkpoint_shapes)):
     if expected.get(name) != checkpoint_shapes.get(name):
@@ -106,6 +110,11 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
     if not os.path.exists(tokenizer_path):
       raise ValueError(f'config.tokenizer={tokenizer_path} does not exist.')
     tokenizer = tokenizer_lib.Tokenizer(tokenizer_path)
+    if (tokenizer.size == exp.tokenizer.size and tokenizer_fingerprint(tokenizer.encode)
+        != tokenizer_fingerprint(exp.tokenizer.encode)):
+      raise ValueError(f'config.tokenizer={tokenizer_path} has as many pieces as the tokenizer '
+                       f'of {workdir} but tokenizes text otherwise, so its ids would mean other '
+                       'pieces to the model: set config.tokenizer="" to use the run\'s own.')
   model_config = exp.model_config
   if model_overrides:
     values = dataclasses.asdict(model_config)
@@ -115,8 +124,9 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   prepare = exp.objective.prepare
   described = f'The checkpoint of {workdir}' + (f' at step {step}' if step is not None else '')
   run_shapes = param_shapes(exp.model_config, prepare, example)
+  extra_ids = run_shapes['token_embed/embedding'][0] - exp.tokenizer.size
   check_compatible(run_shapes, model_config, tokenizer, checkpoint=described, prepare=prepare,
-                   example_batch=example)
+                   example_batch=example, extra_ids=extra_ids)
   params, step, exp = experiment.restore_params(workdir, step, exp=exp)
   # The model's parameters only: an objective's own (ELECTRA's generator) stay behind, and
   # the model fine-tuned and evaluated is the discriminator.

@@ -13,7 +13,8 @@ import random
 
 WORDS = {0: 'apple banana cherry grape melon peach plum lemon'.split(),
          1: 'river mountain ocean forest desert valley canyon island'.split()}
-OBJECTIVE_CONFIGS = {'clm': 'clm', 'mlm': 'mlm', 'bert': 'bert', 'plm': 'plm'}
+OBJECTIVE_CONFIGS = {'clm': 'clm', 'mlm': 'mlm', 'bert': 'bert', 'plm': 'plm',
+                     'span_corruption': 'span_corruption'}
 FILLER = 'the quick brown fox jumps over the lazy dog'
 PRETRAIN_STEPS = 4
 

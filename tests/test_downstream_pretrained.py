@@ -94,6 +94,26 @@ def test_finetune_from_workdir_writes_results(files, workdir_of, objective):
     assert workdir in message
 
 
+def test_span_corruption_checkpoint_with_its_sentinel_rows_fine_tunes(files, workdir_of):
+  """Span corruption's embedding has a row per sentinel past the tokenizer's pieces: the run's
+  own tokenizer fits it, and a tokenizer of the same size that splits text otherwise is refused
+  in one line (its ids would mean other pieces)."""
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  workdir = workdir_of('span_corruption')
+  pre = pretrained.load(workdir)
+  rows = pre.params['token_embed']['embedding'].shape[0]
+  assert rows > pre.tokenizer.size == pre.model_config.vocab_size - (rows - pre.tokenizer.size)
+  [path] = runner.run(_config(files, epochs=(1,)), workdir, log=lambda line: None)
+  with open(path, encoding='utf-8') as f:
+    assert json.load(f)['pretraining']['objective'] == 'span_corruption'
+  size = pre.tokenizer.size
+  other = helpers.train_tokenizer(str(files['root'] / 'same_size.model'), vocab_size=size)
+  assert tokenizer_lib.Tokenizer(other).size == size
+  with pytest.raises(ValueError, match=r'^config.tokenizer=.*same_size.model has as many pieces '
+                     r'as the tokenizer of .* but tokenizes text otherwise'):
+    pretrained.load(workdir, tokenizer_path=other)
+
+
 def _changed(params, reference) -> list[str]:
   """Names of the parameters of `params` that differ from `reference`'s."""
   flat, other = (traverse_util.flatten_dict(jax.device_get(tree)) for tree in (params, reference))
