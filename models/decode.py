@@ -36,8 +36,9 @@ class Sampling:
   top_p: float = 1.0
 
   def __post_init__(self):
-    if self.temperature < 0:
-      raise ValueError(f'temperature must be >= 0 (0 = greedy), got {self.temperature}.')
+    if not 0 <= self.temperature < float('inf'):  # NaN fails this too
+      raise ValueError(f'temperature must be finite and >= 0 (0 = greedy), got '
+                       f'{self.temperature}.')
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0 (0 = off), got {self.top_k}.')
     if not 0.0 < self.top_p <= 1.0:
@@ -115,7 +116,7 @@ def _cached_model(model: Transformer, params, tokens: Array, lengths: Array, max
   batch, width = tokens.shape
   positions, segments = _prompt_layout(tokens, lengths)
   last = jnp.full((batch, 1), width - 1, jnp.int32)
-  cache = KVCache.create(model.config, batch, width + max_new)
+  cache = KVCache.create(model.config, batch, width + max_new - 1)  # the last token is not read
   out = model.apply({'params': params}, ModelInputs(
       tokens=tokens, positions=positions, segment_ids=segments, predict_index=last,
       causal=True), cache=cache)
@@ -130,14 +131,15 @@ def _cached_model(model: Transformer, params, tokens: Array, lengths: Array, max
 
 
 def _recomputing_model(model: Transformer, params, tokens: Array, lengths: Array, max_new: int):
-  """The same contract without a cache: every step runs the whole [B, T + max_new] buffer."""
+  """The same contract without a cache: every step runs the whole [B, T + max_new - 1] buffer
+  (the last new token is never read back, so it needs no slot or position)."""
   batch, width = tokens.shape
   positions, segments = _prompt_layout(tokens, lengths)
-  tail = jnp.arange(max_new)[None]
+  tail = jnp.arange(max_new - 1)[None]
   buffer = ModelInputs(
-      tokens=jnp.pad(tokens, ((0, 0), (0, max_new))),
+      tokens=jnp.pad(tokens, ((0, 0), (0, max_new - 1))),
       positions=jnp.concatenate([positions, lengths[:, None] + tail], axis=1).astype(jnp.int32),
-      segment_ids=jnp.pad(segments, ((0, 0), (0, max_new)), constant_values=1),
+      segment_ids=jnp.pad(segments, ((0, 0), (0, max_new - 1)), constant_values=1),
       causal=True)
 
   def logits_at(buffer: ModelInputs, slot):
@@ -209,8 +211,9 @@ def make_generate_fn(config: ModelConfig, *, max_new_tokens: int, sampling: Samp
 
 
 def check_lengths(config: ModelConfig, lengths: np.ndarray, max_new_tokens: int) -> None:
-  """Refuses, before compiling, positions that learned position embeddings do not have."""
-  longest = int(np.max(lengths)) + max_new_tokens
+  """Refuses, before compiling, positions that learned position embeddings do not have. The
+  model reads the prompt and every new token but the last, which is never fed back."""
+  longest = int(np.max(lengths)) + max_new_tokens - 1
   if config.position == 'learned' and longest > config.max_len:
     raise ValueError(f'A prompt of {int(np.max(lengths))} tokens plus max_new_tokens='
                      f'{max_new_tokens} needs {longest} positions but the model learned '

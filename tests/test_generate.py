@@ -131,7 +131,7 @@ def _reference_greedy(config, params, prompts, max_new):
   """Greedy decoding that recomputes each row's whole prefix every step, right-padded and without
   a cache (an independent layout from decode.py's left padding)."""
   model = Transformer(config)
-  width = max(len(p) for p in prompts) + max_new
+  width = max(len(p) for p in prompts) + max_new - 1  # the last new token is never read back
   tokens = np.zeros((len(prompts), width), np.int32)
   for row, prompt in enumerate(prompts):
     tokens[row, :len(prompt)] = prompt
@@ -145,11 +145,12 @@ def _reference_greedy(config, params, prompts, max_new):
     return model.apply({'params': params}, inputs).logits[:, 0]
 
   new_tokens, all_logits = [], []
-  for _ in range(max_new):
+  for step in range(max_new):
     logits = np.asarray(next_logits(tokens, lengths))
     token = logits.argmax(-1)
-    tokens[np.arange(len(prompts)), lengths] = token
-    lengths = lengths + 1
+    if step < max_new - 1:
+      tokens[np.arange(len(prompts)), lengths] = token
+      lengths = lengths + 1
     new_tokens.append(token)
     all_logits.append(logits)
   return np.stack(new_tokens, 1), np.stack(all_logits, 1)
@@ -173,6 +174,31 @@ def test_greedy_with_cache_equals_recomputing_the_prefix(position, scan):
     np.testing.assert_allclose(out.logits, expected_logits, atol=2e-4, rtol=1e-4)
     np.testing.assert_array_equal(out.lengths, MAX_NEW)
     assert int(out.steps) == MAX_NEW
+
+
+def test_generation_fills_the_learned_positions_exactly():
+  """A prompt of L tokens and max_len - L + 1 new ones uses every learned position once (the
+  last new token is never read back): accepted, and cache and recomputation agree with the
+  reference; one more new token is refused before compiling."""
+  config, params = _decoder(max_len=12)
+  prompts = [[2, 17, 30, 5], [2, 9, 41]]
+  max_new = config.max_len - 4 + 1
+  decode.check_lengths(config, np.array([4, 3]), max_new)
+  with pytest.raises(ValueError, match='needs 13 positions .* config.model.max_len=12'):
+    decode.check_lengths(config, np.array([4, 3]), max_new + 1)
+  tokens, lengths = decode.left_pad(prompts)
+  expected, _ = _reference_greedy(config, params, prompts, max_new)
+  for use_cache in (True, False):
+    out = decode.make_generate_fn(config, max_new_tokens=max_new, use_cache=use_cache,
+                                  return_logits=True)(params, tokens, lengths, jax.random.key(0))
+    np.testing.assert_array_equal(out.tokens, expected)
+    assert np.isfinite(np.asarray(out.logits)).all()
+
+
+@pytest.mark.parametrize('temperature', [float('nan'), float('inf'), -0.5])
+def test_temperature_must_be_finite_and_non_negative(temperature):
+  with pytest.raises(ValueError, match='temperature must be finite and >= 0'):
+    decode.Sampling(temperature=temperature)
 
 
 @pytest.fixture(scope='module')
