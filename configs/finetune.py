@@ -7,6 +7,8 @@
 `config.task` holds that task's settings (downstream/tasks/); everything else is the recipe.
 """
 
+import difflib
+
 import ml_collections
 
 from downstream.tasks import registry
@@ -14,6 +16,7 @@ from downstream.tasks import registry
 
 def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
   task = preset or 'stdlib_package'
+  _check_preset(task)
   config = ml_collections.ConfigDict()
   config.mode = 'finetune'  # finetune | prompt (zero/few-shot, causal) | instruct (causal)
   config.step = -1  # pretraining checkpoint step; -1 = the latest
@@ -23,15 +26,16 @@ def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
   config.lora_alpha = 16.0
   config.prompt_length = 20  # soft-prompt vectors (prompt_tuning)
   config.pooling = ''  # '' = by objective: first token (bidirectional), last real token (causal); or mean
-  config.seq_len = 0  # 0 = the checkpoint's learned positions (minus the soft prompt)
+  config.seq_len = 0  # 0 = the checkpoint's learned positions (minus the soft prompt); else >= 3
+  # (single text), 5 (pairs, QA), 4 (instruct): the layout's special tokens + 1 token per text
   config.batch_size = 32
   config.learning_rates = (1e-4, 3e-4, 1e-3)  # the grid, selected on the dev split
   config.epochs = (3,)
   config.seeds = (0, 1, 2)
-  config.warmup_fraction = 0.1
+  config.warmup_fraction = 0.1  # in [0, 1]
   config.weight_decay = 0.01
   config.max_steps = 0  # > 0 caps each run's steps (smoke runs)
-  config.head_dropout = 0.1
+  config.head_dropout = 0.1  # in [0, 1)
   config.model = ml_collections.ConfigDict(dict(dropout=0.1))  # overrides of the run's model
   config.tokenizer = ''  # '' = the run's tokenizer.model
   config.doc_stride = 64  # QA: tokens between the starts of a context's windows
@@ -47,3 +51,13 @@ def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
       response_field='response'))
   config.output_dir = ''  # '' = <workdir>/downstream
   return config
+
+
+def _check_preset(task: str) -> None:
+  """The preset is a task name; any other is a one-line error listing the tasks."""
+  names = registry.names()
+  if task not in names:
+    close = difflib.get_close_matches(task, names, n=1)
+    hint = f' (did you mean {close[0]!r}?)' if close else ''
+    raise ValueError(f'configs/finetune.py:{task} names no task{hint}: the preset is the task, '
+                     f'one of {names}.')

@@ -6,11 +6,14 @@ restored; the checkpoint is checked against the task's tokenizer and model befor
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from downstream import heads, results, strategies
 from downstream.tasks import registry
+from downstream.tasks.base import Task
 
 MODES = ('finetune', 'prompt', 'instruct')
 
@@ -21,6 +24,69 @@ def _strategy(config) -> strategies.Strategy:
                              prompt_length=int(config.prompt_length))
 
 
+# layout -> (what it reads, its special tokens, its texts); see downstream/encoding.py.
+LAYOUTS = {
+    'single': ('[CLS] text [SEP] (causal: [bos] text [eos])', 2, 1),
+    'pair': ('[CLS] text [SEP] text_pair [SEP]', 3, 2),
+    'qa': ('[CLS] question [SEP] context [SEP]', 3, 2),
+    'prompt': ('[bos] prompt label_word', 1, 2),
+    'instruct': ('[bos] prompt response [eos]', 2, 2),
+}
+
+
+def min_seq_len(layout: str) -> int:
+  """The shortest config.seq_len that leaves one token for every text of `layout`."""
+  _, special, texts = LAYOUTS[layout]
+  return special + texts
+
+
+def layout_of(mode: str, task: Task | None = None) -> str:
+  """The input layout of `mode` (fine-tuning: of the task, 'single' until it is known)."""
+  if mode in ('prompt', 'instruct'):
+    return mode
+  if task is None:
+    return 'single'
+  return 'qa' if task.kind == 'qa' else 'pair' if task.pair else 'single'
+
+
+def _check_seq_len(seq_len: int, layout: str) -> None:
+  reads, special, _ = LAYOUTS[layout]
+  if seq_len < min_seq_len(layout):
+    raise ValueError(f'config.seq_len={seq_len} leaves no room for text: {reads} takes {special} '
+                     'special tokens plus at least one token per text, so config.seq_len must be '
+                     f'at least {min_seq_len(layout)} (or 0 for the checkpoint\'s length).')
+
+
+def _number(value: Any, whole: bool = False) -> float | None:
+  """`value` as a finite number (a whole one if `whole`), or None; bools are not numbers."""
+  if isinstance(value, (bool, str)) or not isinstance(value, numbers.Real):
+    return None
+  number = float(value)
+  if not math.isfinite(number) or (whole and not number.is_integer()):
+    return None
+  return number
+
+
+def _setting(name: str, value: Any, what: str, ok: Callable[[float], bool],
+             whole: bool = False) -> float:
+  """`value` when it is a number that passes `ok`; else '<name> must be <what>, got <value>.'"""
+  number = _number(value, whole)
+  if number is None or not ok(number):
+    raise ValueError(f'{name} must be {what}, got {value!r}.')
+  return number
+
+
+def _grid(name: str, values: Any, what: str, ok: Callable[[float], bool],
+          whole: bool = False) -> None:
+  """A non-empty tuple of distinct numbers that pass `ok` (repeats would run a point twice)."""
+  message = f'{name} must be a non-empty tuple of distinct {what}, got {values!r}.'
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+    raise ValueError(message)
+  numbers_ = [_number(v, whole) for v in values]
+  if any(n is None or not ok(n) for n in numbers_) or len(set(numbers_)) < len(numbers_):
+    raise ValueError(message)
+
+
 def check_config(config) -> None:
   """One-line errors for settings that cannot work, before any data or checkpoint is read."""
   if config.mode not in MODES:
@@ -28,18 +94,108 @@ def check_config(config) -> None:
   _strategy(config)
   if config.pooling and config.pooling not in heads.POOLINGS:
     raise ValueError(f'config.pooling must be one of {heads.POOLINGS} or "", got {config.pooling!r}.')
-  for key in ('batch_size',):
-    if int(config[key]) < 1:
-      raise ValueError(f'config.{key} must be positive, got {config[key]}.')
-  if not config.learning_rates or min(config.learning_rates) <= 0:
-    raise ValueError('config.learning_rates must be a non-empty tuple of positive rates.')
-  if not config.epochs or min(config.epochs) < 1:
-    raise ValueError('config.epochs must be a non-empty tuple of positive epoch counts.')
-  if not config.seeds:
-    raise ValueError('config.seeds must name at least one seed.')
+  _check_recipe(config)
+  _check_strategy_settings(config)
+  _check_lengths(config)
+  if config.mode == 'prompt':
+    _check_prompting(config.prompting)
+  if config.mode == 'instruct':
+    _check_instruct(config)
 
 
-def _seq_len(config, pre, strategy: strategies.Strategy) -> int:
+def _check_recipe(config) -> None:
+  """The grid (rates, epochs, seeds) and the fixed recipe around it."""
+  _setting('config.step', config.step, 'a checkpoint step (>= 0) or -1 for the latest',
+           lambda n: n >= -1, whole=True)
+  _setting('config.batch_size', config.batch_size, 'positive', lambda n: n >= 1, whole=True)
+  _grid('config.learning_rates', config.learning_rates, 'positive rates', lambda n: n > 0)
+  _grid('config.epochs', config.epochs, 'positive epoch counts', lambda n: n >= 1, whole=True)
+  _grid('config.seeds', config.seeds, 'integer seeds', lambda n: True, whole=True)
+  _setting('config.warmup_fraction', config.warmup_fraction,
+           'in [0, 1] (the share of the steps that warm the learning rate up)',
+           lambda n: 0 <= n <= 1)
+  _setting('config.weight_decay', config.weight_decay, '>= 0', lambda n: n >= 0)
+  _setting('config.max_steps', config.max_steps, '0 (no cap) or a positive step cap',
+           lambda n: n >= 0, whole=True)
+  _setting('config.head_dropout', config.head_dropout, 'in [0, 1)', lambda n: 0 <= n < 1)
+  if 'dropout' in config.model:
+    _setting('config.model.dropout', config.model.dropout, 'in [0, 1)', lambda n: 0 <= n < 1)
+
+
+def _check_strategy_settings(config) -> None:
+  """The numbers of the chosen strategy (Strategy checks lora_rank and prompt_length)."""
+  if config.strategy == 'lora':
+    _setting('config.lora_alpha', config.lora_alpha, 'positive (adapters scale by alpha / rank)',
+             lambda n: n > 0)
+
+
+def _check_lengths(config) -> None:
+  """Token lengths: the input (seq_len) and extractive QA's windows, questions and answers."""
+  seq_len = _setting('config.seq_len', config.seq_len,
+                     "0 (the checkpoint's length) or a positive token count", lambda n: n >= 0,
+                     whole=True)
+  if seq_len:
+    _check_seq_len(int(seq_len), layout_of(config.mode))
+  _setting('config.doc_stride', config.doc_stride, 'a positive token count (QA: how far apart '
+           "the windows over a long context start)", lambda n: n >= 1, whole=True)
+  _setting('config.max_query_tokens', config.max_query_tokens, 'a positive token count (QA: '
+           'questions are cut to it)', lambda n: n >= 1, whole=True)
+  if 'max_answer_tokens' in config:
+    _setting('config.max_answer_tokens', config.max_answer_tokens, 'a positive token count (QA: '
+             'the longest answer span decoded)', lambda n: n >= 1, whole=True)
+
+
+def _check_prompting(prompting) -> None:
+  """Shots and demonstration seeds of config.mode=prompt."""
+  _grid('config.prompting.shots', prompting.shots, 'demonstration counts (>= 0)',
+        lambda n: n >= 0, whole=True)
+  if any(prompting.shots) and (isinstance(prompting.seeds, (str, bytes)) or
+                               not isinstance(prompting.seeds, Sequence) or not prompting.seeds):
+    raise ValueError('config.prompting.seeds must name at least one seed: each draws the '
+                     f'demonstrations of config.prompting.shots={tuple(prompting.shots)}, got '
+                     f'{prompting.seeds!r}.')
+  if any(prompting.shots):
+    _grid('config.prompting.seeds', prompting.seeds, 'integer seeds', lambda n: True, whole=True)
+
+
+def _check_instruct(config) -> None:
+  """config.mode=instruct: its files, and a strategy that trains something it uses."""
+  settings = config.instruct
+  if not settings.train_file or not settings.validation_file:
+    raise ValueError('config.mode=instruct needs config.instruct.train_file and '
+                     'config.instruct.validation_file (JSONL prompt/response pairs).')
+  if config.strategy == 'linear_probe':
+    raise ValueError('config.strategy=linear_probe trains only a task head, and instruction '
+                     'tuning has none: choose full, ffn_only, lora or prompt_tuning.')
+
+
+def check_task(config, task: Task) -> None:
+  """One-line errors for settings that do not fit the task, before the checkpoint is read."""
+  if int(config.seq_len):
+    _check_seq_len(int(config.seq_len), layout_of(config.mode, task))
+  if config.mode == 'prompt':
+    _check_prompt_task(config.prompting, task)
+
+
+def _check_prompt_task(prompting, task: Task) -> None:
+  """Prompting needs label words, the split it scores, and enough train examples to draw."""
+  if task.kind != 'classification':
+    raise ValueError(f'config.mode=prompt classifies by label words; task {task.name} is '
+                     f'{task.kind}.')
+  if not task.label_words:
+    raise ValueError(f'Task {task.name} has no label words: set config.task.label_words.')
+  if prompting.split not in task.splits:
+    raise ValueError(f'config.prompting.split={prompting.split!r} is not a split of task '
+                     f'{task.name} ({sorted(task.splits)}).')
+  available = len(task.splits['train'])
+  if max(prompting.shots) > available:
+    raise ValueError(f'config.prompting.shots asks for {int(max(prompting.shots))} '
+                     f'demonstrations but task {task.name} has {available} train examples to '
+                     'draw them from: lower config.prompting.shots.')
+
+
+def _seq_len(config, pre, strategy: strategies.Strategy, layout: str) -> int:
+  """config.seq_len, or (0) the checkpoint's learned positions left after the soft prompt."""
   from downstream.model import NATIVE_PROMPTS  # pylint: disable=import-outside-toplevel
 
   prompt = strategy.prompt_length if strategy.uses_prompt and not NATIVE_PROMPTS else 0
@@ -51,6 +207,12 @@ def _seq_len(config, pre, strategy: strategies.Strategy) -> int:
     raise ValueError(f'config.seq_len={seq_len}{f" plus {prompt} soft-prompt vectors" if prompt else ""}'
                      f' exceeds the checkpoint\'s {pre.model_config.max_len} learned positions: '
                      'lower config.seq_len.')
+  if not config.seq_len and seq_len < min_seq_len(layout):
+    minus = f' minus {prompt} soft-prompt vectors' if prompt else ''
+    fix = 'lower config.prompt_length' if prompt else 'this checkpoint is too short for the task'
+    raise ValueError(f'The checkpoint\'s {pre.model_config.max_len} learned positions{minus} '
+                     f'leave {seq_len} tokens, fewer than the {min_seq_len(layout)} that '
+                     f'{LAYOUTS[layout][0]} needs: {fix}.')
   return seq_len
 
 
@@ -61,9 +223,11 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[str]:
   check_config(config)
   strategy = _strategy(config)
   task = registry.build(config.task) if config.mode != 'instruct' else None
+  if task is not None:
+    check_task(config, task)
   pre = pretrained.load(workdir, None if config.step < 0 else int(config.step),
                         tokenizer_path=config.tokenizer, model_overrides=dict(config.model))
-  seq_len = _seq_len(config, pre, strategy)
+  seq_len = _seq_len(config, pre, strategy, layout_of(config.mode, task))
   root = config.output_dir or os.path.join(workdir, 'downstream')
   log(f'{workdir} step {pre.step} | objective {pre.objective} | '
       f'{"causal" if pre.causal else "bidirectional"} | seq_len {seq_len}')
@@ -123,9 +287,6 @@ def _prompt(config, pre, task, seq_len: int, root: str, log) -> list[str]:
     raise ValueError(f'config.mode=prompt scores label words left to right and needs a causal '
                      f'checkpoint; {pre.workdir} was pretrained with {pre.objective}.')
   split = config.prompting.split
-  if split not in task.splits:
-    raise ValueError(f'config.prompting.split={split!r} is not a split of task {task.name} '
-                     f'({sorted(task.splits)}).')
   paths = []
   for k in config.prompting.shots:
     seeds = list(config.prompting.seeds) if k else [0]
@@ -153,9 +314,6 @@ def _instruct(config, pre, strategy, seq_len: int, root: str, log) -> str:
   from downstream.model import DownstreamModel  # pylint: disable=import-outside-toplevel
 
   settings = config.instruct
-  if not settings.train_file or not settings.validation_file:
-    raise ValueError('config.mode=instruct needs config.instruct.train_file and '
-                     'config.instruct.validation_file (JSONL prompt/response pairs).')
   train = instruct.read_pairs(settings.train_file, 'config.instruct.train_file',
                               settings.prompt_field, settings.response_field)
   validation = instruct.read_pairs(settings.validation_file, 'config.instruct.validation_file',

@@ -7,14 +7,19 @@ from one of its checkpoints and write mean ± std scores over seeds to
   python tools/finetune.py --config configs/finetune.py:stdlib_package --workdir runs/clm \\
       --config.mode=prompt --config.prompting.shots='(0,4)'
 
-Bad settings, a missing task file or a checkpoint that does not fit the task's tokenizer or
-model end the command with one line on stderr, before anything compiles.
+A --config file, preset or --config.* override that names nothing, bad settings, a missing
+or malformed task file, or a checkpoint that does not fit the task's tokenizer or model end the
+command with one line on stderr, before anything compiles (docs/downstream.md lists the checks).
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import os
+import re
 import sys
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -29,6 +34,97 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file and task preset, e.g. configs/finetune.py:stdlib_package.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The pretraining run\'s workdir.')
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The last --config value given (absl's forms: --config=X, --config X, -config ...)."""
+  value = None
+  for index, arg in enumerate(argv[1:], 1):
+    if arg == '--':
+      break
+    for name in ('--config', '-config'):
+      if arg == name and index + 1 < len(argv):
+        value = argv[index + 1]
+      elif arg.startswith(name + '='):
+        value = arg[len(name) + 1:]
+  return value
+
+
+def _load_config(spec: str) -> Any:
+  """The config that `spec` (file[:preset]) builds; ValueError with one line when it cannot."""
+  path, _, preset = spec.partition(':')
+  if not os.path.isfile(path):
+    raise ValueError(f'--config file {path} does not exist: give e.g. '
+                     'configs/finetune.py:stdlib_package (the preset is the task).')
+  try:
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('_cfg', path))
+    module.__spec__.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+  except ValueError as error:
+    raise ValueError(cli.one_line(error)) from error
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    raise ValueError(f'{spec}: {type(error).__name__}: {cli.one_line(error)} (the --config '
+                     'file).') from error
+
+
+def _unknown_override(config: Any, dotted: str) -> str | None:
+  """Why --config.<dotted> names no setting of `config` (None when it does)."""
+  from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
+  node, parts = config, dotted.split('.')
+  for depth, part in enumerate(parts):
+    if isinstance(node, ConfigDict) and part in node:
+      node = node[part]
+      continue
+    section = '.'.join(['config', *parts[:depth]])
+    if not isinstance(node, ConfigDict):
+      return f'--config.{dotted} names no setting: {section} is a value, not a section.'
+    close = difflib.get_close_matches(part, sorted(node), n=1)
+    hint = f' (did you mean {section}.{close[0]}?)' if close else ''
+    if section == 'config.model':
+      return (f'--config.model.{part} names no setting{hint}: config.model takes only '
+              f"{sorted(node)}; the rest of the model is the checkpoint's (its config.json).")
+    if section == 'config.task':
+      return (f'--config.task.{part} is not a setting of task {config.task.name!r}{hint}: it '
+              f'takes {sorted(node)}.')
+    return f'--config.{dotted} names no setting{hint}: {section} has {sorted(node)}.'
+  return None
+
+
+def _config_problem(argv: list[str]) -> str | None:
+  """A one-line reason the --config file, its preset or a --config.* override cannot work."""
+  spec = _config_spec(argv)
+  if spec is None:
+    return None
+  try:
+    config = _load_config(spec)
+  except ValueError as error:
+    return str(error)
+  for arg in argv[1:]:
+    if arg == '--':
+      break
+    match = re.match(r'--?config\.([^=]+)', arg)
+    problem = match and _unknown_override(config, match.group(1))
+    if problem:
+      return problem
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, except that a bad --config file, preset or override is one line."""
+  problem = _config_problem(argv)
+  if problem:
+    cli.fail(_COMMAND, problem, 2)
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ValueError, AttributeError, KeyError) as error:
+    if isinstance(error, flags.Error) and 'parsing config file' not in str(error):
+      cli.fail(_COMMAND, f'{cli.one_line(error)} (pass --helpfull to see the flags).', 1)
+    root = error  # the config file's own error, under absl's and ml_collections' wrappers
+    while root.__cause__ or root.__context__:
+      root = root.__cause__ or root.__context__
+    cli.fail(_COMMAND, cli.one_line(root), 2)
+  return []  # unreachable
 
 
 def main(argv):
@@ -46,4 +142,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('config')
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import numbers
 from typing import Any, Sequence
+
+from downstream import metrics as metrics_lib
 
 KINDS = ('classification', 'regression', 'qa')
 DEFAULT_METRICS = {'classification': ('accuracy',), 'regression': ('pearson', 'spearman'),
@@ -34,6 +37,7 @@ class Task:
     if self.kind not in KINDS:
       raise ValueError(f'Task {self.name}: kind must be one of {KINDS}, got {self.kind!r}.')
     self.metrics = tuple(self.metrics) or DEFAULT_METRICS[self.kind]
+    self._check_metrics()
     for split in ('train', 'validation'):
       if not self.splits.get(split):
         raise ValueError(f'Task {self.name} has no {split} examples: check its files or settings.')
@@ -43,6 +47,14 @@ class Task:
     if self.label_words and len(self.label_words) != len(self.label_names):
       raise ValueError(f'Task {self.name}: config.task.label_words has {len(self.label_words)} '
                        f'words for {len(self.label_names)} labels {list(self.label_names)}.')
+
+  def _check_metrics(self) -> None:
+    """Unknown metric names fail here, when the task is built, rather than after training."""
+    known = metrics_lib.QA_METRICS if self.kind == 'qa' else tuple(metrics_lib.LABEL_METRICS)
+    unknown = [name for name in self.metrics if name not in known]
+    if unknown:
+      raise ValueError(f'Task {self.name}: unknown metric {unknown[0]!r} (config.task.metrics): '
+                       f'{self.kind} tasks are scored by {sorted(known)}.')
 
   @property
   def num_labels(self) -> int:
@@ -87,6 +99,11 @@ def make_task(name: str, kind: str, splits: dict[str, list[dict[str, Any]]],
               metrics: Sequence[str] = (), pair: bool = False, template: str = '',
               label_words: Sequence[str] = ()) -> Task:
   """A Task with the common settings applied: example caps, template and label-word overrides."""
+  for key in ('max_train_examples', 'max_eval_examples'):
+    value = settings.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+      raise ValueError(f'config.task.{key} must be 0 (all examples) or a positive cap, '
+                       f'got {value!r}.')
   capped_splits = {}
   for split, examples in splits.items():
     limit = settings.get('max_train_examples', 0) if split == 'train' else \
