@@ -63,6 +63,25 @@ class TrainSettings:
   weight_decay: float = 0.01
   grad_clip_norm: float = 1.0
   max_steps: int = 0  # > 0 caps the steps (smoke runs)
+  max_answer_tokens: int = 30  # extractive QA: the longest answer span decoded
+
+
+def planned_steps(settings: TrainSettings, examples: int) -> tuple[int, int]:
+  """(batch size, steps): whole batches per epoch times the epochs, capped by max_steps."""
+  batch_size = min(settings.batch_size, examples)
+  steps = examples // batch_size * settings.epochs
+  return batch_size, min(steps, settings.max_steps) if settings.max_steps else steps
+
+
+def make_optimizer(settings: TrainSettings, labels: Any, steps: int) -> optax.GradientTransformation:
+  """The recipe's AdamW: linear warmup over warmup_fraction of the steps, then linear decay
+  to zero, weight decay and gradient clipping, on the parameters `labels` marks trainable."""
+  warmup = int(settings.warmup_fraction * steps)
+  schedule = optax.join_schedules(
+      [optax.linear_schedule(0.0, settings.learning_rate, max(warmup, 1)),
+       optax.linear_schedule(settings.learning_rate, 0.0, max(steps - warmup, 1))], [warmup])
+  return strategies.make_optimizer(labels, schedule, weight_decay=settings.weight_decay,
+                                   grad_clip_norm=settings.grad_clip_norm)
 
 
 @dataclasses.dataclass
@@ -117,11 +136,13 @@ def predict(predict_fn, params: Any, arrays: dict[str, np.ndarray], batch_size: 
   return np.concatenate(outputs)
 
 
-def score(task: Task, split: EncodedSplit, outputs: np.ndarray) -> dict[str, float]:
+def score(task: Task, split: EncodedSplit, outputs: np.ndarray, *,
+          max_answer_tokens: int = 30) -> dict[str, float]:
   """The task's metrics on one split's predictions."""
   if task.kind == 'qa':
     texts = encoding.decode_spans(outputs[..., 0], outputs[..., 1], split.windows,
-                                  [e['context'] for e in split.examples])
+                                  [e['context'] for e in split.examples],
+                                  max_answer_tokens=max_answer_tokens)
     return metrics_lib.squad_scores(texts, [[a['text'] for a in e['answers']]
                                             for e in split.examples])
   return metrics_lib.compute(task.metrics, outputs, split.arrays['label'])
@@ -133,23 +154,14 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
                        keep_params: bool = False) -> RunResult:
   """Fine-tunes a fresh head (plus the strategy's parameters) and scores `eval_splits`."""
   train = encoded['train']
-  batch_size = min(settings.batch_size, train.size)
-  steps_per_epoch = train.size // batch_size
-  steps = steps_per_epoch * settings.epochs
-  if settings.max_steps:
-    steps = min(steps, settings.max_steps)
+  batch_size, steps = planned_steps(settings, train.size)
   key = jax.random.key(settings.seed)
   head_key, extra_key, order_key = jax.random.split(key, 3)
   example = {k: v[:batch_size] for k, v in train.arrays.items()}
   params = {'backbone': backbone, 'head': model.init_head(head_key, example)}
   params = strategy.add_params(extra_key, params, ordinary_ids)
   labels = strategy.labels(params)
-  warmup = int(settings.warmup_fraction * steps)
-  schedule = optax.join_schedules(
-      [optax.linear_schedule(0.0, settings.learning_rate, max(warmup, 1)),
-       optax.linear_schedule(settings.learning_rate, 0.0, max(steps - warmup, 1))], [warmup])
-  tx = strategies.make_optimizer(labels, schedule, weight_decay=settings.weight_decay,
-                                 grad_clip_norm=settings.grad_clip_norm)
+  tx = make_optimizer(settings, labels, steps)
   opt_state = tx.init(params)
   train_step = make_train_step(model, tx, labels, settings.seed)
   rng = np.random.default_rng(np.asarray(jax.random.key_data(order_key)).ravel())
@@ -171,7 +183,8 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
   elapsed = time.perf_counter() - start if start is not None else 0.0
   predict_fn = make_predict(model)
   scores = {split: score(task, encoded[split],
-                         predict(predict_fn, params, encoded[split].arrays, batch_size))
+                         predict(predict_fn, params, encoded[split].arrays, batch_size),
+                         max_answer_tokens=settings.max_answer_tokens)
             for split in eval_splits if split in encoded}
   total = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
   return RunResult(scores=scores, trained_params=strategies.trained_count(params, labels),

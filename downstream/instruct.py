@@ -11,9 +11,8 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-import optax
 
-from downstream import encoding, strategies
+from downstream import encoding, finetune, strategies
 from downstream.model import DownstreamModel
 from downstream.tasks import local
 from objectives.base import token_cross_entropy
@@ -52,9 +51,11 @@ class InstructResult:
 
 def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, backbone: Any,
                        tokenizer, train_pairs: Sequence[dict[str, str]],
-                       validation_pairs: Sequence[dict[str, str]], *, seq_len: int,
-                       learning_rate: float, epochs: int, batch_size: int, seed: int = 0,
+                       validation_pairs: Sequence[dict[str, str]],
+                       settings: finetune.TrainSettings, *, seq_len: int,
                        keep_params: bool = False) -> InstructResult:
+  """Tunes on the response tokens with fine-tuning's recipe (`settings`: warmup, decay,
+  clipping, max_steps) and scores the validation pairs' response tokens."""
   if strategy.name == 'linear_probe':
     raise ValueError('config.strategy=linear_probe trains only a task head, and instruction '
                      'tuning has none: choose full, ffn_only, lora or prompt_tuning.')
@@ -62,13 +63,11 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
     raise ValueError('Instruction tuning needs a causal (clm) checkpoint.')
   train = encoding.encode_instructions(tokenizer, train_pairs, seq_len, tokenizer.vocab)
   validation = encoding.encode_instructions(tokenizer, validation_pairs, seq_len, tokenizer.vocab)
-  key = jax.random.key(seed)
+  key = jax.random.key(settings.seed)
   params = strategy.add_params(key, {'backbone': backbone}, tokenizer.vocab.ordinary_ids)
   labels = strategy.labels(params)
-  batch_size = min(batch_size, len(train['tokens']))
-  steps = (len(train['tokens']) // batch_size) * epochs
-  schedule = optax.linear_schedule(learning_rate, 0.0, max(steps, 1))
-  tx = strategies.make_optimizer(labels, schedule, weight_decay=0.0, grad_clip_norm=1.0)
+  batch_size, steps = finetune.planned_steps(settings, len(train['tokens']))
+  tx = finetune.make_optimizer(settings, labels, steps)
   opt_state = tx.init(params)
 
   @jax.jit
@@ -78,11 +77,11 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
     updates, opt_state = tx.update(grads, opt_state, params)
     return strategies.apply_updates(params, updates, labels), opt_state
 
-  order_rng = np.random.default_rng(seed)
+  order_rng = np.random.default_rng(settings.seed)
   step, start, timed = 0, None, 0
-  for _ in range(epochs):
+  while step < steps:
     order = order_rng.permutation(len(train['tokens']))
-    for i in range(len(order) // batch_size):
+    for i in range(min(len(order) // batch_size, steps - step)):
       rows = order[i * batch_size:(i + 1) * batch_size]
       params, opt_state = train_step(params, opt_state, {k: v[rows] for k, v in train.items()}, step)
       step += 1

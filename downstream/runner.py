@@ -6,6 +6,7 @@ restored; the checkpoint is checked against the task's tokenizer and model befor
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
@@ -250,6 +251,17 @@ def _common(config, pre, seq_len: int) -> dict[str, Any]:
                        'model_overrides': dict(config.model)}}
 
 
+def _recipe(config) -> Any:
+  """The training recipe every grid point shares (fine-tuning and instruction tuning)."""
+  from downstream import finetune  # pylint: disable=import-outside-toplevel
+
+  return finetune.TrainSettings(
+      learning_rate=0.0, epochs=1, batch_size=int(config.batch_size),
+      warmup_fraction=float(config.warmup_fraction), weight_decay=float(config.weight_decay),
+      max_steps=int(config.max_steps),
+      max_answer_tokens=int(config.get('max_answer_tokens', 30)))
+
+
 def _finetune(config, pre, task, strategy, seq_len: int, root: str, log) -> str:
   from downstream import finetune  # pylint: disable=import-outside-toplevel
   from downstream.model import DownstreamModel  # pylint: disable=import-outside-toplevel
@@ -260,10 +272,7 @@ def _finetune(config, pre, task, strategy, seq_len: int, root: str, log) -> str:
   encoded = finetune.encode_task(task, pre.tokenizer, seq_len, pre.causal,
                                  doc_stride=int(config.doc_stride),
                                  max_query_tokens=int(config.max_query_tokens))
-  base = finetune.TrainSettings(
-      learning_rate=0.0, epochs=1, batch_size=int(config.batch_size),
-      warmup_fraction=float(config.warmup_fraction), weight_decay=float(config.weight_decay),
-      max_steps=int(config.max_steps))
+  base = _recipe(config)
   found = finetune.grid_search(model, strategy, pre.params, task, encoded,
                                learning_rates=config.learning_rates, epochs=config.epochs,
                                seeds=config.seeds, base=base,
@@ -323,10 +332,10 @@ def _instruct(config, pre, strategy, seq_len: int, root: str, log) -> str:
   grid = []
   for lr in config.learning_rates:
     for epochs in config.epochs:
-      runs = [instruct.train_and_evaluate(model, strategy, pre.params, pre.tokenizer, train,
-                                          validation, seq_len=seq_len, learning_rate=float(lr),
-                                          epochs=int(epochs), batch_size=int(config.batch_size),
-                                          seed=int(seed)) for seed in config.seeds]
+      runs = [instruct.train_and_evaluate(
+          model, strategy, pre.params, pre.tokenizer, train, validation,
+          dataclasses.replace(_recipe(config), learning_rate=float(lr), epochs=int(epochs),
+                              seed=int(seed)), seq_len=seq_len) for seed in config.seeds]
       dev = {name: finetune.mean_std([r.scores[name] for r in runs]) for name in runs[0].scores}
       grid.append({'learning_rate': float(lr), 'epochs': int(epochs), 'dev': dev,
                    'trained_params': runs[0].trained_params,

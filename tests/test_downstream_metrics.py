@@ -94,6 +94,22 @@ def test_span_decoding_across_stride_windows(monkeypatch):
   assert texts == ['zeta eta']
   start[0, 5], end[0, 5] = 4.0, 4.0  # now window 0's 'beta' scores 8, above 'zeta eta' (5)
   assert encoding.decode_spans(start, end, windows, [context]) == ['beta']
+  # config.max_answer_tokens reaches the decoding: at 1 token 'zeta eta' cannot be chosen, and
+  # 'delta' (start -5 + end 4) beats 'zeta' (3 - 5).
+  from configs import finetune as finetune_config  # pylint: disable=import-outside-toplevel
+  from downstream import finetune, runner  # pylint: disable=import-outside-toplevel
+  from downstream.tasks.base import Task  # pylint: disable=import-outside-toplevel
+  task = Task('qa', 'qa', {'train': [example], 'validation': [example]})
+  split = finetune.EncodedSplit(windows.arrays, [example], windows)
+  start[0, 5] = end[0, 5] = -5.0  # back to 'zeta eta' as the best span
+  outputs = np.stack([start, end], axis=-1)
+  assert finetune.score(task, split, outputs)['exact_match'] == 1.0
+  config = finetune_config.get_config('squad_json')
+  config.max_answer_tokens = 1
+  short = runner._recipe(config).max_answer_tokens  # pylint: disable=protected-access
+  scores = finetune.score(task, split, outputs, max_answer_tokens=short)
+  assert encoding.decode_spans(start, end, windows, [context], max_answer_tokens=1) == ['delta']
+  assert scores['exact_match'] == 0.0 and scores['f1'] == 0.0
   # A window without the answer targets position 0 ([CLS]), which the head leaves unmasked:
   # its loss is the cross-entropy over [CLS] and the context tokens, finite, by hand.
   import jax  # pylint: disable=import-outside-toplevel

@@ -149,3 +149,24 @@ def test_instruction_targets_are_the_response_only(tokenizer):
   np.testing.assert_array_equal(arrays['targets'][0][weights > 0],
                                 [*response, tokenizer.vocab.eos_id])
   assert weights[:len(prompt)].sum() == 0  # no prompt token is a target
+
+
+def test_instruction_tuning_follows_the_recipe(setup, tokenizer):
+  """Instruction tuning takes fine-tuning's recipe: max_steps caps the steps, and a warmup over
+  the whole (one-step) run leaves the first update at learning rate 0."""
+  from downstream import instruct  # pylint: disable=import-outside-toplevel
+  _, config, _, backbone = setup
+  pairs = [{'prompt': f'apple plum {i}', 'response': 'river'} for i in range(8)]
+  strategy = strategies.Strategy('full')
+  model = DownstreamModel(config, 'classification', 2, True, 'last', 0.0, strategy.lora_scale)
+
+  def run(**recipe):
+    settings = finetune.TrainSettings(learning_rate=1e-2, epochs=3, batch_size=4, **recipe)
+    return instruct.train_and_evaluate(model, strategy, backbone, tokenizer, pairs, pairs,
+                                       settings, seq_len=16, keep_params=True)
+
+  assert run(warmup_fraction=0.0).steps == 6  # 8 pairs / batch 4 x 3 epochs
+  capped = run(max_steps=1, warmup_fraction=0.0)
+  assert capped.steps == 1 and _changed(backbone, capped.params['backbone'])
+  warm = run(max_steps=1, warmup_fraction=1.0)
+  assert warm.steps == 1 and not _changed(backbone, warm.params['backbone'])
