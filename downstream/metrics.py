@@ -91,6 +91,8 @@ def normalize_answer(text: str) -> str:
 def answer_f1(prediction: str, truth: str) -> float:
   """Token-overlap F1 of two answers after normalisation (SQuAD v1.1's f1_score)."""
   predicted, true = normalize_answer(prediction).split(), normalize_answer(truth).split()
+  if not predicted or not true:  # SQuAD v2's rule: an empty answer matches only an empty one
+    return float(predicted == true)
   common = collections.Counter(predicted) & collections.Counter(true)
   same = sum(common.values())
   if same == 0:
@@ -104,9 +106,11 @@ def answer_exact(prediction: str, truth: str) -> float:
 
 
 def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
-  """Exact match and F1 in [0, 1], each the best over an example's gold answers, averaged."""
+  """Exact match and F1 in [0, 1], each the best over an example's gold answers, averaged.
+  An example without gold answers (unanswerable, as in SQuAD v2) has the empty answer."""
   if not predictions:
     return {'exact_match': 0.0, 'f1': 0.0}
+  answers = [list(gold) or [''] for gold in answers]
   exact = [max(answer_exact(p, a) for a in gold) for p, gold in zip(predictions, answers)]
   f1 = [max(answer_f1(p, a) for a in gold) for p, gold in zip(predictions, answers)]
   return {'exact_match': float(np.mean(exact)), 'f1': float(np.mean(f1))}

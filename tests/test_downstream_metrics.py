@@ -46,6 +46,9 @@ def test_squad_normalisation_exact_match_and_f1():
   scores = metrics.squad_scores(['red dog', 'cat'], [['the red dog', 'dog'], ['a dog']])
   assert scores['exact_match'] == pytest.approx(0.5)
   assert scores['f1'] == pytest.approx((1.0 + 0.0) / 2)
+  # No gold answer (unanswerable): only an empty prediction matches, in both metrics.
+  scores = metrics.squad_scores(['red dog', '', 'the'], [[], [], ['a dog']])
+  assert scores == {'exact_match': pytest.approx(1 / 3), 'f1': pytest.approx(1 / 3)}
 
 
 def test_span_decoding_across_stride_windows(monkeypatch):
