@@ -216,6 +216,16 @@ def test_negative_example_caps(files):
       'config.task.max_train_examples must be 0 (all examples) or a positive cap, got -1.')
 
 
+@pytest.mark.parametrize('num_classes', [1, 0, -3])
+def test_stdlib_package_needs_two_classes(num_classes):
+  from configs import finetune as finetune_config  # pylint: disable=import-outside-toplevel
+  config = finetune_config.get_config('stdlib_package')
+  config.task.num_classes = num_classes
+  assert _error(registry.build, config.task) == (
+      f'config.task.num_classes must be an integer >= 2 (packages to tell apart), got '
+      f'{num_classes}.')
+
+
 def _local(files, train_path, **settings):
   config = _config(files)
   config.task.train_file = train_path

@@ -59,6 +59,9 @@ _FILES = dict(max_files=0, min_doc_chars=100, max_chars=600)
 
 @register('stdlib_package', defaults=dict(_FILES, num_classes=8))
 def make_package(settings) -> base.Task:
+  if not isinstance(settings['num_classes'], int) or settings['num_classes'] < 2:
+    raise ValueError(f'config.task.num_classes must be an integer >= 2 (packages to tell '
+                     f'apart), got {settings["num_classes"]!r}.')
   found = docstrings(settings['max_files'], settings['min_doc_chars'])
   counts = collections.Counter(p for p in (_package(r) for r, _, _ in found) if p)
   labels = sorted(name for name, _ in counts.most_common(settings['num_classes']))
