@@ -12,7 +12,6 @@ before jax is imported.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import sys
@@ -116,17 +115,9 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Validate, build the data and the
 
 
 def _config_path(argv: list[str]) -> str | None:
-  """The file of the last --config given (absl's forms: --config=X, --config X, -config ...)."""
-  value = None
-  for index, arg in enumerate(argv[1:], 1):
-    if arg == '--':
-      break
-    for name in ('--config', '-config'):
-      if arg == name and index + 1 < len(argv):
-        value = argv[index + 1]
-      elif arg.startswith(name + '='):
-        value = arg[len(name) + 1:]
-  return value.split(':', 1)[0] if value is not None else None
+  """The file of the last --config given."""
+  spec = cli.config_spec(argv)
+  return spec.split(':', 1)[0] if spec is not None else None
 
 
 def _config_file_problem(path: str) -> str | None:
@@ -171,11 +162,8 @@ def _config_help(argv: list[str]) -> str:
                                             'configs', 'clm.py')
   spec = next((a.split('=', 1)[1] if '=' in a else None for a in argv if
                a.startswith(('--config=', '-config='))), path) or path
-  file, _, preset = spec.partition(':')
   try:
-    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('_cfg', file))
-    module.__spec__.loader.exec_module(module)
-    config = module.get_config(preset) if preset else module.get_config()
+    config = cli.load_config_spec(spec)
   except Exception as error:  # pylint: disable=broad-exception-caught
     return f'(cannot list the settings of {spec}: {cli.one_line(error)})'
   lines = [f'Settings of {spec} (override any with --config.KEY=VALUE):']

@@ -7,7 +7,7 @@ Light on purpose (absl only): train.py reports a broken --config file before jax
 from __future__ import annotations
 
 import sys
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from absl import app, flags, logging
 
@@ -40,6 +40,32 @@ def require_workdir(command: str, workdir: str | None, message: str) -> str:
   if not workdir:
     fail(command, message, 2)
   return workdir
+
+
+def config_spec(argv: Sequence[str]) -> str | None:
+  """The last --config value given, FILE[:PRESET] (absl's forms: --config=X, --config X,
+  -config ...), or None."""
+  value = None
+  for index, arg in enumerate(argv[1:], 1):
+    if arg == '--':
+      break
+    for name in ('--config', '-config'):
+      if arg == name and index + 1 < len(argv):
+        value = argv[index + 1]
+      elif arg.startswith(name + '='):
+        value = arg[len(name) + 1:]
+  return value
+
+
+def load_config_spec(spec: str) -> Any:
+  """What config_flags builds from FILE[:PRESET]: the file's get_config(preset); whatever the
+  file raises propagates."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  path, _, preset = spec.partition(':')
+  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('_cfg', path))
+  module.__spec__.loader.exec_module(module)
+  return module.get_config(preset) if preset else module.get_config()
 
 
 OBJECTIVE_FLAG = '--config.objective'

@@ -15,7 +15,6 @@ command with one line on stderr, before anything compiles (docs/downstream.md li
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import os
 import re
 import sys
@@ -36,30 +35,14 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The pretraining run\'s workdir.')
 
 
-def _config_spec(argv: list[str]) -> str | None:
-  """The last --config value given (absl's forms: --config=X, --config X, -config ...)."""
-  value = None
-  for index, arg in enumerate(argv[1:], 1):
-    if arg == '--':
-      break
-    for name in ('--config', '-config'):
-      if arg == name and index + 1 < len(argv):
-        value = argv[index + 1]
-      elif arg.startswith(name + '='):
-        value = arg[len(name) + 1:]
-  return value
-
-
 def _load_config(spec: str) -> Any:
   """The config that `spec` (file[:preset]) builds; ValueError with one line when it cannot."""
-  path, _, preset = spec.partition(':')
+  path = spec.partition(':')[0]
   if not os.path.isfile(path):
     raise ValueError(f'--config file {path} does not exist: give e.g. '
                      'configs/finetune.py:stdlib_package (the preset is the task).')
   try:
-    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('_cfg', path))
-    module.__spec__.loader.exec_module(module)
-    return module.get_config(preset) if preset else module.get_config()
+    return cli.load_config_spec(spec)
   except ValueError as error:
     raise ValueError(cli.one_line(error)) from error
   except Exception as error:  # pylint: disable=broad-exception-caught
@@ -93,7 +76,7 @@ def _unknown_override(config: Any, dotted: str) -> str | None:
 
 def _config_problem(argv: list[str]) -> str | None:
   """A one-line reason the --config file, its preset or a --config.* override cannot work."""
-  spec = _config_spec(argv)
+  spec = cli.config_spec(argv)
   if spec is None:
     return None
   try:
