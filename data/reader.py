@@ -21,7 +21,8 @@ import numpy as np
 from data.formats.base import padding_example
 
 # Upcoming documents read in one batched call (and encoded in one, where the tokenizer can):
-# about 40 us of CPU per text record in calls of 256 against 68 us in calls of 64.
+# with tfds' decoding, about 40 us of CPU per text record in calls of 256 against 68 us in
+# calls of 64 (15.5 us in calls of 256 since RecordSource parses the text field itself).
 PREFETCH_DOCUMENTS = 256
 
 
