@@ -78,6 +78,20 @@ def test_layout_labels_and_true_continuations():
   assert stats['pairs'] >= 960 and abs(stats['random_next_fraction'] - 0.5) < 0.05
 
 
+def test_a_shard_of_one_document_pairs_true_continuations_and_never_an_empty_b():
+  """With no other document to draw a random next segment from, B is the actual next one:
+  every pair is labelled IsNext, and B is never empty (it was when A had taken the chunk)."""
+  documents, tokenize, vocab, where = _corpus(1, seed=3)
+  iterator = _iterator(documents, tokenize, vocab, repeat=True, seq_len=32)
+  for _ in range(25):
+    batch = next(iterator)
+    assert (batch['next_sentence_label'] == 0).all()
+    for row in range(16):
+      a, b = _segments(batch['tokens'][row], batch['token_types'][row], vocab)
+      assert a and b and b[0] > a[-1]
+      assert b == list(range(b[0], b[0] + len(b)))  # the actual continuation, in order
+
+
 def test_sentence_order_swaps_half_and_keeps_true_neighbours():
   documents, tokenize, vocab, where = _corpus(80, seed=1)
   iterator = _iterator(documents, tokenize, vocab, repeat=True, sentence_order=True)

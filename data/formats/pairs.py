@@ -219,6 +219,7 @@ class PairBuilder:
         label = 0
         tokens_b: list[int] = []
         if not sentence_order and rng.random() < 0.5:
+          split = a_end
           if a_end == len(chunk) - 1 and i == len(sentences) - 1:
             # Only the document's last sentence would be put back, to be left alone: A takes
             # it too (the reference would pair it with a forced random segment).
@@ -228,6 +229,9 @@ class PairBuilder:
           if tokens_b:
             label = 1
             i -= len(chunk) - a_end  # the unused continuation starts the next chunk
+          elif a_end != split:  # no other document to draw from: B is the actual next after all
+            a_end = split
+            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
         if not tokens_b:
           tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
         truncate_pair(tokens_a, tokens_b, max_tokens, rng)
