@@ -181,3 +181,29 @@ def test_an_unprepared_tfds_dataset_offline_fails_at_once(tmp_path, monkeypatch)
   config.update(source='tfds', tfds_name='lm1b', data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(ValueError, match='not prepared in .* cannot reach the internet'):
     pipeline.load_documents(config, 'train')
+
+
+def test_held_out_documents_follow_their_text_not_their_path_or_position(tmp_path):
+  """Without validation files, the same corpus in another directory holds out the same
+  documents, a paragraph inserted in front moves none of the others, and copies of a document
+  share its split."""
+  paragraphs = [f'Paragraph {i} of the corpus. It says {i * 7 % 31} things.' for i in range(400)]
+  paragraphs += [paragraphs[5]] * 3  # copies
+
+  def held_out(folder, texts):
+    folder.mkdir()
+    (folder / 'corpus.txt').write_text('\n\n'.join(texts) + '\n')
+    config = data_config(400)
+    config.update(source='text', data_dir=str(tmp_path / f'tfds_{folder.name}'),
+                  train_files=str(folder / 'corpus.txt'), validation_files='')
+    train = list(pipeline.load_documents(config, 'train'))
+    validation = list(pipeline.load_documents(config, 'validation'))
+    assert sorted(train + validation) == sorted(texts)  # every document in one split
+    assert validation.count(paragraphs[5]) in (0, 4)  # the document and its copies together
+    return set(validation)
+
+  first = held_out(tmp_path / 'here', paragraphs)
+  assert 4 <= len(first) <= 24  # about 3% of 400
+  assert held_out(tmp_path / 'elsewhere', paragraphs) == first
+  opening = 'A new opening paragraph. It is first.'
+  assert held_out(tmp_path / 'inserted', [opening] + paragraphs) - {opening} == first

@@ -143,11 +143,13 @@ def _builder_class():
   class LocalText(TextBuilder):
     """A user's local text or JSON-lines files as train/validation documents."""
 
-    VERSION = tfds.core.Version('1.1.0')
+    VERSION = tfds.core.Version('1.2.0')
     RELEASE_NOTES = {'1.0.0': 'Blank-line separated text and JSON lines.',
                      '1.1.0': 'Invalid UTF-8 replaced, control characters removed, empty '
                               'documents and malformed JSON lines skipped; all counted in the '
-                              'metadata.'}
+                              'metadata.',
+                     '1.2.0': 'Held-out documents chosen by a hash of their text, not of their '
+                              'path and position.'}
     BUILDER_CONFIG_CLASS = LocalTextConfig
     DESCRIPTION = 'Local text files, one document per paragraph, file, heading or JSON line.'
 
@@ -170,9 +172,11 @@ def _builder_class():
         splits = {'train': train,
                   'validation': documents(config.validation_files, skipped['validation'])}
       else:  # Skipped documents belong to no split; they are counted with train's.
+        # Held out by a hash of the text: the same corpus gets the same split wherever its
+        # files live and whatever is inserted before a document, and copies stay together.
         splits = split_lib.split_assigned(
             train, split_lib.VALIDATION_FRACTION, 'config.data.train_files',
-            'add documents, or give config.data.validation_files')
+            'add documents, or give config.data.validation_files', by=lambda item: item[1])
       self.info.metadata['cleaning'] = {name: split_stats(splits[name], skipped[name])
                                         for name in splits}
       self._record_checksums({name: items for name, items in splits.items() if items})
