@@ -11,8 +11,10 @@ binary cross-entropy over the real tokens (lambda = 50 in the paper).
 
 Embeddings are shared as in ELECTRA: the generator reads the discriminator's token embedding
 table (through a projection to its width) and scores its predictions against the same table.
-The generator has positions of its own (ELECTRA shares those too; the shared model's learned
-positions would tie the generator's width to it). The generator and the discriminator head
+Unlike ELECTRA, the generator has its own position table and embedding norm: the paper shares
+those too (token + position embeddings summed at the discriminator's width, normalised, then
+projected), while the shared Transformer adds positions inside itself at its own width. The
+generator and the discriminator head
 are this objective's own parameters (training/state.py): trained by the same optimizer,
 checkpointed with the model, and left out of the model that is evaluated and fine-tuned,
 which is the discriminator.
