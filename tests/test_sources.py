@@ -45,11 +45,13 @@ def _text_config(tmp_path, **overrides):
 
 @pytest.mark.parametrize('mode, expected', [
     ('blank_lines', 6), ('file', 1), ('heading', 2)])
-def test_local_text_document_modes(tmp_path, mode, expected):
-  (tmp_path / 'wiki.train.txt').write_text(WIKI)
-  (tmp_path / 'wiki.valid.txt').write_text(WIKI)
+@pytest.mark.parametrize('newline', ['\n', '\r\n'])
+def test_local_text_document_modes(tmp_path, mode, expected, newline):
+  (tmp_path / 'wiki.train.txt').write_bytes(WIKI.replace('\n', newline).encode())
+  (tmp_path / 'wiki.valid.txt').write_bytes(WIKI.replace('\n', newline).encode())
   documents = list(pipeline.load_documents(_text_config(tmp_path, text_documents=mode), 'train'))
   assert len(documents) == expected
+  documents = [document.replace('\r\n', '\n') for document in documents]
   if mode == 'heading':
     first, second = sorted(documents, key=len, reverse=True)
     assert first.startswith(' = Valkyria Chronicles III = ') and ' = = Gameplay = = ' in first

@@ -48,8 +48,13 @@ def _raw_blocks(data: bytes, mode: str, heading: str) -> list[bytes]:
     return _BLANK_LINES.split(data)
   if mode == 'file':
     return [data]
-  pattern = re.compile(heading.encode('utf-8'), re.MULTILINE)
-  starts = sorted({0, *(match.start() for match in pattern.finditer(data))})
+  pattern = re.compile(heading.encode('utf-8'))
+  starts, offset = {0}, 0
+  for line in data.split(b'\n'):  # a line of its own, without a CRLF file's '\r'
+    if pattern.search(line.removesuffix(b'\r')):
+      starts.add(offset)
+    offset += len(line) + 1
+  starts = sorted(starts)
   return [data[start:end] for start, end in zip(starts, starts[1:] + [len(data)])]
 
 
@@ -149,7 +154,7 @@ def _builder_class():
                               'documents and malformed JSON lines skipped; all counted in the '
                               'metadata.',
                      '1.2.0': 'Held-out documents chosen by a hash of their text, not of their '
-                              'path and position.'}
+                              'path and position; headings found in CRLF files too.'}
     BUILDER_CONFIG_CLASS = LocalTextConfig
     DESCRIPTION = 'Local text files, one document per paragraph, file, heading or JSON line.'
 
