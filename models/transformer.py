@@ -305,8 +305,14 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: ModelInputs, *, train: bool = False,
-               token_embeddings: Array | None = None, cache: KVCache | None = None) -> ModelOutputs:
+               token_embeddings: Array | None = None, cache: KVCache | None = None,
+               input_embeddings: Array | None = None,
+               embeddings_only: bool = False) -> ModelOutputs:
     """Runs the model; `token_embeddings` [B, T, D] replaces the token lookup (for tests of leaks).
+
+    `input_embeddings` [B, T, D] replace the whole input embedding (token, position and type
+    embeddings and their norm); `embeddings_only` returns that embedding as `hidden` and runs
+    nothing else. ELECTRA's generator reads the discriminator's embedding so, as in the paper.
 
     With a `cache` (causal inputs only), the tokens are the next `length` slots of the rows in
     the cache: they attend to every earlier written slot of their segment, and the outputs
@@ -318,28 +324,34 @@ class Transformer(nn.Module):
         cfg.vocab_size, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(_dense_init(cfg), ('vocab', 'embed')),
         name='token_embed')
-    x = embed(inputs.tokens) if token_embeddings is None else token_embeddings.astype(cfg.compute_dtype)
     position_embed = None
     if cfg.position == 'learned':
       position_embed = nn.Embed(
           cfg.max_len, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
           embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
           name='position_embed')
-    position_term = self._position_term(inputs.positions, position_embed)
-    if position_term is not None:
-      x = x + position_term
-    if cfg.num_token_types:
-      # Inputs without token types (packed windows, a switched objective) are all type 0,
-      # as BERT types a single segment.
-      token_types = inputs.token_types
-      if token_types is None:
-        token_types = jnp.zeros_like(inputs.tokens)
-      x = x + nn.Embed(
-          cfg.num_token_types, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-          embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
-          name='token_type_embed')(token_types)
-    if cfg.norm == 'post':
-      x = _layer_norm(cfg, 'embed_norm')(x)
+    if input_embeddings is not None:
+      x = input_embeddings.astype(cfg.compute_dtype)
+    else:
+      x = (embed(inputs.tokens) if token_embeddings is None
+           else token_embeddings.astype(cfg.compute_dtype))
+      position_term = self._position_term(inputs.positions, position_embed)
+      if position_term is not None:
+        x = x + position_term
+      if cfg.num_token_types:
+        # Inputs without token types (packed windows, a switched objective) are all type 0,
+        # as BERT types a single segment.
+        token_types = inputs.token_types
+        if token_types is None:
+          token_types = jnp.zeros_like(inputs.tokens)
+        x = x + nn.Embed(
+            cfg.num_token_types, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+            embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
+            name='token_type_embed')(token_types)
+      if cfg.norm == 'post':
+        x = _layer_norm(cfg, 'embed_norm')(x)
+      if embeddings_only:
+        return ModelOutputs(hidden=x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
 
     segments = inputs.segment_ids

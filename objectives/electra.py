@@ -11,9 +11,9 @@ binary cross-entropy over the real tokens (lambda = 50 in the paper).
 
 Embeddings are shared as in ELECTRA: the generator reads the discriminator's token embedding
 table (through a projection to its width) and scores its predictions against the same table.
-Unlike ELECTRA, the generator has its own position table and embedding norm: the paper shares
-those too (token + position embeddings summed at the discriminator's width, normalised, then
-projected), while the shared Transformer adds positions inside itself at its own width. The
+As in the paper (and its released code's `embeddings_project`), the whole input embedding is
+shared: the discriminator's token, position and type embeddings, summed and normalised at its
+width, are projected to the generator's, whose Transformer adds no embedding of its own. The
 generator and the discriminator head
 are this objective's own parameters (training/state.py): trained by the same optimizer,
 checkpointed with the model, and left out of the model that is evaluated and fine-tuned,
@@ -62,19 +62,22 @@ def _dense(features: int, config: ModelConfig, axes: tuple[str | None, str | Non
 
 
 class Generator(nn.Module):
-  """An MLM Transformer of its own width whose input and output embeddings are `table`'s."""
+  """An MLM Transformer of its own width that reads the discriminator's input embedding
+  (projected to its width) and scores against the discriminator's token table."""
 
   config: ModelConfig  # the generator's
   embed_dim: int  # the shared table's (the discriminator's) width
 
   @nn.compact
-  def __call__(self, table: Array, inputs: ModelInputs, index: Array, *, train: bool) -> Array:
-    """Vocabulary logits [B, P] at positions `index` [B, P] of `inputs`, in float32."""
+  def __call__(self, table: Array, embedded: Array, inputs: ModelInputs, index: Array, *,
+               train: bool) -> Array:
+    """Vocabulary logits [B, P] at positions `index` [B, P] of `inputs`, in float32, from the
+    discriminator's embedding `embedded` [B, T, embed_dim] of those inputs."""
     cfg = self.config
-    x = jnp.take(table, inputs.tokens, axis=0).astype(cfg.compute_dtype)
-    x = _dense(cfg.embed_dim, cfg, (None, 'embed'), 'embed_project')(x)
+    x = _dense(cfg.embed_dim, cfg, (None, 'embed'), 'embed_project')(
+        embedded.astype(cfg.compute_dtype))
     inputs = inputs.replace(predict_index=None, query_index=None, compute_logits=False)
-    hidden = Transformer(cfg, name='transformer')(inputs, train=train, token_embeddings=x).hidden
+    hidden = Transformer(cfg, name='transformer')(inputs, train=train, input_embeddings=x).hidden
     hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
     hidden = nn.gelu(_dense(self.embed_dim, cfg, ('embed', None), 'head')(hidden))
     hidden = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
@@ -146,9 +149,10 @@ class Electra:
     zeros = jnp.zeros((1, 2), jnp.int32)
     dummy = ModelInputs(tokens=zeros, positions=zeros, segment_ids=zeros + 1, token_types=zeros)
     table = jnp.zeros((model_config.vocab_size, model_config.embed_dim), jnp.float32)
+    embedded = jnp.zeros((1, 2, model_config.embed_dim), jnp.float32)
     generator = Generator(gen_config, model_config.embed_dim).init(
-        {'params': generator_rng, 'dropout': generator_rng}, table, dummy, zeros[:, :1],
-        train=False)['params']
+        {'params': generator_rng, 'dropout': generator_rng}, table, embedded, dummy,
+        zeros[:, :1], train=False)['params']
     head = DiscriminatorHead(model_config).init(
         head_rng, jnp.zeros((1, 2, model_config.embed_dim), jnp.float32))['params']
     return {'generator': generator, 'discriminator_head': head}
@@ -191,9 +195,13 @@ class Electra:
     masked = inputs.replace(tokens=self.masker.corrupt(corrupt_key, tokens, selected),
                             **discriminator)
     table = self.model_params['token_embed']['embedding']
+    # The discriminator's whole input embedding (token, position and type tables, and its
+    # norm), shared with the generator as in ELECTRA; gradients reach it from both losses.
+    embedded = Transformer(self.model_config).apply(
+        {'params': self.model_params}, masked, embeddings_only=True).hidden
     gen_config = generator_config(self.model_config, self.generator_fraction)
     logits = Generator(gen_config, self.model_config.embed_dim).apply(
-        {'params': self.params['generator']}, table, masked, index, train=self.train,
+        {'params': self.params['generator']}, table, embedded, masked, index, train=self.train,
         rngs={'dropout': dropout_key})
     generator_loss, generator_metrics = base.token_cross_entropy(logits, originals, weights)
     sampled = jax.random.categorical(sample_key, jax.lax.stop_gradient(logits) / self.temperature)

@@ -103,6 +103,38 @@ def test_no_gradient_from_the_discriminator_into_the_generator():
   assert float(jnp.abs(generator_grads['token_embed']['embedding']).max()) > 0
 
 
+def test_the_generator_reads_the_discriminators_whole_input_embedding():
+  """As in ELECTRA, token, position and type embeddings and their norm are the discriminator's:
+  the generator has none of its own, and its MLM loss reaches every one of them. The embedding
+  the model hands out is the one it runs on (fed back, the outputs are identical)."""
+  config = ModelConfig(vocab_size=VOCAB.size, num_layers=1, embed_dim=32, num_heads=2,
+                       mlp_dim=64, max_len=SEQ_LEN, position='learned', norm='post',
+                       num_token_types=2)
+  model = Transformer(config)
+  batch = dict(batch_of(seed=2), token_types=jnp.asarray(
+      (np.arange(SEQ_LEN)[None] >= SEQ_LEN // 2).repeat(8, 0).astype(np.int32)))
+  inputs = base.base_inputs(batch)
+  params = jax.jit(lambda r: nn.unbox(model.init(r, inputs)['params']))(jax.random.key(0))
+  embedded = model.apply({'params': params}, inputs, embeddings_only=True).hidden
+  np.testing.assert_array_equal(model.apply({'params': params}, inputs).hidden,
+                                model.apply({'params': params}, inputs,
+                                            input_embeddings=embedded).hidden)
+  part = objective()
+  own = part.init_params(jax.random.key(1), config)
+  generator = own['generator']['transformer']
+  assert not {'token_embed', 'position_embed', 'token_type_embed', 'embed_norm'} & set(generator)
+
+  def generator_loss(model_params):
+    bound = part.bind(own, model_params=model_params, model_config=config, train=False)
+    _, targets = bound.prepare(jax.random.key(3), batch)
+    return targets['generator_loss']
+
+  grads = jax.jit(jax.grad(generator_loss))(params)
+  for name in ('token_embed', 'position_embed', 'token_type_embed', 'embed_norm'):
+    assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads[name])) > 0, name
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads['layers'])) == 0.0
+
+
 def test_loss_is_generator_loss_plus_fifty_times_the_mean_token_bce():
   part = objective()
   params = init_params(part)
