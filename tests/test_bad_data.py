@@ -143,3 +143,15 @@ def test_empty_train_split_and_pairless_validation_are_one_line(tmp_path, shared
   with pytest.raises(train.SetupError, match=r'validation split gives no batch.*two sentences.*'
                      r'config\.eval_steps=0'):
     train.run(config, str(tmp_path / 'no_pairs'))
+
+
+def test_invalid_bytes_of_other_json_fields_are_not_counted_against_the_text(tmp_path):
+  """Only the text field's invalid UTF-8 counts (a literal U+FFFD in it is not a repair)."""
+  from data.sources import text as text_source  # pylint: disable=import-outside-toplevel
+  path = tmp_path / 'records.jsonl'
+  path.write_bytes(b'\n'.join([
+      b'{"title": "caf\xe9 \xff", "text": "Clean text. Its title is broken."}',
+      b'{"text": "Kept \xef\xbf\xbd literal and \xff\xfe raw.", "id": "\xc3\x28"}']))
+  documents = list(text_source.read_local_documents(str(path)))
+  assert [repairs['invalid_utf8'] for _, repairs in documents] == [0, 2]
+  assert documents[1][0] == 'Kept \ufffd literal and \ufffd\ufffd raw.'

@@ -94,6 +94,9 @@ def read_local_documents(path: str, text_field: str = 'text',
       if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
         raise ValueError(f'{path}:{line_number}: no string field {text_field!r}; set '
                          'config.data.text_field to the field holding the text.')
+      if invalid:  # count the invalid bytes of the text field only, not of other fields
+        kept = json.loads(raw.decode('utf-8', errors='surrogateescape'))[text_field]
+        invalid = record[text_field].count('\ufffd') - kept.count('\ufffd')
       document = cleaned(record[text_field], invalid)
       if document is not None:
         yield document
