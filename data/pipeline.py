@@ -12,6 +12,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from data import formats, reader as reader_lib, sources
+from data.sources import pretokenized
 from data.tokens import EncodedDocuments, tokenizer_fingerprint
 
 
@@ -68,7 +69,7 @@ def tokenized_view(documents: Any, tokenizer: Any) -> Any:
   if hasattr(documents, 'document') and hasattr(documents, 'sentences'):
     made_by = documents.fingerprint()['tokenizer']
     if made_by != tokenizer_fingerprint(tokenizer.encode):
-      stored = os.path.join(getattr(documents, 'directory', ''), 'tokenizer.model')
+      stored = os.path.join(getattr(documents, 'directory', ''), pretokenized.TOKENIZER)
       fix = ('write the shards again with tools/pretokenize.py' if _same_file(tokenizer.path, stored)
              else 'leave config.data.tokenizer empty to use the tokenizer.model stored with the '
              'shards')

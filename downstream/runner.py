@@ -330,11 +330,12 @@ def _instruct(config, pre, strategy, seq_len: int, root: str, log) -> str:
   model = DownstreamModel(pre.model_config, 'classification', 2, pre.causal, 'last', 0.0,
                           strategy.lora_scale)
   grid = []
+  recipe = _recipe(config)
   for lr in config.learning_rates:
     for epochs in config.epochs:
       runs = [instruct.train_and_evaluate(
           model, strategy, pre.params, pre.tokenizer, train, validation,
-          dataclasses.replace(_recipe(config), learning_rate=float(lr), epochs=int(epochs),
+          dataclasses.replace(recipe, learning_rate=float(lr), epochs=int(epochs),
                               seed=int(seed)), seq_len=seq_len) for seed in config.seeds]
       dev = {name: finetune.mean_std([r.scores[name] for r in runs]) for name in runs[0].scores}
       grid.append({'learning_rate': float(lr), 'epochs': int(epochs), 'dev': dev,

@@ -234,49 +234,52 @@ def _local(files, train_path, **settings):
   return config.task
 
 
+def _train_file_error(files, name: str, text: str):
+  """(path, the one-line error) of building the local task whose train file holds `text`."""
+  path = files['root'] / name
+  path.write_text(text, encoding='utf-8')
+  return path, _error(registry.build, _local(files, str(path)))
+
+
 def test_tsv_row_with_missing_columns(files):
-  path = files['root'] / 'train.tsv'
-  path.write_text('text\tlabel\napple banana\t0\nriver ocean\n', encoding='utf-8')
-  assert _error(registry.build, _local(files, str(path))) == (
+  path, error = _train_file_error(files, 'train.tsv', 'text\tlabel\napple banana\t0\nriver ocean\n')
+  assert error == (
       f"{path}:3: the row has no 'label' column (it has 1 of the header's 2); every row of "
       'config.task.train_file needs one tab-separated value per header column.')
 
 
 def test_tsv_row_with_extra_columns(files):
-  path = files['root'] / 'train.tsv'
-  path.write_text('text\tlabel\napple\t0\t\nriver\tocean\t1\n', encoding='utf-8')
-  assert _error(registry.build, _local(files, str(path))) == (
+  path, error = _train_file_error(files, 'train.tsv', 'text\tlabel\napple\t0\t\nriver\tocean\t1\n')
+  assert error == (
       f"{path}:3: the row has more columns than the header's 2 (a tab inside a text?); fix that "
       'line of config.task.train_file.')
 
 
 def test_jsonl_null_text_and_label(files):
-  path = files['root'] / 'null.jsonl'
-  path.write_text('{"text": "apple", "label": 0}\n\n{"text": null, "label": 1}\n',
-                  encoding='utf-8')
-  assert _error(registry.build, _local(files, str(path))) == (
+  path, error = _train_file_error(files, 'null.jsonl',
+                                  '{"text": "apple", "label": 0}\n\n{"text": null, "label": 1}\n')
+  assert error == (
       f"{path}:3: field 'text' is null, not a text: fix the record or point "
       'config.task.text_field / text_pair_field at a text field.')
-  path.write_text('{"text": "apple", "label": 0}\n{"text": "river", "label": null}\n',
-                  encoding='utf-8')
-  assert _error(registry.build, _local(files, str(path))) == (
+  path, error = _train_file_error(
+      files, 'null.jsonl', '{"text": "apple", "label": 0}\n{"text": "river", "label": null}\n')
+  assert error == (
       f"{path}:2: field 'label' is null, not a label: give every record a string or integer "
       'label.')
 
 
 def test_jsonl_line_that_is_not_an_object(files):
-  path = files['root'] / 'strings.jsonl'
-  path.write_text('{"text": "apple", "label": 0}\n"river ocean"\n', encoding='utf-8')
-  assert _error(registry.build, _local(files, str(path))) == (
+  path, error = _train_file_error(files, 'strings.jsonl',
+                                  '{"text": "apple", "label": 0}\n"river ocean"\n')
+  assert error == (
       f'{path}:2: a JSON str, not an object; config.task.train_file must hold one JSON object a '
       'line.')
 
 
 def test_missing_field_names_line_and_field(files):
-  path = files['root'] / 'nofield.jsonl'
-  path.write_text('{"text": "apple", "label": 0}\n{"sentence": "river", "label": 1}\n',
-                  encoding='utf-8')
-  assert _error(registry.build, _local(files, str(path))) == (
+  path, error = _train_file_error(
+      files, 'nofield.jsonl', '{"text": "apple", "label": 0}\n{"sentence": "river", "label": 1}\n')
+  assert error == (
       f"{path}:2: the record has no field 'text' (it has ['label', 'sentence']): set "
       'config.task.text_field / text_pair_field / label_field.')
 

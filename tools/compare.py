@@ -117,8 +117,8 @@ class ComparisonProgress:
   def line(self, index: int, arm: str, seed: int, text: str, step: int, total: int) -> str:
     prefix = f'[{index + 1}/{len(self.runs)} {arm} seed {seed}] {text}'
     now = self.clock()
-    if self.started is None:
-      self.start()
+    if self.started is None:  # no start() call: count from this first line
+      self.started = now
     if self.first is None:
       self.startup, self.first = now - self.started, (now, step)
     speed = _MS_PER_STEP.search(text)

@@ -359,15 +359,12 @@ class Trainer:
           f'were skipped; config.nonfinite.policy={policy!r}): lower '
           f'config.optimizer.learning_rate or check the data; {kept}.')
 
-  def budget_reached(self) -> bool:
-    tokens = self.config.get('budget', {}).get('tokens', 0)
-    return bool(tokens) and self.tokens_seen() >= tokens
-
   def finished(self, step: int) -> bool:
     """Whether the run ends after `step`: at its token budget where it has one (however many
     steps that takes: the planned steps only shape the schedule), else at its last step."""
-    if self.config.get('budget', {}).get('tokens', 0):
-      return step > 0 and self.budget_reached()
+    tokens = self.config.get('budget', {}).get('tokens', 0)
+    if tokens:
+      return step > 0 and self.tokens_seen() >= tokens
     return step >= self.total_steps
 
   # -- the loop ----------------------------------------------------------------------------

@@ -36,7 +36,8 @@ class Task:
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f'Task {self.name}: kind must be one of {KINDS}, got {self.kind!r}.')
-    self.metrics = tuple(self.metrics) or DEFAULT_METRICS[self.kind]
+    self.metrics = (tuple(m.strip() for m in self.metrics if m.strip())
+                    or DEFAULT_METRICS[self.kind])
     self._check_metrics()
     for split in ('train', 'validation'):
       if not self.splits.get(split):

@@ -159,7 +159,6 @@ def make(settings) -> base.Task:
   pair = bool(settings['text_pair_field'])
   return base.make_task(
       'local', kind, splits, settings, label_names=names,
-      metrics=[m.strip() for m in base.parse_words(settings['metrics']) if m.strip()],
-      pair=pair,
+      metrics=base.parse_words(settings['metrics']), pair=pair,
       template='{text}\n{text_pair}\nLabel:' if pair else '{text}\nLabel:',
       label_words=[f' {name}' for name in names])
