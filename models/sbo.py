@@ -1,7 +1,9 @@
 """SpanBERT's span boundary objective (SBO) head, built only when config.model.sbo_max_offset > 0.
 
-For a target token at offset i - s inside a masked span s..e, the head reads the final hidden
-states of the span's boundary tokens x_{s-1}, x_{e+1} and a learned embedding of the offset:
+For a target token at offset i - s inside a masked span s..e (counted in the span's predicted
+tokens: whitespace-only pieces the span runs over are not counted, as BERT's tokenizer has
+none), the head reads the final hidden states of the span's boundary tokens x_{s-1}, x_{e+1}
+and a learned embedding of the offset:
   h = LayerNorm(GeLU(W1 [x_{s-1}; x_{e+1}; p_{i-s}])),  y = LayerNorm(GeLU(W2 h)),
 and the model's output layer turns y into vocabulary logits (SpanBERT, Joshi et al. 2020, 3.2).
 """

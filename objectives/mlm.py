@@ -12,14 +12,17 @@ Units:
   token: single tokens, uniformly without replacement (BERT).
   word: whole words, in random order, each taken if it still fits in the budget (BERT wwm).
   span: SpanBERT spans measured in words: lengths from a geometric(span_p) restricted to
-    1..span_max and renormalised, anchored at a random free word. Spans never touch (a gap of
-    at least one unmasked word), so each masked run is exactly one sampled span; a span stops
-    early at a special token, a document boundary or the end of the budget. With sbo=True,
-    SpanBERT's span boundary objective is added: each target is also predicted from the
-    hidden states of the tokens just outside its span and its offset in the span (the
+    1..span_max and renormalised, anchored at a random free word. A span runs over the
+    whitespace-only pieces between its words (a line break, a lone '▁'), which stay unmasked
+    and unpredicted, as BERT's tokenizer has no such pieces to end a span at. Spans never
+    touch (a gap of at least one unmasked word), so each run of selected tokens, whitespace
+    pieces between them allowed, is exactly one sampled span; a span stops early at a special
+    token, a document boundary or the end of the budget. With sbo=True, SpanBERT's span
+    boundary objective is added: each target is also predicted from the hidden states of the
+    tokens just outside its span and its offset in the span (counted in selected tokens; the
     model's span-boundary head, models/sbo.py), and the two losses are summed.
 A word is a word-start piece plus the non-start pieces after it; it never crosses a special
-token or a document (segment) boundary.
+token, a whitespace-only piece or a document (segment) boundary.
 """
 
 from __future__ import annotations
@@ -58,12 +61,23 @@ def span_length_probs(p: float, max_len: int) -> np.ndarray:
   return probs / probs.sum()
 
 
-def span_starts(selected: Array, segment_ids: Array) -> Array:
-  """[B, T] True at the first token of each run of selected tokens (a run never crosses a
-  document boundary); with span masking each run is one span."""
-  previous = jnp.pad(selected[:, :-1], ((0, 0), (1, 0)))
-  same_segment = jnp.pad(segment_ids[:, :-1], ((0, 0), (1, 0)), constant_values=-1) == segment_ids
-  return selected & ~(previous & same_segment)
+def _previous_solid(gap: Array) -> Array:
+  """[B, T] index of the nearest earlier position that is not a gap (-1 if none)."""
+  index = jnp.broadcast_to(jnp.arange(gap.shape[-1]), gap.shape)
+  last = jax.lax.cummax(jnp.where(gap, -1, index), axis=gap.ndim - 1)
+  return jnp.pad(last[..., :-1], [(0, 0)] * (gap.ndim - 1) + [(1, 0)], constant_values=-1)
+
+
+def span_starts(selected: Array, segment_ids: Array, gap: Array | None = None) -> Array:
+  """[B, T] True at the first token of each run of selected tokens. A run never crosses a
+  document boundary and runs over `gap` positions (whitespace-only pieces, never selected);
+  with span masking each run is one span."""
+  gap = jnp.zeros_like(selected) if gap is None else gap & ~selected
+  previous = _previous_solid(gap)
+  at = jnp.maximum(previous, 0)
+  previous_selected = jnp.take_along_axis(selected, at, axis=1)
+  same_segment = jnp.take_along_axis(segment_ids, at, axis=1) == segment_ids
+  return selected & ~((previous >= 0) & previous_selected & same_segment)
 
 
 def prediction_budget(candidates: Array, mask_rate: float, max_predictions: int) -> Array:
@@ -82,19 +96,23 @@ def select_tokens(rng: Array, candidates: Array, budget: Array, max_predictions:
   return jnp.zeros(length, jnp.bool_).at[jnp.where(take, top, length)].set(True, mode='drop')
 
 
-def word_ids(tokens: Array, candidates: Array, segment_ids: Array,
-             word_start: Array) -> tuple[Array, Array]:
+def word_ids(tokens: Array, candidates: Array, segment_ids: Array, word_start: Array,
+             gap: Array | None = None) -> tuple[Array, Array]:
   """Word index of each candidate token of one sequence (T where not a candidate) and,
-  per word, whether it directly continues the previous word's run (no special or document
-  boundary between them)."""
+  per word, whether it continues the previous word's run: only `gap` positions
+  (whitespace-only pieces), no special token or document boundary, between them."""
   length = tokens.shape[0]
   previous_candidate = jnp.pad(candidates[:-1], (1, 0))
   previous_segment = jnp.pad(segment_ids[:-1], (1, 0), constant_values=-1)
   continues_run = previous_candidate & (previous_segment == segment_ids)
   starts = candidates & (word_start[tokens] | ~continues_run)
   ids = jnp.where(candidates, jnp.cumsum(starts) - 1, length)
+  gap = jnp.zeros_like(candidates) if gap is None else gap & ~candidates
+  previous = _previous_solid(gap[None])[0]
+  at = jnp.maximum(previous, 0)
+  bridged = (previous >= 0) & candidates[at] & (segment_ids[at] == segment_ids)
   linked = jnp.zeros(length, jnp.bool_).at[jnp.where(starts, ids, length)].set(
-      continues_run, mode='drop')
+      bridged, mode='drop')
   return ids, linked
 
 
@@ -142,18 +160,23 @@ def select_words(rng: Array, ids: Array, linked: Array, budget: Array, max_predi
   return chosen
 
 
-def span_boundaries(selected: Array, segment_ids: Array, index: Array, weights: Array) -> Array:
-  """[B, P, 3] (s - 1, e + 1, i - s) for the target at each slot, i = index, inside its
-  span s..e (a run of selected tokens; clipped to the sequence); zeros at empty slots."""
+def span_boundaries(selected: Array, segment_ids: Array, index: Array, weights: Array,
+                    gap: Array | None = None) -> Array:
+  """[B, P, 3] (s - 1, e + 1, offset) for the target at each slot, i = index, inside its
+  span s..e (a run of selected tokens over `gap` positions; clipped to the sequence), the
+  offset counting the span's selected tokens before i; zeros at empty slots."""
   length = selected.shape[1]
+  gap = jnp.zeros_like(selected) if gap is None else gap
   position = jnp.broadcast_to(jnp.arange(length), selected.shape)
-  ends = span_starts(selected[:, ::-1], segment_ids[:, ::-1])[:, ::-1]
-  first = jax.lax.cummax(jnp.where(span_starts(selected, segment_ids), position, 0), axis=1)
+  ends = span_starts(selected[:, ::-1], segment_ids[:, ::-1], gap[:, ::-1])[:, ::-1]
+  first = jax.lax.cummax(jnp.where(span_starts(selected, segment_ids, gap), position, 0), axis=1)
   last = jax.lax.cummin(jnp.where(ends, position, length - 1), axis=1, reverse=True)
   start = jnp.take_along_axis(first, index, axis=1)
   end = jnp.take_along_axis(last, index, axis=1)
-  bounds = jnp.stack([jnp.maximum(start - 1, 0), jnp.minimum(end + 1, length - 1),
-                      index - start], axis=-1)
+  count = jnp.cumsum(selected, axis=1)  # selected tokens up to and including each position
+  offset = jnp.take_along_axis(count, index, axis=1) - jnp.take_along_axis(count, start, axis=1)
+  bounds = jnp.stack([jnp.maximum(start - 1, 0), jnp.minimum(end + 1, length - 1), offset],
+                     axis=-1)
   return jnp.where(weights[..., None] > 0, bounds, 0).astype(jnp.int32)
 
 
@@ -193,6 +216,10 @@ class MaskedLM:
     ordinary = self.vocab.ordinary_ids
     return ordinary[~self.vocab.is_whitespace[ordinary]]
 
+  def gap(self, tokens: Array, segment_ids: Array) -> Array:
+    """[B, T] whitespace-only pieces of the documents: a span runs over them unmasked."""
+    return (segment_ids > 0) & jnp.asarray(self.vocab.is_whitespace)[tokens]
+
   def select(self, rng: Array, tokens: Array, segment_ids: Array) -> Array:
     """The positions [B, T] to predict, at most max_predictions per sequence."""
     is_special = jnp.asarray(self.vocab.is_special)
@@ -205,7 +232,8 @@ class MaskedLM:
       budget = prediction_budget(candidates, self.mask_rate, self.max_predictions)
       if self.unit == 'token':
         return select_tokens(key, candidates, budget, self.max_predictions)
-      ids, linked = word_ids(tokens, candidates, segment_ids, word_start)
+      gap = (segment_ids > 0) & is_whitespace[tokens]
+      ids, linked = word_ids(tokens, candidates, segment_ids, word_start, gap)
       chosen = select_words(key, ids, linked, budget, self.max_predictions, span_probs)
       return candidates & chosen[jnp.minimum(ids, ids.shape[0] - 1)]
 
@@ -215,13 +243,15 @@ class MaskedLM:
   def corrupt(self, rng: Array, tokens: Array, selected: Array,
               segment_ids: Array | None = None) -> Array:
     """Replaces selected tokens by [MASK], a random ordinary id or themselves (80/10/10),
-    drawn per token, or per span (each run of selected tokens) for unit='span'."""
+    drawn per token, or per span (each run of selected tokens over whitespace-only pieces)
+    for unit='span'."""
     choice_key, id_key = jax.random.split(rng)
     draw = jax.random.uniform(choice_key, tokens.shape)
     if self.unit == 'span':
       segments = jnp.ones_like(tokens) if segment_ids is None else segment_ids
       index = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-      first = jax.lax.cummax(jnp.where(span_starts(selected, segments), index, 0), axis=1)
+      starts = span_starts(selected, segments, self.gap(tokens, segments))
+      first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
       draw = jnp.take_along_axis(draw, first, axis=1)  # every token of a span: its first's draw
     ordinary = jnp.asarray(self.replacement_ids)
     random_ids = ordinary[jax.random.randint(id_key, tokens.shape, 0, ordinary.shape[0])]
@@ -237,8 +267,8 @@ class MaskedLM:
     selected = self.select(select_key, tokens, inputs.segment_ids)
     index, weights = prediction_slots(selected, self.max_predictions)
     targets = jnp.where(weights > 0, jnp.take_along_axis(tokens, index, axis=1), 0)
-    boundaries = (span_boundaries(selected, inputs.segment_ids, index, weights) if self.sbo
-                  else None)
+    boundaries = (span_boundaries(selected, inputs.segment_ids, index, weights,
+                                  self.gap(tokens, inputs.segment_ids)) if self.sbo else None)
     inputs = inputs.replace(tokens=self.corrupt(corrupt_key, tokens, selected,
                                                 inputs.segment_ids),
                             attn_order=None, causal=False, predict_index=index,

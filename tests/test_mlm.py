@@ -378,3 +378,123 @@ def test_sbo_loss_is_added_and_trains_its_head_only_when_switched_on():
 def test_sbo_needs_span_masking():
   with pytest.raises(ValueError, match='config.mlm.sbo .* needs config.mlm.unit=span'):
     _objective(unit='word', sbo=True)
+
+
+WHITESPACE_ID = 8  # a whitespace-only piece in the vocabularies below (a line break, a lone '▁')
+
+
+def _whitespace_vocab():
+  whitespace = np.zeros(VOCAB.size, bool)
+  whitespace[WHITESPACE_ID] = True
+  return dataclasses.replace(VOCAB, is_whitespace=whitespace)
+
+
+def test_spans_run_over_whitespace_pieces_with_the_clipped_geometric_lengths():
+  """One-piece words each followed by a whitespace piece (budget never binding): a span still
+  covers its sampled number of words, bridging the whitespace between them."""
+  vocab = _whitespace_vocab()
+  words, spans, rows = 512, 5, 2000
+  tokens = jnp.asarray(np.tile([9, WHITESPACE_ID], words), jnp.int32)
+  segments = jnp.ones_like(tokens)
+  gap = jnp.asarray(vocab.is_whitespace)[tokens]
+  candidates = ~gap
+  ids, linked = mlm.word_ids(tokens, candidates, segments, jnp.asarray(vocab.word_start), gap)
+  np.testing.assert_array_equal(np.asarray(ids)[:6], [0, 2 * words, 1, 2 * words, 2, 2 * words])
+  assert np.asarray(linked)[1:words].all() and not np.asarray(linked)[0]
+  probs = mlm.span_length_probs(0.2, 10)
+  chosen = jax.jit(jax.vmap(lambda key: mlm.select_words(key, ids, linked, 2 * words, spans,
+                                                         probs)))(
+      jax.random.split(jax.random.key(12), rows))
+  chosen = np.asarray(chosen)[:, :words].astype(np.int8)  # per word
+  edges = np.diff(np.pad(chosen, ((0, 0), (1, 1))), axis=1)
+  runs = np.nonzero(edges == -1)[1] - np.nonzero(edges == 1)[1]
+  assert len(runs) == rows * spans  # spans never touch
+  histogram = np.bincount(runs, minlength=11)[1:11] / len(runs)
+  assert np.abs(histogram - probs).max() < 0.015
+  assert abs(runs.mean() - 3.797) < 0.1
+  # Without the bridge every word stands alone and each span is a single word.
+  _, unlinked = mlm.word_ids(tokens, candidates, segments, jnp.asarray(vocab.word_start))
+  assert not np.asarray(unlinked).any()
+
+
+def test_span_boundaries_and_offsets_over_a_whitespace_piece():
+  """The span of positions 2, 4, 5 (3 is whitespace) has boundaries 1 and 6 and offsets
+  0, 1, 2 in selected tokens; the span at 8 has boundaries 7 and 9."""
+  selected = jnp.asarray([[0, 0, 1, 0, 1, 1, 0, 0, 1, 0]], bool)
+  gap = jnp.asarray([[0, 0, 0, 1, 0, 0, 1, 0, 0, 0]], bool)
+  segments = jnp.ones((1, 10), jnp.int32)
+  index = jnp.asarray([[2, 4, 5, 8, 0]], jnp.int32)
+  weights = jnp.asarray([[1, 1, 1, 1, 0]], jnp.float32)
+  np.testing.assert_array_equal(mlm.span_starts(selected, segments, gap)[0],
+                                [0, 0, 1, 0, 0, 0, 0, 0, 1, 0])
+  np.testing.assert_array_equal(mlm.span_boundaries(selected, segments, index, weights, gap)[0],
+                                [[1, 6, 0], [1, 6, 1], [1, 6, 2], [7, 9, 0], [0, 0, 0]])
+  # A document boundary ends a span even across whitespace.
+  split = jnp.asarray([[1, 1, 1, 1, 2, 2, 2, 2, 2, 2]], jnp.int32)
+  np.testing.assert_array_equal(mlm.span_boundaries(selected, split, index, weights, gap)[0],
+                                [[1, 3, 0], [3, 6, 0], [3, 6, 1], [7, 9, 0], [0, 0, 0]])
+
+
+def _bridged_spans(selected_row, segments_row, gap_row):
+  """(first, last) selected position of each span: selected runs joined over gap positions."""
+  spans, current = [], None
+  for t, chosen in enumerate(selected_row):
+    if chosen:
+      if current is not None and segments_row[current[1]] == segments_row[t] and (
+          gap_row[current[1] + 1:t].all()):
+        current[1] = t
+      else:
+        current = [t, t]
+        spans.append(current)
+  return [tuple(span) for span in spans]
+
+
+def test_span_masking_with_whitespace_pieces_keeps_span_lengths_the_80_10_10_and_sbo_bounds():
+  """Whitespace pieces between words change neither the span lengths in words nor the
+  per-span 80/10/10; SBO reads the tokens just outside the whole span."""
+  vocab = _whitespace_vocab()
+  rng = np.random.default_rng(13)
+  rows, length = 256, 128
+  plain = rng.choice(np.arange(9, VOCAB.size, 2), (rows, length)).astype(np.int32)  # 1-piece words
+  spaced = np.full((rows, length), WHITESPACE_ID, np.int32)
+  for row in range(rows):  # the same words, a whitespace piece after 40% of them
+    out = 0
+    for word in plain[row]:
+      if out >= length:
+        break
+      spaced[row, out] = word
+      out += 1 + (rng.random() < 0.4)
+  results = {}
+  for name, tokens in (('plain', plain), ('spaced', spaced)):
+    batch = {'tokens': tokens, 'segment_ids': np.ones_like(tokens),
+             'positions': np.tile(np.arange(length, dtype=np.int32), (rows, 1))}
+    objective = registry.build('mlm', lambda _: {'unit': 'span', 'sbo': True}, vocab=vocab,
+                               seq_len=length)
+    inputs, targets, selected = _prepare(objective, batch, 13)
+    gap = vocab.is_whitespace[tokens]
+    assert not (selected & gap).any()
+    new = np.asarray(inputs.tokens)
+    np.testing.assert_array_equal(new[gap], tokens[gap])  # whitespace inside spans stays
+    bounds = np.asarray(inputs.span_boundaries)
+    index, weights = np.asarray(inputs.predict_index), np.asarray(targets['weights'])
+    sizes, kinds = [], {'mask': 0, 'random': 0, 'kept': 0}
+    for row in range(rows):
+      spans = _bridged_spans(selected[row], batch['segment_ids'][row], gap[row])
+      for first, last in spans:
+        chosen = selected[row, first:last + 1]
+        sizes.append(chosen.sum())
+        masked = new[row, first:last + 1][chosen] == VOCAB.mask_id
+        assert masked.all() or not masked.any()
+        changed = (new[row, first:last + 1] != tokens[row, first:last + 1])[chosen].any()
+        kinds['mask' if masked.all() else 'random' if changed else 'kept'] += 1
+      for slot in np.flatnonzero(weights[row]):
+        i = index[row, slot]
+        first, last = next(span for span in spans if span[0] <= i <= span[1])
+        expected = (max(first - 1, 0), min(last + 1, length - 1), selected[row, first:i].sum())
+        assert tuple(bounds[row, slot]) == expected
+    total = sum(kinds.values())
+    results[name] = np.mean(sizes)
+    assert abs(kinds['mask'] / total - 0.8) < 0.04 and abs(kinds['random'] / total - 0.1) < 0.03
+  # Before spans bridged whitespace, the spaced rows' spans were about half as long.
+  assert results['plain'] > 3.0
+  assert abs(results['spaced'] - results['plain']) < 0.2, results
