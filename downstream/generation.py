@@ -51,6 +51,12 @@ def check_causal(exp: Any) -> None:
                      "run with config.objective='clm'.")
 
 
+def suppressed_ids(vocab: Any) -> list[int]:
+  """The special ids a continuation never contains: all of them (pad, unk, bos, cls, sep,
+  mask) but EOS, which ends a row."""
+  return [i for i in range(vocab.size) if vocab.is_special[i] and i != vocab.eos_id]
+
+
 def generate_texts(exp: Any, params: Any, texts: Sequence[str], *, max_new_tokens: int,
                    sampling: Any, seed: int = 0, batch_size: int = 8, use_cache: bool = True,
                    stop_at_eos: bool = True) -> tuple[list[str], dict[str, float]]:
@@ -69,7 +75,7 @@ def generate_texts(exp: Any, params: Any, texts: Sequence[str], *, max_new_token
   eos_id = vocab.eos_id if stop_at_eos else None
   fn = decode.make_generate_fn(exp.model_config, max_new_tokens=max_new_tokens,
                                sampling=sampling, eos_id=eos_id, pad_id=vocab.pad_id,
-                               use_cache=use_cache)
+                               use_cache=use_cache, suppress_ids=suppressed_ids(vocab))
   compiled: dict[tuple[int, int], Callable[..., Any]] = {}
   outputs: list[str] = []
   timing = dict(new_tokens=0.0, decode_seconds=0.0, compile_seconds=0.0)

@@ -4,7 +4,7 @@ each label word is scored by its log-likelihood after the prompt, and the most l
 The prompt is `k` demonstrations drawn from the train split, each the task's template filled
 with an example and followed by its label word, then the template filled with the example to
 classify, joined by blank lines. When it is too long for `seq_len`, it loses tokens from the
-left (the oldest demonstrations first).
+left (the oldest demonstrations first), the same tokens for every label word.
 """
 
 from __future__ import annotations
@@ -44,31 +44,46 @@ def prompts(task: Task, examples: Sequence[dict[str, Any]], k: int, seed: int) -
 
 
 def _word_ids(tokenizer, word: str) -> list[int]:
-  """A label word's pieces as they follow the prompt; a leading space becomes SentencePiece's
-  word-start marker (its dummy prefix)."""
+  """A label word's pieces on their own: a leading space becomes SentencePiece's word-start
+  marker (its dummy prefix)."""
   ids = tokenizer.encode(word[1:] if word.startswith(' ') else word)
   if not ids:
     raise ValueError(f'Label word {word!r} encodes to no tokens: fix config.task.label_words.')
   return ids
 
 
+def _continuation_ids(context: list[int], joint: list[int], alone: list[int]) -> list[int]:
+  """The word's pieces as they follow the context: the tail of the encoding of context + word
+  (so ' yes' is '▁yes' and 'yes' after 'Answer:' carries no word-start marker, as in the
+  demonstrations); the word on its own where a piece spans the boundary."""
+  if len(joint) > len(context) and joint[:len(context)] == context:
+    return joint[len(context):]
+  return alone
+
+
 def encode_choices(tokenizer, contexts: Sequence[str], words: Sequence[str], seq_len: int
                    ) -> dict[str, np.ndarray]:
   """One row per (context, word): `[bos] context word`, targets the next tokens, weight 1 on
-  the word's tokens; rows are ordered context-major."""
+  the word's tokens; rows are ordered context-major. A context too long for `seq_len` loses
+  tokens from the left, the same ones for every word (room is left for the longest), so the
+  words of one context are scored after the very same tokens."""
   vocab = tokenizer.vocab
   context_ids = tokenizer.encode_batch(list(contexts))
-  word_ids = [_word_ids(tokenizer, w) for w in words]
+  joint_ids = tokenizer.encode_batch([c + w for c in contexts for w in words])
+  alone = [_word_ids(tokenizer, w) for w in words]
   rows = len(contexts) * len(words)
   arrays = {name: np.zeros((rows, seq_len), np.int32)
             for name in ('tokens', 'positions', 'segment_ids', 'targets')}
   arrays['weights'] = np.zeros((rows, seq_len), np.float32)
   row = 0
-  for context in context_ids:
-    for word in word_ids:
-      if len(word) + 2 > seq_len:
-        raise ValueError(f'config.seq_len={seq_len} is too short for a {len(word)}-token label word.')
-      kept = context[max(0, len(context) - (seq_len - 1 - len(word))):]
+  for c, context in enumerate(context_ids):
+    pieces = [_continuation_ids(context, joint_ids[c * len(words) + j], alone[j])
+              for j in range(len(words))]
+    longest = max(len(word) for word in pieces)
+    if longest + 2 > seq_len:
+      raise ValueError(f'config.seq_len={seq_len} is too short for a {longest}-token label word.')
+    kept = context[max(0, len(context) - (seq_len - 1 - longest)):]
+    for word in pieces:
       ids = [vocab.bos_id, *kept, *word]
       n = len(ids)
       arrays['tokens'][row, :n] = ids

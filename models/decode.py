@@ -53,20 +53,31 @@ def filter_logits(logits: Array, sampling: Sampling) -> Array:
   """logits [..., vocab] divided by the temperature, with -inf outside the top-k and the nucleus.
 
   The nucleus is the smallest set of most likely tokens whose probability reaches top_p (after
-  top-k); the most likely token always stays, so top_p near 0 keeps only it.
+  top-k); the most likely token always stays, so top_p near 0 keeps only it. Equal logits are
+  ranked by token id, as argmax ranks them: exactly k tokens survive top-k and the nucleus
+  is exactly the smallest set, so top_k=1 and a tiny top_p pick argmax's token even on ties.
   """
   logits = logits.astype(jnp.float32) / sampling.temperature
-  if sampling.top_k and sampling.top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  vocab = logits.shape[-1]
+  top_k = sampling.top_k if 0 < sampling.top_k < vocab else 0
+  if not top_k and sampling.top_p >= 1.0:
+    return logits
+  flat = logits.reshape(-1, vocab)
+  rows = jnp.arange(flat.shape[0])[:, None]
   if sampling.top_p < 1.0:
-    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    order = jnp.argsort(-flat, axis=-1, stable=True)  # most likely first, ties by lower id
+    ordered = jnp.take_along_axis(flat, order, axis=-1)
+    rank = jnp.arange(vocab)[None]
+    if top_k:
+      ordered = jnp.where(rank < top_k, ordered, -jnp.inf)
     probs = jax.nn.softmax(ordered, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # probability of the more likely tokens
-    kept = jnp.where(before < sampling.top_p, ordered, jnp.inf)
-    cutoff = jnp.min(kept, axis=-1, keepdims=True)
-    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
-  return logits
+    kept = (before < sampling.top_p) & (rank < (top_k or vocab))
+    keep = jnp.zeros(flat.shape, bool).at[rows, order].set(kept)
+  else:
+    _, index = jax.lax.top_k(flat, top_k)  # ties: the lower id first
+    keep = jnp.zeros(flat.shape, bool).at[rows, index].set(True)
+  return jnp.where(keep, flat, -jnp.inf).reshape(logits.shape)
 
 
 def sample_tokens(rng: Array, logits: Array, sampling: Sampling) -> Array:
@@ -157,7 +168,7 @@ def _recomputing_model(model: Transformer, params, tokens: Array, lengths: Array
 
 def _generate(model: Transformer, params, tokens: Array, lengths: Array, rng: Array, *,
               max_new_tokens: int, sampling: Sampling, eos_id: int | None, pad_id: int,
-              use_cache: bool, return_logits: bool) -> Generation:
+              use_cache: bool, return_logits: bool, suppress_ids: tuple[int, ...]) -> Generation:
   batch = tokens.shape[0]
   start = _cached_model if use_cache else _recomputing_model
   logits, model_state, step = start(model, params, tokens, lengths, max_new_tokens)
@@ -165,7 +176,10 @@ def _generate(model: Transformer, params, tokens: Array, lengths: Array, rng: Ar
 
   def choose(carry, logits, i):
     out, done, count, all_logits = carry
-    token = sample_tokens(jax.random.fold_in(rng, i), logits, sampling)
+    allowed = logits
+    if suppress_ids:
+      allowed = logits.at[:, jnp.asarray(suppress_ids, jnp.int32)].set(-jnp.inf)
+    token = sample_tokens(jax.random.fold_in(rng, i), allowed, sampling)
     token = jnp.where(done, pad_id, token)
     out = out.at[:, i].set(token)
     count = count + (~done).astype(jnp.int32)
@@ -198,16 +212,23 @@ def _generate(model: Transformer, params, tokens: Array, lengths: Array, rng: Ar
 
 def make_generate_fn(config: ModelConfig, *, max_new_tokens: int, sampling: Sampling = Sampling(),
                      eos_id: int | None = None, pad_id: int = 0, use_cache: bool = True,
-                     return_logits: bool = False) -> Callable[..., Generation]:
+                     return_logits: bool = False,
+                     suppress_ids: Sequence[int] = ()) -> Callable[..., Generation]:
   """A jitted `fn(params, tokens [B, T] left-padded, lengths [B], rng) -> Generation`.
 
   It compiles once per prompt width T and batch size; every token of a call runs inside it.
+  Tokens in `suppress_ids` are never chosen (greedy or sampled); the returned logits stay raw.
   """
   if max_new_tokens < 1:
     raise ValueError(f'max_new_tokens must be at least 1, got {max_new_tokens}.')
+  suppress_ids = tuple(sorted({int(i) for i in suppress_ids}))
+  if any(not 0 <= i < config.vocab_size for i in suppress_ids):
+    raise ValueError(f'suppress_ids must be token ids below the vocabulary size '
+                     f'{config.vocab_size}, got {list(suppress_ids)}.')
   return jax.jit(functools.partial(
       _generate, Transformer(config), max_new_tokens=max_new_tokens, sampling=sampling,
-      eos_id=eos_id, pad_id=pad_id, use_cache=use_cache, return_logits=return_logits))
+      eos_id=eos_id, pad_id=pad_id, use_cache=use_cache, return_logits=return_logits,
+      suppress_ids=suppress_ids))
 
 
 def check_lengths(config: ModelConfig, lengths: np.ndarray, max_new_tokens: int) -> None:
@@ -222,12 +243,13 @@ def check_lengths(config: ModelConfig, lengths: np.ndarray, max_new_tokens: int)
 
 def generate(config: ModelConfig, params, prompts: Sequence[Sequence[int]], rng: Array, *,
              max_new_tokens: int, sampling: Sampling = Sampling(), eos_id: int | None = None,
-             pad_id: int = 0, use_cache: bool = True) -> list[list[int]]:
+             pad_id: int = 0, use_cache: bool = True,
+             suppress_ids: Sequence[int] = ()) -> list[list[int]]:
   """The new token ids of each prompt (without EOS and padding): a convenience over make_generate_fn."""
   tokens, lengths = left_pad(prompts, pad_id)
   check_lengths(config, lengths, max_new_tokens)
   fn = make_generate_fn(config, max_new_tokens=max_new_tokens, sampling=sampling, eos_id=eos_id,
-                        pad_id=pad_id, use_cache=use_cache)
+                        pad_id=pad_id, use_cache=use_cache, suppress_ids=suppress_ids)
   result = jax.device_get(fn(params, tokens, lengths, rng))
   return [strip(row, length, eos_id) for row, length in zip(result.tokens, result.lengths)]
 

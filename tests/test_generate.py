@@ -221,6 +221,36 @@ def test_top_k_one_and_tiny_top_p_pick_the_argmax():
     np.testing.assert_array_equal(pick(jax.random.key(6), logits, sampling), argmax)
 
 
+def test_top_k_and_top_p_keep_exactly_the_smallest_set_and_break_ties_like_argmax():
+  """Equal logits rank by token id, as argmax ranks them: top-k keeps exactly k tokens and the
+  nucleus is exactly the fewest tokens whose probability reaches p (the one crossing p kept)."""
+  tied = jnp.array([[0.0, 2.0, 2.0, 0.5, 2.0]])
+
+  def filtered(logits, **settings):
+    sampling = decode.Sampling(temperature=1.0, **settings)
+    return np.isfinite(np.asarray(decode.filter_logits(logits, sampling)))[0]
+
+  np.testing.assert_array_equal(filtered(tied, top_k=1), [0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(filtered(tied, top_k=2), [0, 1, 1, 0, 0])
+  np.testing.assert_array_equal(filtered(tied, top_p=1e-6), [0, 1, 0, 0, 0])
+  np.testing.assert_array_equal(filtered(tied, top_p=0.31), [0, 1, 1, 0, 0])  # 0.3 each: 2 reach
+  np.testing.assert_array_equal(filtered(tied, top_k=2, top_p=0.99), [0, 1, 1, 0, 0])
+  halves = jnp.log(jnp.array([[0.2, 0.5, 0.3]]))
+  np.testing.assert_array_equal(filtered(halves, top_p=0.5), [0, 1, 0])  # 0.5 reaches 0.5
+  np.testing.assert_array_equal(filtered(halves, top_p=0.51), [0, 1, 1])  # 0.3 crosses 0.51
+  np.testing.assert_array_equal(filtered(halves, top_p=0.8), [0, 1, 1])
+  np.testing.assert_array_equal(filtered(halves, top_p=0.81), [1, 1, 1])
+  # Sampling on ties: top_k=1 and a tiny top_p give argmax's token on every draw.
+  draws = jnp.broadcast_to(tied, (4000, 5))
+  pick = jax.jit(decode.sample_tokens, static_argnums=2)
+  for sampling in [decode.Sampling(temperature=1.0, top_k=1),
+                   decode.Sampling(temperature=1.0, top_p=1e-6)]:
+    np.testing.assert_array_equal(pick(jax.random.key(2), draws, sampling), 1)
+  counts = np.bincount(np.asarray(pick(jax.random.key(2), draws,
+                                       decode.Sampling(temperature=1.0, top_k=2))), minlength=5)
+  assert counts[[0, 3, 4]].sum() == 0 and abs(counts[1] - 2000) < 200, counts
+
+
 def test_top_k_one_generation_equals_greedy_and_sampling_follows_the_seed(greedy_run):
   config, params, tokens, lengths, greedy = greedy_run
   top1 = decode.make_generate_fn(config, max_new_tokens=MAX_NEW,
@@ -255,6 +285,31 @@ def test_eos_stops_a_row_and_the_loop_ends_when_every_row_stopped(greedy_run):
   np.testing.assert_array_equal(out.lengths, 1)
   np.testing.assert_array_equal(out.tokens[:, 0], eos)
   assert decode.strip(np.asarray(out.tokens[0]), 1, eos) == []
+
+
+def test_suppressed_ids_are_never_chosen_and_the_logits_stay_raw(greedy_run):
+  """A token the model would always pick (a huge output bias) is never emitted once suppressed:
+  greedy picks the best other token, sampling never draws it; the returned logits are raw."""
+  config, params, tokens, lengths, _ = greedy_run
+  banned = 7
+  biased = dict(params, lm_bias=params['lm_bias'].at[banned].add(50.0))
+  for sampling in [decode.Sampling(), decode.Sampling(temperature=1.0)]:
+    plain = decode.make_generate_fn(config, max_new_tokens=MAX_NEW, sampling=sampling)(
+        biased, tokens, lengths, jax.random.key(1))
+    np.testing.assert_array_equal(plain.tokens, banned)  # without suppression: always 7
+    out = decode.make_generate_fn(config, max_new_tokens=MAX_NEW, sampling=sampling,
+                                  suppress_ids=(banned, 0), return_logits=True)(
+                                      biased, tokens, lengths, jax.random.key(1))
+    emitted = np.asarray(out.tokens)
+    assert not np.isin(emitted, [banned, 0]).any(), emitted
+    logits = np.asarray(out.logits)
+    np.testing.assert_array_equal(logits.argmax(-1), banned)  # raw: the bias is still there
+    if sampling.greedy:
+      allowed = logits.copy()
+      allowed[..., [banned, 0]] = -np.inf
+      np.testing.assert_array_equal(emitted, allowed.argmax(-1))
+  with pytest.raises(ValueError, match='suppress_ids'):
+    decode.make_generate_fn(config, max_new_tokens=2, suppress_ids=(48,))
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -349,12 +404,14 @@ def test_prompts_come_from_flags_then_file_lines(tmp_path):
     generate_tool.read_prompts([], None)
 
 
-def test_generate_texts_batches_prompts_and_decodes_only_the_continuation(tmp_path):
+@pytest.fixture(scope='module')
+def text_run(tmp_path_factory):
+  """(exp, params) of a 1-layer causal run with a SentencePiece tokenizer trained on toy text."""
   from configs import clm  # pylint: disable=import-outside-toplevel
   from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from downstream import generation as generate_tool  # pylint: disable=import-outside-toplevel
   from training import experiment  # pylint: disable=import-outside-toplevel
 
+  tmp_path = tmp_path_factory.mktemp('text_run')
   words = ['return', 'the', 'value', 'of', 'a', 'list', 'new', 'object', 'default', 'number']
   texts = [' '.join(words[(i * j) % 10] for j in range(12)) + '.' for i in range(300)]
   path = str(tmp_path / 'tokenizer.model')
@@ -365,6 +422,18 @@ def test_generate_texts_batches_prompts_and_decodes_only_the_continuation(tmp_pa
   config.model.update(num_layers=1, embed_dim=32, num_heads=2, mlp_dim=64, init_std=0.5)
   exp = experiment.build(config, str(tmp_path), data=False, tokenizer_path=path)
   params = jax.jit(lambda key: nn.unbox(exp.init_params_fn()(key)))(jax.random.key(0))
+  return exp, params
+
+
+def test_generate_texts_batches_prompts_and_decodes_only_the_continuation(text_run):
+  from downstream import generation as generate_tool  # pylint: disable=import-outside-toplevel
+
+  exp, params = text_run
+  vocab = exp.tokenizer.vocab
+  suppressed = generate_tool.suppressed_ids(vocab)
+  assert suppressed == [i for i in range(7) if i != vocab.eos_id]  # pad unk bos cls sep mask
+  # BOS made the likeliest token everywhere: the command never emits it, nor any other special.
+  params = dict(params, lm_bias=params['lm_bias'].at[vocab.bos_id].add(30.0))
   prompts = ['return the', 'a new list of', 'default']
   outputs, timing = generate_tool.generate_texts(
       exp, params, prompts, max_new_tokens=5, sampling=decode.Sampling(), batch_size=2,
@@ -372,7 +441,59 @@ def test_generate_texts_batches_prompts_and_decodes_only_the_continuation(tmp_pa
   assert timing['new_tokens'] == 15 and timing['tokens_per_sec'] > 0
   # The same continuations from the library, one prompt at a time (no batch-mates, no padding).
   for text, output in zip(prompts, outputs):
-    ids = [exp.tokenizer.vocab.bos_id] + exp.tokenizer.encode(text)
-    new = decode.generate(exp.model_config, params, [ids], jax.random.key(0), max_new_tokens=5)[0]
-    assert len(new) == 5
+    ids = [vocab.bos_id] + exp.tokenizer.encode(text)
+    assert decode.generate(exp.model_config, params, [ids], jax.random.key(0),
+                           max_new_tokens=5)[0][0] == vocab.bos_id  # unsuppressed: BOS first
+    new = decode.generate(exp.model_config, params, [ids], jax.random.key(0), max_new_tokens=5,
+                          suppress_ids=suppressed)[0]
+    assert len(new) == 5 and not set(new) & set(suppressed)
     assert exp.tokenizer.decode(ids) + output == exp.tokenizer.decode(ids + new)
+
+
+# ----------------------------------------------------------------------------- prompting
+
+def _hand_score(exp, params, ids: list[int], num_scored: int) -> float:
+  """Sum of log p(ids[t] | ids[:t]) over the last `num_scored` tokens, from one unpadded
+  forward pass (float64 log-softmax)."""
+  tokens = jnp.asarray([ids])
+  out = _apply(exp.model_config, params, ModelInputs(
+      tokens=tokens, positions=jnp.arange(len(ids))[None], segment_ids=jnp.ones_like(tokens),
+      causal=True))
+  logits = np.asarray(out.logits[0], np.float64)
+  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                     keepdims=True)) - logits.max(-1, keepdims=True)
+  return float(sum(log_probs[t - 1, ids[t]] for t in range(len(ids) - num_scored, len(ids))))
+
+
+def test_label_word_scores_are_the_summed_log_probs_after_the_same_context(text_run):
+  """Each row's score is the sum of its word's token log-probabilities after `[bos] context`,
+  by hand; a word without a leading space keeps the pieces it has in the running text (no
+  word-start marker); a context cut to fit `seq_len` keeps the same tokens for every word."""
+  from downstream import prompting  # pylint: disable=import-outside-toplevel
+
+  exp, params = text_run
+  tokenizer = exp.tokenizer
+  contexts = ['return the value of a list\nLabel:', 'default number of a new object.\nLabel:']
+  words = [' value', ' new list of the object', 'list']
+  for seq_len in (32, 10):  # 10 cuts both contexts from the left
+    arrays = prompting.encode_choices(tokenizer, contexts, words, seq_len)
+    totals, counts = prompting.make_scorer(exp.model_config)(params, arrays)
+    for row in range(len(contexts) * len(words)):
+      context, word = contexts[row // len(words)], words[row % len(words)]
+      joint = tokenizer.encode(context + word)
+      word_ids = joint[len(tokenizer.encode(context)):]
+      if word == ' value':
+        assert word_ids == tokenizer.encode('value')  # ' value' -> its word-start piece
+      if word == 'list':
+        assert word_ids != tokenizer.encode('list')  # no word-start marker after ':'
+      n = int(arrays['segment_ids'][row].sum())
+      ids = [int(t) for t in arrays['tokens'][row, :n]]
+      assert ids[-len(word_ids):] == word_ids and int(counts[row]) == len(word_ids)
+      context_ids = tokenizer.encode(context)
+      longest = max(len(tokenizer.encode(context + w)) for w in words) - len(context_ids)
+      kept = context_ids[max(0, len(context_ids) - (seq_len - 1 - longest)):]
+      assert ids == [tokenizer.vocab.bos_id, *kept, *word_ids]  # the same context for every word
+      if seq_len == 10:
+        assert len(kept) < len(context_ids)
+      np.testing.assert_allclose(float(totals[row]), _hand_score(exp, params, ids, len(word_ids)),
+                                 rtol=1e-5, atol=1e-4)
