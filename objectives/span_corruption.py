@@ -5,11 +5,12 @@ From the first `raw_len` tokens of a packed window (the n real ones), about
 with T5's `random_spans_noise_mask`: the noise and non-noise lengths are each a uniformly
 random composition into that many positive parts, interleaved starting with non-noise. The
 input replaces each span by a sentinel (the k-th span by sentinel k); the target lists each
-sentinel followed by its span. As in UL2's decoder-only setting the two are joined into one
-sequence (`prefix_lm.join`): the input is a bidirectional prefix, the target is generated
-causally and carries the whole loss. The joined sequence holds n + 2 * spans tokens, so
-`raw_len` is the largest length whose result always fits in `seq_len`; the window's later
-tokens are not used.
+sentinel followed by its span, then EOS (T5 appends EOS to its targets; it marks where the
+last span ends). As in UL2's decoder-only setting the two are joined into one sequence
+(`prefix_lm.join`): the input is a bidirectional prefix, the target is generated causally and
+carries the whole loss. The joined sequence holds n + 2 * spans + 1 tokens, so `raw_len` is
+the largest length whose result always fits in `seq_len`; the window's later tokens are not
+used.
 
 With `sequential=True` the noise is one span at the end (UL2's S-denoiser, a prefix LM with
 one sentinel). Sentinels get ids of their own after the tokenizer's (`vocab.size + k`); the
@@ -78,8 +79,11 @@ def noise_mask(rng: Array, n: Array, size: int, noise_density: float, mean_span_
   return (jnp.cumsum(indicator) % 2 == 1) & (index < n)
 
 
-def corrupt(tokens: Array, noise: Array, n: Array, sentinel_base: int, pad_id: int):
-  """(input [L], input length, target [L], target length) of one row from its noise mask."""
+def corrupt(tokens: Array, noise: Array, n: Array, sentinel_base: int, pad_id: int,
+            eos_id: int):
+  """(input [L + 1], input length, target [L + 1], target length) of one row [L] from its
+  noise mask; a target with spans ends with `eos_id`."""
+  tokens, noise = jnp.pad(tokens, (0, 1), constant_values=pad_id), jnp.pad(noise, (0, 1))
   length = tokens.shape[0]
   index = jnp.arange(length)
   real = index < n
@@ -96,7 +100,10 @@ def corrupt(tokens: Array, noise: Array, n: Array, sentinel_base: int, pad_id: i
   sentinel_dest = jnp.where(span_start & real, noise_before + span, length)
   targets = jnp.full(length, pad_id, tokens.dtype).at[target_dest].set(tokens, mode='drop')
   targets = targets.at[sentinel_dest].set(sentinel.astype(tokens.dtype), mode='drop')
-  return inputs, keep.sum(), targets, (noise & real).sum() + (span_start & real).sum()
+  spans_len = (noise & real).sum() + (span_start & real).sum()
+  end = jnp.where(spans_len > 0, spans_len, length)
+  targets = targets.at[end].set(jnp.asarray(eos_id, tokens.dtype), mode='drop')
+  return inputs, keep.sum(), targets, spans_len + (spans_len > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +115,7 @@ class SpanCorruption:
   mean_span_length: float
   sequential: bool
   seq_len: int
-  raw_len: int  # window tokens used (n + 2 * spans <= seq_len for every n <= raw_len)
+  raw_len: int  # window tokens used (n + 2 * spans + 1 <= seq_len for every n <= raw_len)
   max_target_len: int
   num_sentinels: int
   data_format: str = 'packed'
@@ -125,7 +132,8 @@ class SpanCorruption:
       mask = noise_mask(key, count, self.raw_len, self.noise_density, self.mean_span_length,
                         self.sequential)
       mask = mask & (count >= 2)
-      return corrupt(row, mask, count, self.vocab.size, self.vocab.pad_id) + (mask,)
+      return corrupt(row, mask, count, self.vocab.size, self.vocab.pad_id,
+                     self.vocab.eos_id) + (mask,)
 
     return jax.vmap(one)(jax.random.split(rng, tokens.shape[0]), tokens, n)
 
@@ -149,8 +157,8 @@ def fitting_length(seq_len: int, noise_density: float, mean_span_length: float,
   worst_total, most_target, most_spans = 0, 0, 0
   for raw in range(2, seq_len + 1):
     noise, spans = span_counts(raw, noise_density, mean_span_length, sequential)
-    worst_total = max(worst_total, raw + 2 * spans)
-    most_target, most_spans = max(most_target, noise + spans), max(most_spans, spans)
+    worst_total = max(worst_total, raw + 2 * spans + 1)  # + 1: the target's EOS
+    most_target, most_spans = max(most_target, noise + spans + 1), max(most_spans, spans)
     if worst_total > seq_len:
       break
     best = (raw, most_target, most_spans)

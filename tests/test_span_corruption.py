@@ -97,12 +97,14 @@ def test_every_token_exactly_once_sentinels_in_order_loss_only_on_targets(settin
     used = int(segments[row].sum())
     prefix_len = int(((order[row] == 0) & (segments[row] > 0)).sum())
     corrupted, target = list(tokens[row, :prefix_len]), list(tokens[row, prefix_len:used])
-    assert reconstruct(corrupted, target, sentinel) == original
+    spans_end = len(target) - 1 if target else 0
+    assert target[spans_end:] == ([VOCAB.eos_id] if n >= 2 else [])  # EOS ends the target
+    assert reconstruct(corrupted, target[:spans_end], sentinel) == original
     in_input = [t - sentinel for t in corrupted if t >= sentinel]
     in_target = [t - sentinel for t in target if t >= sentinel]
     assert in_input == in_target == list(range(len(in_input)))
     assert (len(in_input) >= 1) == (n >= 2)
-    assert used == n + 2 * len(in_input) <= seq_len
+    assert used == n + 2 * len(in_input) + (n >= 2) <= seq_len
     if settings.get('sequential') and n >= 2:
       assert len(in_input) == 1 and corrupted[-1] == sentinel  # one span, at the end
     # The prefix is bidirectional, the target causal and the only place with a loss.
