@@ -4,14 +4,17 @@ command, applied through a fake kubectl, and a refused apply recorded as a faile
 from __future__ import annotations
 
 import os
+import json
 import shlex
 import subprocess
+import sys
+import time
 
 import yaml
 
 from tests import launch_helpers as helpers
 from tools import launch
-from tools.backends import record
+from tools.backends import gke, record
 
 GKE = ['--backend', 'gke', '--image', 'us-docker.pkg.dev/p/r/po:1', '--tpu_accelerator',
        'tpu-v5p-slice', '--topology', '4x4x4', '--num_slices', '2', '--gke_spot']
@@ -40,7 +43,7 @@ def check_jobset(jobset: dict, seed: int) -> None:
   script = container['command'][2].splitlines()
   assert script[0] == 'cd /app || exit 1'
   train = shlex.split(next(line for line in script if line.startswith('python3 train.py')))
-  assert train[:train.index('2>&1')] == [
+  assert train[:train.index('>')] == [
       'python3', 'train.py', '--config', 'configs/compare.py:mlm_nsp:base', '--workdir',
       f'gs://b/sweep/seed={seed}', f'--config.seed={seed}']
   env = {e['name']: e for e in container['env']}
@@ -96,6 +99,7 @@ def test_the_pod_script_records_a_failure_only_from_the_first_pod(tmp_path, monk
   state = str(tmp_path / 'cloud')
   helpers.use_fakes(monkeypatch, state, script={})
   monkeypatch.setattr('tools.backends.gke.Gke.check', lambda self, runs: None)
+  monkeypatch.setattr('tools.launch.check_keys', lambda runs: None)  # train.py refuses it here
   entries = [{'config': 'configs/nope.py', 'seed': 1}]
   root = str(tmp_path / 'runs')
   args = ['--sweep', helpers.write_sweep(str(tmp_path / 'sweep.py'), entries), '--workdir_root',
@@ -117,3 +121,64 @@ def test_the_pod_script_records_a_failure_only_from_the_first_pod(tmp_path, monk
   saved = record.read(workdir)
   assert (saved['state'], saved['attempts'], saved['failures']) == ('failed', 1, 1)
   assert saved['reason'].startswith('--config file configs/nope.py cannot be read')
+
+
+def test_the_pod_script_passes_sigterm_to_train_py_and_keeps_every_argument(tmp_path):
+  """The pod's bash gets the pod's SIGTERM (as PID 1 in a pod) and must pass it to train.py,
+  which saves and exits 143; the run is then recorded as preempted. The arguments, through
+  YAML and bash, reach train.py exactly."""
+  root = str(tmp_path / 'my runs')
+  tricky = {'objective': "{'mlm': 1, 'sop': 1}",
+            'data.train_files': '/d/it\'s a "file" $HOME `x`.txt', 'seed': 1}
+  sweep_file = helpers.write_sweep(str(tmp_path / 'sweep.py'),
+                                   [{'config': 'configs/bert.py:tiny', **tricky}])
+  args = launch.parse_args(['--sweep', sweep_file, '--workdir_root', root, *GKE,
+                            '--image_repo_dir', helpers.REPO])
+  (run,) = launch.expand(launch.load_sweep(sweep_file), root)
+  backend = gke.Gke(args)
+  pod = yaml.safe_load(backend.manifest_text(run))['spec']['replicatedJobs'][0]['template'][
+      'spec']['template']['spec']
+  command = pod['containers'][0]['command']
+  record.RunRecord.start(run.workdir, name=run.name, config=run.config,
+                         overrides=dict(run.overrides), command=backend.record_command(run),
+                         backend='gke')
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  marks = tmp_path / 'marks'
+  (bin_dir / 'python3').write_text(f"""#!{sys.executable}
+import json, os, signal, sys, time
+if sys.argv[1] != 'train.py':  # python3 -m tools.backends.mark ...
+  os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])
+def saved(*_):
+  open({str(marks)!r} + '.saved', 'w').close()
+  sys.exit(143)
+signal.signal(signal.SIGTERM, saved)
+with open({str(marks)!r} + '.argv', 'w') as f:
+  json.dump(sys.argv[1:], f)
+print('step 1', flush=True)
+while True:
+  time.sleep(0.05)
+""")
+  (bin_dir / 'python3').chmod(0o755)
+  env = dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+             JOB_COMPLETION_INDEX='0', SLICE_INDEX='0', RESTART_ATTEMPT='0', TMPDIR=str(tmp_path))
+  pod_process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while not os.path.exists(f'{marks}.argv'):
+    assert time.time() < deadline and pod_process.poll() is None, pod_process.communicate()[0]
+    time.sleep(0.05)
+  pod_process.terminate()  # what the kubelet sends the container's first process
+  output = pod_process.communicate(timeout=60)[0]
+  assert pod_process.returncode == 143, output
+  assert os.path.exists(f'{marks}.saved')
+  assert 'step 1' in output  # the output still reaches the pod's log
+  with open(f'{marks}.argv', encoding='utf-8') as f:
+    assert json.load(f) == ['train.py', '--config', 'configs/bert.py:tiny', '--workdir',
+                            os.path.join(root, 'bert-tiny'),
+                            "--config.objective={'mlm': 1, 'sop': 1}",
+                            '--config.data.train_files=/d/it\'s a "file" $HOME `x`.txt',
+                            '--config.seed=1']
+  saved = record.read(run.workdir)
+  assert (saved['state'], saved['attempts'], saved['preemptions'], saved['failures']) == (
+      'preempted', 1, 1, 0)

@@ -9,6 +9,10 @@ import os
 import random
 import shlex
 import socket
+import subprocess
+import sys
+
+import pytest
 
 import numpy as np
 
@@ -91,3 +95,62 @@ def test_scripts_and_arrays_carry_tasks_resources_and_the_command(tmp_path, caps
   array = capsys.readouterr().out
   assert array.count('#!/bin/bash') == 1 and '#SBATCH --array=0-1%1' in array
   assert '/shared/sweep/seed=2' in array and not os.path.exists('/shared/sweep')
+
+
+TRICKY = {'objective': "{'mlm': 1, 'sop': 1}",
+          'data.train_files': '/d/it\'s a "file" $HOME `x`.txt'}
+
+
+def expected_train(root: str, seed: int) -> list[str]:
+  return [sys.executable, 'train.py', '--config', 'configs/bert.py:tiny', '--workdir',
+          os.path.join(root, f'seed={seed}'), "--config.objective={'mlm': 1, 'sop': 1}",
+          '--config.data.train_files=/d/it\'s a "file" $HOME `x`.txt', f'--config.seed={seed}']
+
+
+@pytest.mark.parametrize('array', [False, True])
+def test_paths_with_spaces_and_quoted_values_survive_the_script(tmp_path, capsys, array):
+  """Each script, run by bash with a stand-in srun, hands srun train.py's exact arguments, and
+  its #SBATCH lines keep a path with spaces in the double quotes sbatch reads."""
+  root = str(tmp_path / 'my runs')
+  sweep = helpers.write_sweep(str(tmp_path / 'sweep.py'), [
+      {'config': 'configs/bert.py:tiny', **TRICKY, 'seed': s} for s in (1, 2)])
+  assert launch.main(['--sweep', sweep, '--workdir_root', root, '--backend', 'slurm',
+                      '--slurm_python', sys.executable, '--dry_run'] +
+                     (['--array'] if array else [])) == 0
+  scripts = ['#!/bin/bash' + text for text in capsys.readouterr().out.split('#!/bin/bash')[1:]]
+  assert len(scripts) == (1 if array else 2)
+  name = 'my runs' if array else 'seed=1'
+  log = os.path.join(root, 'slurm', f'{name}.%A_%a.out' if array else f'{name}.%j.out')
+  assert f'#SBATCH --output="{log}"' in scripts[0].splitlines()
+  assert f'#SBATCH --job-name={"my-runs" if array else "seed=1"}' in scripts[0].splitlines()
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  (bin_dir / 'srun').write_text(f"""#!{sys.executable}
+import json, sys
+with open({str(tmp_path / 'srun.json')!r}, 'w') as f:
+  json.dump(sys.argv[1:], f)
+""")
+  (bin_dir / 'srun').chmod(0o755)
+  env = dict(os.environ, PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}', SLURM_JOB_ID='7',
+             SLURM_ARRAY_JOB_ID='7', SLURM_ARRAY_TASK_ID='1')
+  text = scripts[0].split('\n# ')[0]  # the next script's header follows
+  assert subprocess.run(['bash', '-n'], input=text, text=True, check=False).returncode == 0
+  done = subprocess.run(['bash'], input=text, text=True, env=env, capture_output=True,
+                        check=False)
+  assert done.returncode == 0, done.stderr
+  with open(tmp_path / 'srun.json', encoding='utf-8') as f:
+    assert json.load(f) == ['--kill-on-bad-exit=1', *expected_train(root, 2 if array else 1)]
+
+
+def test_multi_task_runs_need_one_task_per_gpu(tmp_path, capsys):
+  sweep = helpers.write_sweep(str(tmp_path / 'sweep.py'), [{'config': 'configs/clm.py:tiny'}])
+  common = ['--sweep', sweep, '--workdir_root', str(tmp_path / 'r'), '--backend', 'slurm',
+            '--gpus_per_node', '8', '--dry_run']
+  assert launch.main(common + ['--nodes', '2', '--tasks_per_node', '1']) == 2
+  assert capsys.readouterr().err == (
+      'launch.py: error: --gpus_per_node 8 with --tasks_per_node 1: jax.distributed gives each '
+      'SLURM task the one GPU of its local task id, so give --tasks_per_node 8 (one task per '
+      'GPU).\n')
+  assert launch.main(common + ['--nodes', '2', '--tasks_per_node', '8']) == 0
+  assert '#SBATCH --ntasks-per-node=8' in capsys.readouterr().out.splitlines()
+  assert launch.main(common) == 0  # one task: no jax.distributed, it sees every GPU

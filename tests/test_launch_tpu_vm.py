@@ -5,6 +5,7 @@ deleted, also when the launcher is interrupted."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import time
 from tests import launch_helpers as helpers
 from tests.conftest import read_metrics
 from tools import launch, status
-from tools.backends import record
+from tools.backends import record, tpu_vm
 
 TPU = ['--backend', 'tpu_vm', '--zone', 'us-central2-b', '--accelerator_type', 'v4-8', '--spot',
        '--poll_seconds', '0.2', '--mounted_workdir_root']
@@ -128,7 +129,8 @@ def test_dry_run_prints_every_gcloud_command(capsys, tmp_path):
                     '--runtime-version=tpu-ubuntu2204-base --reserved')
   assert name.startswith('po-') and name.endswith('-0-1')
   assert copy.startswith(f'gcloud compute tpus tpu-vm scp ARCHIVE {name}:pretraining-objectives')
-  assert ssh.endswith("&& python3 train.py --config configs/clm.py:tiny --workdir "
+  assert ssh.endswith("&& export PRETRAINING_OBJECTIVES_DISTRIBUTED=1 && python3 train.py "
+                      "--config configs/clm.py:tiny --workdir "
                       "gs://b/sweep/seed=1 --config.seed=1 --config.data.data_dir=gs://b/tfds'")
   assert delete.endswith('--zone=z1 --project=p --force --quiet')
   assert not os.path.exists(tmp_path / 'cloud')
@@ -143,3 +145,54 @@ def test_a_checkout_too_big_to_ship_is_refused_before_any_slice(tmp_path, monkey
   error = capsys.readouterr().err
   assert 'MiB (the largest file is ' in error and 'add data and outputs to .gitignore' in error
   assert not helpers.calls(state) and not os.path.exists(tmp_path / 'runs')
+
+
+def test_launches_in_one_second_never_share_slice_names(monkeypatch):
+  monkeypatch.setattr('time.time', lambda: 2_000_000_000.0)
+  args = launch.parse_args(['--sweep', 's.py', '--workdir_root', 'gs://b/r', *TPU])
+  run = launch.expand([{'config': 'configs/clm.py:tiny'}], 'gs://b/r')[0]
+  names = {tpu_vm.TpuVm(args).slice_name(run, 1) for _ in range(20)}
+  assert len(names) == 20
+  assert all(re.fullmatch(r'po-[0-9a-z]{6}-0-1', name) for name in names)
+
+
+def test_a_slice_name_taken_already_is_left_alone(tmp_path, monkeypatch, capsys):
+  """Another launcher's slice with the name this one asks for is never deleted."""
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}})
+  monkeypatch.setattr('tools.backends.tpu_vm.secrets.randbelow', lambda n: 7)
+  theirs = 'po-000007-0-1'
+  assert subprocess.run(['gcloud', 'compute', 'tpus', 'queued-resources', 'create', theirs,
+                         f'--node-id={theirs}', '--zone=us-central2-b'], check=False,
+                        capture_output=True).returncode == 0
+  root = str(tmp_path / 'runs')
+  assert launch.main(['--sweep', seeds_sweep(tmp_path, 1), '--workdir_root', root,
+                      '--max_retries', '1', '--log_dir', str(tmp_path / 'logs'), *TPU]) == 0
+  created, deleted, _ = helpers.slice_lifetimes(state)
+  assert created == [theirs, 'po-000007-0-2'] and deleted == ['po-000007-0-2']
+  assert os.listdir(os.path.join(state, 'qr')) == [f'{theirs}.json']
+  saved = record.read(os.path.join(root, 'clm-tiny'))
+  assert (saved['state'], saved['attempts'], saved['failures']) == ('done', 2, 1)
+  assert capsys.readouterr().out.count('ALREADY_EXISTS') == 1
+
+
+def test_workers_join_with_jax_distributed_from_the_vm_metadata(monkeypatch):
+  """A TPU VM slice's workers keep their list in the VM's metadata, which only JAX's own
+  detection reads: the backend's variable makes train.py call initialize() with no arguments."""
+  import jax
+
+  from configs import base as base_config
+  from training import distributed
+  assert tpu_vm.DISTRIBUTED_ENV == distributed.INITIALIZE_ENV
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: calls.append((a, k)))
+  for name in ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE',
+               'SLURM_NTASKS', distributed.INITIALIZE_ENV):
+    monkeypatch.delenv(name, raising=False)
+  settings = base_config.get_config().distributed
+  assert distributed.maybe_initialize(settings) is False and calls == []
+  monkeypatch.setenv(distributed.INITIALIZE_ENV, '1')
+  assert distributed.maybe_initialize(settings) is True and calls == [((), {})]
+  settings.auto = False
+  assert distributed.maybe_initialize(settings) is False and len(calls) == 1

@@ -62,6 +62,9 @@ def test_help_lists_every_setting_of_the_config():
   for key in ('--config.mlm.mask_rate=0.15', '--config.optimizer.learning_rate',
               '--config.budget.tokens=0', '--config.data.'):
     assert key in result.stdout
+  # A config file that defines a dataclass (its module must be findable while it loads).
+  arms = _cli('--config', 'configs/compare.py:tiny', '--help')
+  assert arms.returncode == 0 and '--config.budget.tokens=' in arms.stdout
 
 
 def test_token_budget_stops_at_the_budget_and_records_compute(tmp_path, shared_cache):

@@ -216,3 +216,36 @@ def test_dry_run_from_the_command_line():
   assert done.returncode == 0, done.stderr
   lines = done.stdout.strip().splitlines()
   assert len(lines) == 12 and all(' train.py --config configs/' in line for line in lines)
+
+
+def test_bad_sweeps_are_one_line_before_anything_runs(tmp_path, capsys):
+  root = str(tmp_path / 'runs')
+  misspelt = tmp_path / 'misspelt.py'
+  misspelt.write_text('def get_sweep():\n  return [{"config": "configs/clm.py:tiny", '
+                      '"optimizer.lerning_rate": r} for r in (0.001, 0.003)]\n')
+  assert launch.main(['--sweep', str(misspelt), '--workdir_root', root]) == 2
+  assert capsys.readouterr() == ('', (
+      "launch.py: error: Run lerning_rate=0.001: 'optimizer.lerning_rate' is not a setting of "
+      "configs/clm.py:tiny (did you mean 'optimizer.learning_rate'? python train.py --config "
+      'configs/clm.py:tiny --help lists them).\n'))
+  assert not os.path.exists(root)
+  # A comparison arm (a config file with dataclasses) loads, and its keys are checked too.
+  assert launch.main(['--sweep', 'configs/sweeps/compare.py', '--workdir_root', root,
+                      '--dry_run']) == 0
+  assert len(capsys.readouterr().out.splitlines()) == len(launch.load_sweep(
+      'configs/sweeps/compare.py'))
+  empty = tmp_path / 'empty.py'
+  empty.write_text('SWEEP = []\n')
+  assert launch.main(['--sweep', str(empty), '--workdir_root', root]) == 2
+  assert capsys.readouterr().err == (
+      f'launch.py: error: --sweep {empty} defines no get_sweep(): add one that returns a list '
+      'of override dicts (docs/sweeps.md).\n')
+  assert launch.main(['--sweep', 'configs/sweeps/objectives.py:small', '--workdir_root', root,
+                      '--dry_run']) == 2
+  assert capsys.readouterr().err == ('launch.py: error: --sweep configs/sweeps/objectives.py:'
+                                     'small: its get_sweep() takes no argument; drop :small.\n')
+  with pytest.raises(SystemExit) as exit_info:
+    launch.main(['--sweep', SWEEP])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err == ('launch.py: error: the following arguments are required: '
+                                     '--workdir_root (see --help).\n')

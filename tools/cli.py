@@ -6,6 +6,7 @@ Light on purpose (absl only): train.py reports a broken --config file before jax
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -60,12 +61,18 @@ def config_spec(argv: Sequence[str]) -> str | None:
 def load_config_spec(spec: str) -> Any:
   """What config_flags builds from FILE[:PRESET]: the file's get_config(preset); whatever the
   file raises propagates."""
+  import hashlib  # pylint: disable=import-outside-toplevel
   import importlib.util  # pylint: disable=import-outside-toplevel
 
   path, _, preset = spec.partition(':')
-  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location('_cfg', path))
-  module.__spec__.loader.exec_module(module)
-  return module.get_config(preset) if preset else module.get_config()
+  name = f'_config_{hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]}'
+  module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path))
+  sys.modules[name] = module  # a dataclass in the file looks its module up while it is made
+  try:
+    module.__spec__.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+  finally:
+    sys.modules.pop(name, None)
 
 
 OBJECTIVE_FLAG = '--config.objective'

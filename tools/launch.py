@@ -15,8 +15,10 @@ where every run stands.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -26,7 +28,7 @@ from typing import Any, Sequence
 if __package__ in (None, ''):  # run as a script: python tools/launch.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools import backends  # pylint: disable=wrong-import-position
+from tools import backends, cli  # pylint: disable=wrong-import-position
 from tools.backends import base, record as record_lib  # pylint: disable=wrong-import-position
 from tools.backends.base import Run, format_value, train_command  # pylint: disable=unused-import,wrong-import-position
 
@@ -50,9 +52,55 @@ def load_sweep(path: str) -> list[dict[str, Any]]:
     spec.loader.exec_module(module)
   else:
     module = importlib.import_module(path)
-  if not hasattr(module, 'get_sweep'):
-    raise ValueError(f'--sweep {path} defines no get_sweep().')
+  if not callable(getattr(module, 'get_sweep', None)):
+    raise ValueError(f'--sweep {path} defines no get_sweep(): add one that returns a list of '
+                     'override dicts (docs/sweeps.md).')
+  try:
+    inspect.signature(module.get_sweep).bind(*([argument] if argument else []))
+  except TypeError:
+    raise ValueError(f'--sweep {path}{":" + argument if argument else ""}: its get_sweep() takes '
+                     f'{"no argument; drop :" + argument if argument else "an argument; give it as " + path + ":ARG"}.'
+                     ) from None
   return list(module.get_sweep(argument) if argument else module.get_sweep())
+
+
+def _load_config(spec: str) -> Any:
+  """The config train.py builds from `--config FILE[:PRESET]` (FILE relative to the repo)."""
+  path = spec.partition(':')[0]
+  full = path if os.path.isabs(path) else os.path.join(REPO, path)
+  if not os.path.isfile(full):
+    raise FileNotFoundError(f'{path} does not exist')
+  return cli.load_config_spec(full + spec[len(path):])
+
+
+def check_keys(runs: Sequence[Run]) -> None:
+  """Raises ValueError (one line) for a run whose config cannot load or has no setting named
+  by one of its override keys, as train.py would after its slice or job started."""
+  configs: dict[str, Any] = {}
+  for run in runs:
+    if run.config not in configs:
+      try:
+        configs[run.config] = _load_config(run.config)
+      except Exception as error:  # pylint: disable=broad-exception-caught
+        lines = str(error).strip().splitlines()
+        raise ValueError(f'Run {run.name}: config {run.config} cannot be loaded: '
+                         f'{lines[0] if lines else type(error).__name__}.') from None
+    config = configs[run.config]
+    for key, _ in run.overrides:
+      node, found = config, True
+      for part in key.split('.'):
+        try:
+          node = node[part]
+        except (KeyError, TypeError, IndexError, AttributeError):
+          found = False
+          break
+      if not found:
+        from configs import base as config_base  # pylint: disable=import-outside-toplevel
+
+        close = difflib.get_close_matches(key, list(config_base.flatten(config)), n=1)
+        hint = f'did you mean {close[0]!r}? ' if close else ''
+        raise ValueError(f'Run {run.name}: {key!r} is not a setting of {run.config} ({hint}'
+                         f'python train.py --config {run.config} --help lists them).')
 
 
 def config_label(config: str) -> str:
@@ -165,9 +213,17 @@ def expand(sweep: Sequence[dict[str, Any]], workdir_root: str) -> list[Run]:
   return runs
 
 
+class _Parser(argparse.ArgumentParser):
+  """Errors are one line (the usage lists every backend's flags: see --help instead)."""
+
+  def error(self, message: str):
+    self.exit(2, f'{self.prog}: error: {message} (see --help).\n')
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+  parser = _Parser(
+      prog='launch.py', description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog='Backends: ' + ', '.join(backends.names()) + '. See docs/sweeps.md.')
   parser.add_argument('--sweep', required=True, help='Sweep file, e.g. configs/sweeps/objectives.py.')
   parser.add_argument('--workdir_root', required=True, help='Parent of the runs\' workdirs.')
@@ -223,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not runs:
       raise ValueError(f'--only {args.only!r} matches no run of {args.sweep}.')
     backend.check(runs)
+    check_keys(runs)
     if not args.dry_run:
       for run in runs:
         problem = record_lib.mismatch(run.workdir, run.config, dict(run.overrides))

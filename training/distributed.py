@@ -9,6 +9,9 @@ import jax
 
 # Environments where jax.distributed.initialize() finds the coordinator by itself.
 _AUTO_ENVIRONMENTS = ('TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS', 'OMPI_COMM_WORLD_SIZE')
+# Set to 1 by a launcher that starts every host of a platform JAX detects by other means: a
+# Cloud TPU VM slice keeps its worker list in the VM's metadata, not in the environment.
+INITIALIZE_ENV = 'PRETRAINING_OBJECTIVES_DISTRIBUTED'
 
 
 def _slurm_multi_task() -> bool:
@@ -19,7 +22,8 @@ def maybe_initialize(dist_config: Any) -> bool:
   """Initialises jax.distributed when the config or the environment says the run spans processes.
 
   Explicit settings (config.distributed.coordinator_address, num_processes, process_id) win;
-  otherwise Cloud TPU pods, SLURM with several tasks and Open MPI are auto-detected.
+  otherwise Cloud TPU pods, SLURM with several tasks and Open MPI are auto-detected, and
+  `PRETRAINING_OBJECTIVES_DISTRIBUTED=1` asks for JAX's own detection (Cloud TPU VMs).
   Returns whether jax.distributed is initialised. jax allows one initialisation per process,
   so a second call (a second train.run in the same process) keeps the first.
   """
@@ -40,7 +44,8 @@ def maybe_initialize(dist_config: Any) -> bool:
                                num_processes=dist_config.num_processes,
                                process_id=dist_config.process_id)
     return True
-  if dist_config.auto and (_slurm_multi_task() or any(k in os.environ for k in _AUTO_ENVIRONMENTS)):
+  if dist_config.auto and (_slurm_multi_task() or os.environ.get(INITIALIZE_ENV) == '1'
+                          or any(k in os.environ for k in _AUTO_ENVIRONMENTS)):
     jax.distributed.initialize()
     return True
   return False

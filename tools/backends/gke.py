@@ -88,8 +88,17 @@ class Gke(base.Backend):
         'first() { [ "${JOB_COMPLETION_INDEX:-0}" = 0 ] && [ "${SLICE_INDEX:-0}" = 0 ]; }',
         f'mark() {{ if first; then python3 -m tools.backends.mark {workdir} "$@" || true; fi; }}',
         f'mark running --detail "JobSet {self.jobset_name(run)}, restart ${{RESTART_ATTEMPT:-0}}"',
-        f'{train} 2>&1 | tee {_LOG}',
-        'code=${PIPESTATUS[0]}',
+        # bash is the container's PID 1: the pod's SIGTERM reaches it alone, and PID 1 ignores
+        # a signal it has no handler for. Forward it so that train.py saves and exits 143.
+        'pid=',
+        'trap \'[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null\' TERM INT',
+        f': > {_LOG}',
+        f'{train} > {_LOG} 2>&1 &',
+        'pid=$!',
+        f'tail -n +1 -f --pid="$pid" {_LOG} &  # the output, for kubectl logs',
+        'wait "$pid"; code=$?',
+        'while kill -0 "$pid" 2>/dev/null; do wait "$pid"; code=$?; done  # after a signal',
+        'wait',
         'if [ "$code" -eq 0 ]; then',
         '  mark done',
         f'elif [ "$code" -ne {base.SETUP_ERROR_EXIT_CODE} ] && '

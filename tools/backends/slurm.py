@@ -35,7 +35,8 @@ class Slurm(base.Backend):
     group.add_argument('--qos', default='', help='sbatch --qos.')
     group.add_argument('--nodes', type=int, default=1, help='Nodes per run (default 1).')
     group.add_argument('--tasks_per_node', type=int, default=1,
-                       help='Processes per node: 1 (it drives all the node\'s GPUs) or one per GPU.')
+                       help='Processes per node: one per GPU (equal to --gpus_per_node) when a '
+                       'run spans several tasks.')
     group.add_argument('--gpus_per_node', type=int, default=0, help='sbatch --gpus-per-node.')
     group.add_argument('--cpus_per_task', type=int, default=0, help='sbatch --cpus-per-task.')
     group.add_argument('--time', default='', help='Time limit per job, e.g. 24:00:00.')
@@ -61,6 +62,15 @@ class Slurm(base.Backend):
       raise ValueError('--gpus_per_node, --cpus_per_task and --array_parallel must be 0 or more.')
     if args.time and not re.fullmatch(r'(\d+-)?\d+(:\d\d){0,2}', args.time):
       raise ValueError(f'--time {args.time!r}: use SLURM\'s form, e.g. 24:00:00 or 2-00:00:00.')
+    if (args.nodes * args.tasks_per_node > 1 and args.gpus_per_node and
+        args.gpus_per_node != args.tasks_per_node):
+      raise ValueError(
+          f'--gpus_per_node {args.gpus_per_node} with --tasks_per_node {args.tasks_per_node}: '
+          'jax.distributed gives each SLURM task the one GPU of its local task id, so give '
+          f'--tasks_per_node {args.gpus_per_node} (one task per GPU).')
+    if '"' in self.script_dir():
+      raise ValueError(f'--script_dir {self.script_dir()!r}: sbatch cannot read a path with \'"\' '
+                       'in its #SBATCH --output line; pick another --script_dir.')
     if any('://' in run.workdir for run in runs):
       raise ValueError('--backend slurm needs a --workdir_root on the shared file system the '
                        'nodes mount (gs:// works only if train.py can write there; use a path).')
@@ -71,7 +81,7 @@ class Slurm(base.Backend):
   def directives(self, name: str, count: int = 0) -> list[str]:
     args = self.args
     log = os.path.join(self.script_dir(), f'{name}.%A_%a.out' if count else f'{name}.%j.out')
-    lines = [f'--job-name={name}', f'--nodes={args.nodes}',
+    lines = [f'--job-name={re.sub(r"[^A-Za-z0-9._=+-]", "-", name)}', f'--nodes={args.nodes}',
              f'--ntasks-per-node={args.tasks_per_node}', f'--output={log}', '--open-mode=append',
              '--requeue', '--signal=TERM@120']
     for flag, value in (('partition', args.partition), ('account', args.account),
@@ -85,7 +95,8 @@ class Slurm(base.Backend):
     if count:
       limit = f'%{args.array_parallel}' if args.array_parallel else ''
       lines.append(f'--array=0-{count - 1}{limit}')
-    return ['#!/bin/bash'] + [f'#SBATCH {line}' for line in lines + args.sbatch_flag]
+    return ['#!/bin/bash'] + [f'#SBATCH {_directive(line)}' for line in lines] + [
+        f'#SBATCH {line}' for line in args.sbatch_flag]
 
   def _train(self, run: base.Run) -> str:
     """The run's command as shell words (quoted once, so values with spaces survive)."""
@@ -175,3 +186,9 @@ class Slurm(base.Backend):
         records[run.name].note(f'submitted as {where}', where=where)
       self.print(f'submitted {path} as job {job}')
     return status
+
+
+def _directive(line: str) -> str:
+  """An #SBATCH option whose value has spaces, in the double quotes sbatch reads them with."""
+  flag, _, value = line.partition('=')
+  return f'{flag}="{value}"' if any(c.isspace() for c in value) else line

@@ -5,7 +5,8 @@ For each attempt of a run the launcher
      on-demand) and polls it until ACTIVE;
   2. copies an archive of this checkout to every worker (`tpu-vm scp --worker=all`), unpacks
      it, installs it from its own setup.cfg plus jax[tpu], and starts train.py on every worker
-     (`tpu-vm ssh --worker=all`); train.py joins the workers by itself;
+     (`tpu-vm ssh --worker=all`) with PRETRAINING_OBJECTIVES_DISTRIBUTED=1, so train.py joins
+     the workers with jax.distributed, which reads them from the VM's metadata;
   3. deletes the slice when the attempt ends, however it ends.
 A slice that is preempted (SUSPENDED, or train.py stopped by SIGTERM) or fails gets its run
 requeued on a new slice, resuming from the last checkpoint, up to --max_retries. Ctrl-C or
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shlex
 import signal
 import subprocess
@@ -31,6 +33,7 @@ from tools.backends import base, code_archive, record as record_lib
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REMOTE_ARCHIVE = 'pretraining-objectives.tar.gz'  # in the worker's home directory
 MAX_ARCHIVE_BYTES = 200 * 2**20  # uncompressed; code and configs are far smaller
+DISTRIBUTED_ENV = 'PRETRAINING_OBJECTIVES_DISTRIBUTED'  # training/distributed.INITIALIZE_ENV
 LIVE_STATES = ('ACCEPTED', 'WAITING_FOR_RESOURCES', 'PROVISIONING', 'CREATING', 'ACTIVE')
 LOST_STATES = ('SUSPENDING', 'SUSPENDED', 'PREEMPTED')  # spot capacity taken back
 _NAME = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
@@ -69,7 +72,9 @@ class TpuVm(base.Backend):
 
   def __init__(self, args: argparse.Namespace, out: TextIO | None = None):
     super().__init__(args, out)
-    self.launch_id = _base36(int(time.time()))[-6:]
+    # Random, so that launches started in the same second (a script starting several sweeps)
+    # never ask for one another's slice names.
+    self.launch_id = _base36(secrets.randbelow(36**6)).rjust(6, '0')
     self.made: list[str] = []  # every slice this launcher asked for
     self.deleted: set[str] = set()
     self.lock = threading.Lock()
@@ -105,7 +110,8 @@ class TpuVm(base.Backend):
     directory = _remote_path(self.args.remote_dir)
     train = shlex.join(['python3', *base.train_args(run, self.args.data_dir)])
     return (f'set -e; mkdir -p {directory} && tar -xzf ~/{REMOTE_ARCHIVE} -C {directory} && '
-            f'cd {directory} && {self.args.install} && {train}')
+            f'cd {directory} && {self.args.install} && '
+            f'export {DISTRIBUTED_ENV}=1 && {train}')
 
   def ssh_command(self, name: str, run: base.Run) -> list[str]:
     return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', name, *self._location(), '--worker=all',
@@ -240,6 +246,7 @@ class _SliceAttempt(threading.Thread):
     self.outcome = base.Outcome('failed', 'attempt did not finish')
     self.training = threading.Event()  # set once the slice is ACTIVE
     self.reported = False
+    self.owned = True  # False when the name was taken already: that slice is not ours to delete
 
   def run_attempt(self) -> base.Outcome:
     backend = self.backend
@@ -248,6 +255,10 @@ class _SliceAttempt(threading.Thread):
     created = subprocess.run(backend.create_command(self.name_), capture_output=True, text=True,
                              check=False, start_new_session=True)
     if created.returncode:
+      if 'ALREADY_EXISTS' in created.stderr:
+        self.owned = False
+        with backend.lock:
+          backend.made.remove(self.name_)
       return base.Outcome('failed', 'queued-resources create failed: ' +
                           base.failure_reason(created.stderr, created.returncode))
     while True:  # provisioning: spot capacity can take hours
@@ -308,7 +319,8 @@ class _SliceAttempt(threading.Thread):
     except Exception as error:  # pylint: disable=broad-exception-caught
       self.outcome = base.Outcome('failed', f'launcher error: {error}')
     finally:
-      self.backend.delete(self.name_)
+      if self.owned:
+        self.backend.delete(self.name_)
 
 
 def _remote_path(path: str) -> str:
