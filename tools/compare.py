@@ -264,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arm in arms:
       compare.get_arm(arm)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    given_root = args.root  # the report is titled with the root as the caller wrote it
     if '://' not in args.root:  # the children may run elsewhere; the root is the caller's
       args.root = os.path.abspath(args.root)
     entries = sweep_entries(arms, seeds, args.preset, overrides)
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = train_all(runs) or evaluate_all(runs)
     if status:
       return status
-  return report.main(['--root', args.root])
+  return report.main(['--root', given_root])
 
 
 if __name__ == '__main__':
