@@ -50,7 +50,7 @@ def tokenizer(tmp_path_factory):
       os.environ[TEST_CACHE_ENV] = previous
 
 
-def _experiment(arm: str, tokenizer, batch_size: int = 8):
+def _experiment(arm: str, tokenizer, batch_size: int = 8, devices=None):
   config = compare.get_config(f'{arm}:tiny')
   config.seq_len = 32
   config.batch_size = batch_size
@@ -59,12 +59,13 @@ def _experiment(arm: str, tokenizer, batch_size: int = 8):
   values = dict(config.model)
   values['vocab_size'] = tokenizer.size
   model_config = ModelConfig.from_config(values, **objective.model_overrides())
-  mesh = mesh_lib.make_mesh(config.mesh)
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
   rules = mesh_lib.logical_rules(config.mesh)
   return types.SimpleNamespace(
       config=config, tokenizer=tokenizer, objective=objective, model_config=model_config,
       mesh=mesh, rules=rules, local_batch_size=batch_size,
-      data_format=compare.ARMS[arm].data_format)
+      data_format=compare.ARMS[arm].data_format if arm in compare.ARMS
+      else objective.data_format)
 
 
 def _params(exp):
@@ -143,3 +144,78 @@ def test_masks_do_not_depend_on_the_run_seed(tokenizer):
   exp.config.seed = 17
   second = evaluation.evaluate_examples(exp, params, documents=documents)[0]
   assert first == second
+
+
+@pytest.mark.parametrize('arm', ['mlm', 'plm'])
+def test_numbers_do_not_depend_on_the_batch_size_or_devices(arm, tokenizer):
+  """Masks and permutations are drawn per example, so an example scores the same in a batch
+  of 8 on 8 devices, a batch of 16 on 8 devices and a batch of 8 on one device."""
+  documents = _documents(9, 1)
+  params = _params(_experiment(arm, tokenizer))
+  results = [evaluation.evaluate_examples(_experiment(arm, tokenizer, size, devices), params,
+                                          documents=documents)
+             for size, devices in ((8, None), (16, None), (8, jax.devices()[:1]))]
+  (metrics, examples), others = results[0], results[1:]
+  assert metrics['examples'] == 11 and metrics[f'{arm}_predictions'] > 0
+  for other_metrics, other_examples in others:
+    for key in ('key', f'{arm}.count', f'{arm}.bytes', f'{arm}.correct'):
+      np.testing.assert_array_equal(other_examples[key], examples[key])
+    np.testing.assert_allclose(other_examples[f'{arm}.nll'], examples[f'{arm}.nll'], rtol=1e-5)
+    for key in (f'{arm}_predictions', f'{arm}_bytes', 'examples'):
+      assert other_metrics[key] == metrics[key]
+    assert other_metrics[f'{arm}_bits_per_byte'] == pytest.approx(
+        metrics[f'{arm}_bits_per_byte'], rel=1e-6)
+
+
+def test_span_corruption_bits_per_byte_from_the_logits_by_hand(tokenizer):
+  """Sentinel ids lie past the tokenizer's: they spell 0 bytes (not the last piece's), and
+  their loss still counts. Hand computation from the model's logits."""
+  from training.state import split_and_bind  # pylint: disable=import-outside-toplevel
+
+  exp = _experiment('span_corruption', tokenizer)
+  documents = _documents(9, 1)
+  params = _params(exp)
+  metrics, examples = evaluation.evaluate_examples(exp, params, documents=documents)
+  sp = tokenizer._sp  # pylint: disable=protected-access
+
+  def spelled(index):  # UTF-8 bytes of a piece, '▁' a space; specials and sentinels nothing
+    if index >= sp.GetPieceSize() or tokenizer.vocab.is_special[index] or sp.IsControl(index):
+      return 0
+    return 1 if sp.IsByte(index) else len(sp.IdToPiece(index).replace('\u2581', ' ').encode())
+
+  model = Transformer(exp.model_config)
+  total, count, size, sentinels = 0.0, 0, 0, 0
+  for batch in evaluation.exact_batches(exp, 'validation', documents):
+    _, bound = split_and_bind(exp.objective, params, exp.model_config, train=False)
+    keys = evaluation.row_key(batch['tokens'])
+    with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
+      inputs, targets = evaluation.per_row(bound.prepare, keyed=True)(
+          jax.vmap(evaluation.row_rng)(keys), batch)
+      logits = np.asarray(model.apply({'params': params}, inputs, train=False).logits,
+                          np.float64)
+    labels = np.asarray(targets[0]['targets'])
+    weight = (np.asarray(targets[0]['weights']) > 0) & batch['segment_ids'].any(axis=1)[:, None]
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    total += float(-np.take_along_axis(log_probs, labels[..., None], -1)[..., 0][weight].sum())
+    count += int(weight.sum())
+    size += sum(spelled(int(i)) for i in labels[weight])
+    sentinels += int((labels[weight] >= tokenizer.size).sum())
+  assert sentinels > 0 and count > sentinels
+  assert metrics['span_corruption_predictions'] == count
+  assert metrics['span_corruption_bytes'] == size
+  assert metrics['span_corruption_loss'] == pytest.approx(total / count, rel=1e-5)
+  assert metrics['span_corruption_perplexity'] == pytest.approx(math.exp(total / count), rel=1e-5)
+  assert metrics['span_corruption_bits_per_byte'] == pytest.approx(
+      total / math.log(2) / size, rel=1e-5)
+  assert int(examples['span_corruption.bytes'].sum()) == size
+
+
+def test_examples_saved_again_replace_the_earlier_ones(tmp_path):
+  """Evaluating a run again (after it trained further) overwrites its per-example file."""
+  path = str(tmp_path / 'validation_examples.npz')
+  evaluation.save_examples(path, {'key': np.array([1, 2])}, {'loss': 2.0})
+  evaluation.save_examples(path, {'key': np.array([3])}, {'loss': 1.5})
+  examples, metrics = evaluation.load_examples(path)
+  assert examples['key'].tolist() == [3] and metrics == {'loss': 1.5}
+  assert sorted(os.listdir(tmp_path)) == ['validation_examples.npz']

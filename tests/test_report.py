@@ -163,3 +163,101 @@ def test_downstream_results_are_read(tmp_path):
   assert run['downstream'] == [dict(task='topic', strategy='full', step=20, metric='accuracy',
                                     score=0.75, std=0.02)]
   assert report.plot_downstream(str(tmp_path / 'd.png'), [run])
+
+
+def test_bootstrap_matches_numpy_with_a_known_difference():
+  """Seeds averaged inside every resample, paired weights, percentile interval: the same
+  numbers as a direct numpy computation on per-example data with a known shift."""
+  n = 200
+
+  def arm(shift, seed):
+    rng = np.random.default_rng(seed)
+    count = rng.integers(5, 20, n)
+    return {'key': np.arange(n, dtype=np.uint32), 'clm.count': count,
+            'clm.correct': rng.binomial(count, 0.4),
+            'clm.nll': count * (rng.uniform(1.0, 3.0, n) + shift * rng.uniform(0.0, 2.0, n)),
+            'clm.bytes': count * 4}
+
+  a, b = [arm(0.0, 1), arm(0.0, 2)], [arm(0.1, 1), arm(0.1, 2)]
+  result = report.bootstrap_difference(a, b, 'clm', 'bits_per_byte')
+  weights = np.random.default_rng(report.BOOTSTRAP_SEED).multinomial(
+      n, np.full(n, 1.0 / n), size=report.BOOTSTRAP_SAMPLES)
+
+  def bpb(runs, w):
+    return np.mean([(w @ r['clm.nll']) / math.log(2) / (w @ r['clm.bytes']) for r in runs], axis=0)
+
+  direct = bpb(b, weights) - bpb(a, weights)
+  point = bpb(b, np.ones(n)) - bpb(a, np.ones(n))
+  assert result['paired'] and result['difference'] == pytest.approx(float(point), rel=1e-12)
+  low, high = np.percentile(direct, [2.5, 97.5])
+  assert (result['low'], result['high']) == pytest.approx((low, high), rel=1e-12)
+  assert low < point < high and high - low > 1e-3  # a real interval, around the shift
+
+
+def test_bootstrap_seeds_of_different_examples_resample_on_their_own():
+  """Seeds that scored different examples (their own keys, their own counts) get their own
+  resamples instead of one weight matrix that does not fit them."""
+  first = _examples('clm', 0)
+  second = {key: value[:30] for key, value in _examples('clm', 1).items()}
+  second['key'] = second['key'] + 100
+  result = report.bootstrap_difference([first, second], [first, first], 'clm', 'accuracy')
+  point_a = np.mean([r['clm.correct'].sum() / r['clm.count'].sum() for r in (first, second)])
+  point_b = first['clm.correct'].sum() / first['clm.count'].sum()
+  assert not result['paired']
+  assert result['difference'] == pytest.approx(point_b - point_a)
+  assert result['low'] < result['difference'] < result['high']
+
+
+def test_nan_missing_and_single_seed_cells(tmp_path):
+  """A diverged seed shows as nan (never as missing), a number held by fewer seeds than the
+  arm says how many, one seed shows its value alone; std is the sample std."""
+  root = str(tmp_path / 'compare')
+  for seed in (0, 1, 2):
+    _make_run(root, 'clm', seed)
+  _make_run(root, 'mlm', 0)
+  path = os.path.join(root, 'clm_seed=2', 'eval', 'validation.json')
+  metrics = json.load(open(path, encoding='utf-8'))
+  metrics['clm_loss'] = math.nan
+  del metrics['clm_bits_per_byte']
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(metrics, f)
+  rows = report.write_csv(str(tmp_path / 'r.csv'), report.find_runs(root))
+  table = '\n'.join(report.summary_table(rows))
+  clm_row = next(line for line in table.splitlines() if line.startswith('| clm |'))
+  bpb = [r['clm_bits_per_byte'] for r in rows if r['arm'] == 'clm' and 'clm_bits_per_byte' in r]
+  assert len(bpb) == 2
+  assert (f'{report._fmt(float(np.mean(bpb)))} ± {report._fmt(float(np.std(bpb, ddof=1)))} '
+          '(2 of 3 seeds)') in clm_row
+  assert '| nan ± nan |' in clm_row
+  mlm_bpb = next(r['mlm_bits_per_byte'] for r in rows if r['arm'] == 'mlm')
+  assert f'| {report._fmt(mlm_bpb)} |' in table and report.mean_std([1.0]) == (1.0, 0.0)
+
+
+def test_runs_without_an_exact_pass_of_the_last_checkpoint_are_named(tmp_path):
+  root = str(tmp_path / 'compare')
+  for seed in (0, 1, 2):
+    _make_run(root, 'clm', seed)
+  os.remove(os.path.join(root, 'clm_seed=1', 'eval', 'validation.json'))
+  path = os.path.join(root, 'clm_seed=2', 'eval', 'validation.json')
+  metrics = json.load(open(path, encoding='utf-8'))
+  metrics['step'] = 20
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(metrics, f)
+  text = open(report.write_report(root, root)['report'], encoding='utf-8').read()
+  assert ('NOT AN EXACT PASS of the last checkpoint for: clm_seed=1 (no exact pass: last '
+          'metrics.jsonl eval), clm_seed=2 (exact pass of step 20, not the last (30))') in text
+  assert '| clm | 0 | clm_seed=0 | 30 | 3e+04 | 3.000e+10 | 15 | exact pass |' in text
+
+
+def test_an_objective_set_differently_in_two_arms_is_not_controlled(tmp_path):
+  """MLM at another masking rate in one MLM arm: the arms' MLM numbers do not compare."""
+  root = str(tmp_path / 'compare')
+  for arm in ('clm', 'mlm', 'mlm_nsp'):
+    _make_run(root, arm, 0)
+  path = os.path.join(root, 'mlm_nsp_seed=0', 'config.json')
+  config = json.load(open(path, encoding='utf-8'))
+  config['mlm']['mask_rate'] = 0.3
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(config, f)
+  written = report.write_report(root, root)
+  assert written['uncontrolled'] == ['mlm.mask_rate']

@@ -196,7 +196,23 @@ def final_metrics(run: Mapping[str, Any]) -> dict[str, float]:
   return row
 
 
+def _evaluation_of(run: Mapping[str, Any]) -> str:
+  """Where a run's held-out numbers come from: the exact pass of its last checkpoint, or
+  what falls short of it (an older checkpoint, or no exact pass at all)."""
+  last = run['train'][-1]['step'] if run['train'] else None
+  if not run['final']:
+    return 'no exact pass: last metrics.jsonl eval'
+  step = run['final'].get('step')
+  if last is not None and isinstance(step, int) and step < last:
+    return f'exact pass of step {step}, not the last ({last})'
+  if not run['examples_path']:
+    return 'exact pass, no per-example numbers'
+  return 'exact pass'
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof=1) over seeds; one seed has std 0 (the tables
+  then show the value alone)."""
   values = [float(v) for v in values]
   if not values:
     return math.nan, math.nan
@@ -224,15 +240,24 @@ def bootstrap_difference(a: Sequence[Mapping[str, np.ndarray]],
   over examples. `a` and `b` hold each seed's per-example arrays; the resampling is paired
   when both arms evaluated the same examples (equal example keys)."""
   rng = np.random.default_rng(seed)
-  paired = all(len(x['key']) == len(a[0]['key']) and np.array_equal(x['key'], a[0]['key'])
-               for x in list(a) + list(b))
+
+  def same(runs):
+    return all(np.array_equal(x['key'], runs[0]['key']) for x in runs)
+
+  paired = same(list(a) + list(b))
 
   def weights(n):
     return rng.multinomial(n, np.full(n, 1.0 / n), size=samples).astype(np.float64)
 
-  def values(runs, w):
+  def arm_weights(runs):
+    # Seeds that scored the same examples share one resample; otherwise each has its own.
+    if same(runs):
+      return [weights(len(runs[0]['key']))] * len(runs)
+    return [weights(len(run['key'])) for run in runs]
+
+  def values(runs, ws):
     per_seed = []
-    for run in runs:
+    for run, w in zip(runs, ws):
       numerator, denominator = _ratio_stats(run, part)[statistic]
       per_seed.append((w @ numerator) / np.maximum(w @ denominator, 1e-12))
     return np.mean(per_seed, axis=0)
@@ -241,8 +266,8 @@ def bootstrap_difference(a: Sequence[Mapping[str, np.ndarray]],
     return float(np.mean([_ratio_stats(r, part)[statistic][0].sum()
                           / max(_ratio_stats(r, part)[statistic][1].sum(), 1e-12) for r in runs]))
 
-  w_a = weights(len(a[0]['key']))
-  w_b = w_a if paired else weights(len(b[0]['key']))
+  w_a = arm_weights(a)
+  w_b = [w_a[0]] * len(b) if paired else arm_weights(b)
   differences = values(b, w_b) - values(a, w_a)
   low, high = np.percentile(differences, [2.5, 97.5])
   return dict(difference=point(b) - point(a), low=float(low), high=float(high), paired=paired)
@@ -303,21 +328,35 @@ def check_distinct(runs: Sequence[Mapping[str, Any]]) -> None:
 
 def uncontrolled(diff: Mapping[str, Mapping[str, Any]],
                  configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
-  """Differing keys that are neither objective fields nor features objectives require."""
+  """Differing keys that are neither objective fields nor features objectives require, and
+  an objective's settings that differ between arms sharing that objective (MLM at another
+  masking rate in one arm)."""
   sections = {name for config in configs.values() for name in objective_names(config['objective'])}
   allowed = {'objective', 'data.format', 'model.num_token_types'}  # the arm's format's features
   for config in configs.values():
     allowed |= set(model_features(config))  # what the objectives switch on themselves
-  return [key for key in diff if key.split('.')[0] not in sections and key not in allowed
-          and not key.startswith('objective.')]
+  loose = []
+  for key, values in diff.items():
+    section = key.split('.')[0]
+    if section in sections:
+      users = [arm for arm, config in configs.items()
+               if section in objective_names(config['objective'])]
+      if len({repr(values.get(arm, '-')) for arm in users}) > 1:
+        loose.append(key)
+    elif key not in allowed and not key.startswith('objective.'):
+      loose.append(key)
+  return loose
 
 
 # -- writing -------------------------------------------------------------------------------
 
 def _fmt(value: Any) -> str:
+  """A number for the tables: None is missing ('-'); NaN and inf are written as such."""
+  if value is None:
+    return '-'
   if isinstance(value, float):
-    if math.isnan(value):
-      return '-'
+    if not math.isfinite(value):
+      return str(value)
     return f'{value:.4g}' if abs(value) < 1e5 else f'{value:.3e}'
   return str(value)
 
@@ -399,7 +438,7 @@ def plot_curves(path: str, runs: Sequence[Mapping[str, Any]], x_key: str) -> boo
       length = min(len(c) for c in curves)
       stacked = np.stack([c[:length] for c in curves])
       x, y = stacked[:, :, 0].mean(axis=0), stacked[:, :, 1]
-      mean, std = y.mean(axis=0), y.std(axis=0)
+      mean, std = y.mean(axis=0), y.std(axis=0, ddof=1) if len(curves) > 1 else 0.0
       axis.plot(x, mean, marker='.', label=arm)
       if len(curves) > 1:
         axis.fill_between(x, mean - std, mean + std, alpha=0.25)
@@ -494,7 +533,10 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         cells.append('-')
         continue
       mean, std = mean_std(values)
-      cells.append(_fmt(mean) if len(values) == 1 else f'{_fmt(mean)} ± {_fmt(std)}')
+      cell = _fmt(mean) if len(values) == 1 else f'{_fmt(mean)} ± {_fmt(std)}'
+      if len(values) < len(mine):  # a seed without this number: say how many seeds it holds
+        cell += f' ({len(values)} of {len(mine)} seeds)'
+      cells.append(cell)
     lines.append(f'| {arm} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -553,20 +595,28 @@ def write_report(root: str, out: str) -> dict[str, Any]:
            f'{len(runs)} runs: ' + ', '.join(f'{arm} (seeds {sorted(r["seed"] for r in runs if r["arm"] == arm)})'
                                              for arm in dict.fromkeys(r['arm'] for r in runs)),
            '', '## Held-out results (mean ± std over seeds)', '',
+           'Std is the sample standard deviation over seeds (ddof=1); an arm with one seed '
+           'shows its value alone. '
            'Exact pass over the validation split (tools/evaluate.py) where present, else the '
            'last evaluation in metrics.jsonl. Losses in nats per prediction; MLM at 15% token '
            'masking; tokens are non-padding training tokens seen.', '']
   lines += summary_table(rows)
+  short = [f'{run["name"]} ({_evaluation_of(run)})' for run in runs
+           if _evaluation_of(run) != 'exact pass']
+  if short:
+    lines += ['', 'NOT AN EXACT PASS of the last checkpoint for: ' + ', '.join(short) + '. '
+              'Run tools/evaluate.py on these workdirs.']
   diff_lines = differences(runs)
   if diff_lines:
     lines += ['', '## Differences between arms', '',
               f'Bootstrap over evaluation examples ({BOOTSTRAP_SAMPLES} resamples), seeds '
               'averaged; paired where both arms evaluated the same examples.', ''] + diff_lines
-  lines += ['', '## Runs', '', '| arm | seed | workdir | step | tokens | flops | wall s |',
-            '|---|---|---|---|---|---|---|']
+  lines += ['', '## Runs', '', '| arm | seed | workdir | step | tokens | flops | wall s | '
+            'held-out numbers |', '|---|---|---|---|---|---|---|---|']
   lines += [f'| {row["arm"]} | {row["seed"]} | {row["workdir"]} | {row.get("step", "-")} | '
-            f'{_fmt(row.get("tokens", math.nan))} | {_fmt(row.get("flops", math.nan))} | '
-            f'{_fmt(row.get("wall_time", math.nan))} |' for row in rows]
+            f'{_fmt(row.get("tokens"))} | {_fmt(row.get("flops"))} | '
+            f'{_fmt(row.get("wall_time"))} | {_evaluation_of(run)} |'
+            for run, row in zip(runs, rows)]
   lines += ['', '## What differs between arms (resolved config)', '']
   if diff:
     arms = list(configs)

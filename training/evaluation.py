@@ -2,16 +2,18 @@
 
 `evaluate(exp, params, split)` reads every example of the split exactly once (the last batch
 padded with empty rows that count for nothing), with a fixed eval PRNG independent of the
-run's seed and step (the same masks, pairs and permutations every time, for every arm), and
+run's seed and step, keyed per example by a hash of its tokens (the same masks, pairs and
+permutations every time, for every arm, whatever the batch size or device count), and
 returns integer counts and metrics per objective:
   - token likelihoods (CLM, MLM, PLM, ...): `<name>_loss` (nats per prediction), `_accuracy`,
     `_perplexity`, `_bits_per_byte`, and the integer `_predictions` and `_bytes`;
   - sentence classification (NSP, SOP): `<name>_loss`, `_accuracy`, `_predictions`.
 MLM is evaluated at a fixed 15% token masking (80/10/10) whatever the run trained with.
 Bits per byte divide the nats of the predicted tokens by ln 2 times the UTF-8 bytes those
-tokens spell (a piece's text with SentencePiece's word marker as a space; specials 0 bytes),
-so runs with different tokenizers compare. `evaluate_examples` also returns the per-example
-numbers (for bootstrap intervals); `save_examples` writes them. Nothing here writes by itself.
+tokens spell (a piece's text with SentencePiece's word marker as a space; specials and
+sentinels 0 bytes), so runs with different tokenizers compare. `evaluate_examples` also
+returns the per-example numbers (for bootstrap intervals); `save_examples` writes them.
+Nothing here writes by itself.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from training.step import step_rng
 
 EVAL_SEED = 0  # the eval PRNG and pair construction never depend on the run's seed
 EVAL_STREAM = 2  # PRNG stream of this evaluation (training uses 0, the loop's eval 1)
@@ -115,23 +119,45 @@ def row_key(tokens: jax.Array) -> jax.Array:
   return (tokens.astype(jnp.uint32) * multiplier).sum(axis=1, dtype=jnp.uint32)
 
 
+def row_rng(key: jax.Array) -> jax.Array:
+  """The eval PRNG key of one example: a function of its tokens' hash alone."""
+  return jax.random.fold_in(step_rng(EVAL_SEED, 0, EVAL_STREAM), key)
+
+
+def per_row(fn, *, keyed: bool = False):
+  """`fn` applied to each row of its batched arguments on its own, as a batch of one (with
+  `keyed`, the first argument is one PRNG key per row). What `fn` returns per batch comes
+  back with a leading [B]: a scalar metric becomes one value per example."""
+
+  def one(*args):
+    args = [arg if keyed and i == 0 else jax.tree.map(lambda x: x[None], arg)
+            for i, arg in enumerate(args)]
+    return jax.tree.map(lambda x: x[0] if jnp.ndim(x) else x, fn(*args))
+
+  return jax.vmap(one)
+
+
 @functools.lru_cache(maxsize=8)
 def _eval_fn(model_config, objective):
-  """Jitted (params, batch, index, token_bytes) -> (per-row numbers, aggregate metrics)."""
+  """Jitted (params, batch, token_bytes) -> (per-row numbers, aggregate metrics)."""
   from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
   from training.state import split_and_bind  # pylint: disable=import-outside-toplevel
-  from training.step import step_rng  # pylint: disable=import-outside-toplevel
-
   model = Transformer(model_config)
 
-  def fn(params, batch, index, sizes):
+  def fn(params, batch, sizes):
     # Parameters an objective owns (ELECTRA's generator) sit beside the model's: split, bind.
     model_params, bound = split_and_bind(objective, params, model_config, train=False)
-    inputs, targets = bound.prepare(step_rng(EVAL_SEED, index, EVAL_STREAM), batch)
+    keys = row_key(batch['tokens'])
+    # Each example is prepared (masks, permutations, spans) with a key of its own tokens and
+    # scored on its own, so its numbers never depend on the batch it sits in: the eval batch
+    # size, the number of devices or processes and the example's place in the pass.
+    inputs, targets = per_row(bound.prepare, keyed=True)(jax.vmap(row_rng)(keys), batch)
     outputs = model.apply({'params': model_params}, inputs, train=False)
-    _, metrics = bound.loss(outputs, targets)
+    _, metrics = per_row(bound.loss)(outputs, targets)
     valid = (batch['segment_ids'] > 0).any(axis=1)
-    rows = {'valid': valid, 'key': row_key(batch['tokens'])}
+    # (total, count) per example; padding rows count for nothing.
+    metrics = jax.tree.map(lambda x: jnp.where(valid, x, 0).sum(axis=0), metrics)
+    rows = {'valid': valid, 'key': keys}
     for (name, _, _), part_targets in zip(objective.parts, targets):
       kind = _part_kind(outputs, part_targets)
       if kind == 'token':
@@ -146,7 +172,9 @@ def _eval_fn(model_config, objective):
         rows[f'{name}.nll'] = jnp.where(weight, nll, 0.0).sum(axis=1)
         rows[f'{name}.count'] = weight.sum(axis=1, dtype=jnp.int32)
         rows[f'{name}.correct'] = (correct & weight).sum(axis=1, dtype=jnp.int32)
-        rows[f'{name}.bytes'] = jnp.where(weight, sizes[labels], 0).sum(axis=1, dtype=jnp.int32)
+        # Ids past the tokenizer's (sentinels) spell nothing: 0 bytes, like every special.
+        size = jnp.take(sizes, labels, mode='fill', fill_value=0)
+        rows[f'{name}.bytes'] = jnp.where(weight, size, 0).sum(axis=1, dtype=jnp.int32)
       elif kind == 'sentence':
         logits = outputs.sentence_logits.astype(jnp.float32)
         labels = part_targets['labels']
@@ -189,10 +217,10 @@ def evaluate_examples(exp, params, split: str = 'validation', *,
   collected: dict[str, list[np.ndarray]] = {}
   aggregate: dict[str, list[float]] = {}
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
-    for index, host_batch in enumerate(batches):
+    for host_batch in batches:
       batch = {key: jax.make_array_from_process_local_data(sharding, value)
                for key, value in host_batch.items()}
-      rows, metrics = fn(params, batch, index, sizes)
+      rows, metrics = fn(params, batch, sizes)
       rows, metrics = _to_host(rows), jax.device_get(metrics)
       for key, value in rows.items():
         collected.setdefault(key, []).append(np.asarray(value))
@@ -249,7 +277,7 @@ def save_examples(path: str, examples: Mapping[str, np.ndarray],
   with temporary.open('wb') as f:
     np.savez(f, **dict(examples),
              **{f'metric.{key}': np.asarray(value) for key, value in (metrics or {}).items()})
-  temporary.rename(target)
+  temporary.replace(target)  # a later evaluation of the run replaces the earlier one
 
 
 def load_examples(path: str) -> tuple[dict[str, np.ndarray], dict[str, float]]:
