@@ -8,6 +8,7 @@ benchmarks use it without a workdir; `tools/finetune.py` loads them from a pretr
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any, Sequence
 
@@ -152,7 +153,16 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
                        task: Task, encoded: dict[str, EncodedSplit], settings: TrainSettings, *,
                        ordinary_ids: np.ndarray, eval_splits: Sequence[str] = ('validation',),
                        keep_params: bool = False) -> RunResult:
-  """Fine-tunes a fresh head (plus the strategy's parameters) and scores `eval_splits`."""
+  """Fine-tunes a fresh head (plus the strategy's parameters) and scores `eval_splits`.
+
+  LoRA's merge scale is the strategy's (lora_alpha / lora_rank), whatever `model` was built
+  with, so that the adapters take part in the forward pass; a linear probe's frozen backbone
+  runs without dropout, so the head trains on the features it is evaluated on."""
+  if strategy.name == 'lora' and model.lora_scale != strategy.lora_scale:
+    model = dataclasses.replace(model, lora_scale=strategy.lora_scale)
+  if strategy.deterministic_backbone and model.model_config.dropout:
+    model = dataclasses.replace(
+        model, model_config=dataclasses.replace(model.model_config, dropout=0.0))
   train = encoded['train']
   batch_size, steps = planned_steps(settings, train.size)
   key = jax.random.key(settings.seed)
@@ -205,13 +215,20 @@ def summarize(runs: Sequence[RunResult], split: str) -> dict[str, dict[str, Any]
   return {name: mean_std([run.scores[split][name] for run in runs]) for name in names}
 
 
+def _selection_score(point: dict[str, Any], metric: str) -> float:
+  """A grid point's mean dev score for selection; a NaN (a diverged run) ranks below all."""
+  value = point['dev'][metric]['mean']
+  return value if not math.isnan(value) else -math.inf
+
+
 def grid_search(model: DownstreamModel, strategy: strategies.Strategy, backbone: Any, task: Task,
                 encoded: dict[str, EncodedSplit], *, learning_rates: Sequence[float],
                 epochs: Sequence[int], seeds: Sequence[int], base: TrainSettings,
                 ordinary_ids: np.ndarray, log=print) -> dict[str, Any]:
   """Every (learning rate, epochs) for every seed; the point with the best mean dev score of
-  the task's main metric is selected, and its test scores (if the task has a test split)
-  reported. Returns the results fields of docs/downstream.md (without the run's context)."""
+  the task's main metric is selected (a NaN score, from a diverged run, never is), and its
+  test scores (if the task has a test split) reported. Returns the results fields of
+  docs/downstream.md (without the run's context)."""
   eval_splits = ('validation', 'test') if 'test' in encoded else ('validation',)
   grid = []
   for lr in learning_rates:
@@ -233,7 +250,7 @@ def grid_search(model: DownstreamModel, strategy: strategies.Strategy, backbone:
       if 'test' in encoded:
         point['test'] = summarize(runs, 'test')
       grid.append((point, runs))
-  best, best_runs = max(grid, key=lambda item: item[0]['dev'][task.main_metric]['mean'])
+  best, best_runs = max(grid, key=lambda item: _selection_score(item[0], task.main_metric))
   return {
       'metric': task.main_metric,
       'selected': {'learning_rate': best['learning_rate'], 'epochs': best['epochs']},

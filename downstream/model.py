@@ -61,6 +61,9 @@ class DownstreamModel:
     """The backbone's outputs at the text tokens (vocabulary logits only if `logits`)."""
     backbone = params['backbone']
     if 'lora' in params:
+      if not self.lora_scale:
+        raise ValueError('LoRA adapters with DownstreamModel.lora_scale=0 would leave the model '
+                         'unchanged: build the model with the strategy\'s lora_scale.')
       backbone = strategies.merge_lora(backbone, params['lora'], self.lora_scale)
     inputs = self.inputs(batch, logits)
     rngs = {'dropout': rng}

@@ -7,7 +7,8 @@ The parameter tree of a downstream model is {'backbone': the pretrained Transfor
 so bit-identical) by `apply_updates`.
 
   - full: everything trains;
-  - linear_probe: only the head;
+  - linear_probe: only the head, on features of the frozen backbone run without dropout (its
+    features are a fixed function of the input; the head's own dropout still applies);
   - ffn_only: the feed-forward blocks (every layer's `mlp`) and the head;
   - prompt_tuning: soft-prompt vectors prepended after the embedding, and the head;
   - lora: rank-r adapters on the attention projections (query, key, value, out) and the head.
@@ -67,6 +68,11 @@ class Strategy:
   @property
   def uses_prompt(self) -> bool:
     return self.name == 'prompt_tuning'
+
+  @property
+  def deterministic_backbone(self) -> bool:
+    """Whether the backbone runs without dropout in training (nothing of it trains)."""
+    return self.name == 'linear_probe'
 
   @property
   def lora_scale(self) -> float:

@@ -133,3 +133,37 @@ def test_span_decoding_across_stride_windows(monkeypatch):
       hand.append(np.log(np.exp(values).sum()) - logits[row, target, side])
   loss = float(heads.loss('qa', jnp.asarray(logits), batch))
   assert loss == pytest.approx(np.mean(hand), rel=1e-5) and loss < 10
+
+
+def test_multiclass_matthews_and_macro_f1_with_absent_classes():
+  # Confusion (rows truth, columns prediction) of labels [0, 1, 2, 0] vs predictions
+  # [0, 2, 2, 1]: t = [2, 1, 1], p = [1, 1, 2], c = 2, s = 4:
+  # (c s - t.p) / sqrt((s^2 - p.p)(s^2 - t.t)) = (8 - 5) / sqrt(10 * 10) = 0.3
+  labels, predictions = np.array([0, 1, 2, 0]), np.array([0, 2, 2, 1])
+  assert metrics.matthews(predictions, labels) == pytest.approx(0.3)
+  # Class 3 only predicted (F1 0), class 2 only in the labels (F1 0), class 0: tp 2, fp 1,
+  # fn 1 -> 4 / 6; the mean runs over the union {0, 2, 3} of classes, as sklearn's default
+  # labels do (zero_division 0 never arises: each class there has a tp, fp or fn).
+  labels, predictions = np.array([0, 0, 0, 2]), np.array([0, 0, 3, 0])
+  assert metrics.macro_f1(predictions, labels) == pytest.approx((4 / 6 + 0 + 0) / 3)
+
+
+def test_spans_map_back_to_non_ascii_text_and_repeated_spaces(tmp_path):
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from tests import downstream_helpers as helpers  # pylint: disable=import-outside-toplevel
+  tokenizer = tokenizer_lib.Tokenizer(helpers.train_tokenizer(str(tmp_path / 'tok.model')))
+  context = ('Café  apple, ñandú   river  mountain. 日本 ocean forest desert valley canyon '
+             'island grape melon')
+  layout = encoding.layout_for(tokenizer.vocab, causal=False)
+  for answer in ['ñandú   river', 'river  mountain', '日本 ocean', 'Café', 'apple',
+                 'island grape melon']:
+    example = {'question': 'where', 'context': context,
+               'answers': [{'text': answer, 'start': context.index(answer)}]}
+    windows = encoding.encode_qa(tokenizer, [example], 16, layout, doc_stride=3,
+                                 max_query_tokens=4)
+    count = len(windows.example_index)
+    assert count > 2
+    start, end = np.full((count, 16), -1.0), np.full((count, 16), -1.0)
+    for w in np.flatnonzero(windows.arrays['start'] > 0):
+      start[w, windows.arrays['start'][w]] = end[w, windows.arrays['end'][w]] = 5.0
+    assert encoding.decode_spans(start, end, windows, [context]) == [answer]

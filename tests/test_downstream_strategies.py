@@ -2,6 +2,9 @@
 QA windows from real SentencePiece offsets decode back to the gold answers; prompting and
 instruction-tuning pieces on hand examples."""
 
+import dataclasses
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -170,3 +173,124 @@ def test_instruction_tuning_follows_the_recipe(setup, tokenizer):
   assert capped.steps == 1 and _changed(backbone, capped.params['backbone'])
   warm = run(max_steps=1, warmup_fraction=1.0)
   assert warm.steps == 1 and not _changed(backbone, warm.params['backbone'])
+
+
+def test_lora_trains_adapters_with_the_strategys_scale(setup, tokenizer):
+  """A model built without a LoRA scale (the library example's DownstreamModel(...)) trains
+  with the strategy's alpha / r: the same parameters as a model built with it, every B moved."""
+  task, config, encoded, backbone = setup
+  strategy = strategies.Strategy('lora', lora_rank=2, lora_alpha=4.0)
+  settings = finetune.TrainSettings(learning_rate=1e-2, epochs=1, batch_size=8, max_steps=2,
+                                    warmup_fraction=0.0)
+  runs = []
+  for scale in (0.0, strategy.lora_scale):
+    model = DownstreamModel(config, 'classification', 2, True, 'last', 0.0, scale)
+    runs.append(finetune.train_and_evaluate(model, strategy, backbone, task, encoded, settings,
+                                            ordinary_ids=tokenizer.vocab.ordinary_ids,
+                                            eval_splits=('validation',), keep_params=True))
+  assert strategy.lora_scale == 2.0
+  for left, right in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+    np.testing.assert_array_equal(np.asarray(left), np.asarray(right))
+  assert runs[0].scores == runs[1].scores
+  bs = [v for k, v in traverse_util.flatten_dict(runs[0].params['lora'], sep='/').items()
+        if k.endswith('/b')]
+  assert len(bs) == 4 and all(np.abs(np.asarray(b)).max() > 0 for b in bs)
+  # Adapters under a zero scale would be ignored: the model refuses them.
+  unscaled = DownstreamModel(config, 'classification', 2, True, 'last', 0.0, 0.0)
+  batch = {k: jnp.asarray(v[:2]) for k, v in encoded['train'].arrays.items()}
+  with pytest.raises(ValueError, match='lora_scale'):
+    unscaled.apply(runs[0].params, batch)
+
+
+def test_selection_skips_diverged_points_and_reports_the_selected_test(setup, monkeypatch):
+  """The grid point with the best mean dev score is selected even when an earlier point
+  diverged (NaN), and the reported test scores are that point's."""
+  task, config, encoded, backbone = setup
+  encoded = dict(encoded, test=encoded['validation'])
+  dev = {1e-3: [math.nan, math.nan], 1e-2: [0.5, 0.7], 1e-1: [0.6, 0.4]}
+  test = {1e-3: [0.9, 0.9], 1e-2: [0.25, 0.75], 1e-1: [0.8, 0.8]}
+
+  def fake_run(model, strategy, backbone, task, encoded, settings, **kwargs):
+    del model, strategy, backbone, task, encoded, kwargs
+    lr, seed = settings.learning_rate, settings.seed
+    return finetune.RunResult(scores={'validation': {'accuracy': dev[lr][seed]},
+                                      'test': {'accuracy': test[lr][seed]}},
+                              trained_params=1, total_params=2, steps=3, examples_per_sec=0.0)
+
+  monkeypatch.setattr(finetune, 'train_and_evaluate', fake_run)
+  model = DownstreamModel(config, 'classification', 2, True, 'last', 0.0)
+  found = finetune.grid_search(model, strategies.Strategy('linear_probe'), backbone, task, encoded,
+                               learning_rates=(1e-3, 1e-2, 1e-1), epochs=(1,), seeds=(0, 1),
+                               base=finetune.TrainSettings(0.0, 1), ordinary_ids=np.arange(3),
+                               log=lambda line: None)
+  assert found['selected'] == {'learning_rate': 1e-2, 'epochs': 1}  # dev 0.6 > 0.5 > NaN
+  assert found['dev']['accuracy'] == {'mean': pytest.approx(0.6), 'std': pytest.approx(0.1),
+                                      'values': [0.5, 0.7]}
+  assert found['test']['accuracy'] == {'mean': 0.5, 'std': 0.25, 'values': [0.25, 0.75]}
+
+
+@pytest.mark.parametrize('causal', [True, False])
+def test_logits_do_not_depend_on_padding_with_a_soft_prompt(tokenizer, causal):
+  """A row scored alone (tight seq_len) and in a batch padded to 24 gives the same logits for
+  every pooling with soft prompts in front; 'last' reads the end token and 'first' the start."""
+  config = ModelConfig(vocab_size=tokenizer.size, num_layers=1, embed_dim=32, num_heads=2,
+                       mlp_dim=64, max_len=32)
+  layout = encoding.layout_for(tokenizer.vocab, causal)
+  examples = [{'text': 'apple banana', 'label': 0},
+              {'text': ' '.join(helpers.WORDS[1]), 'label': 1}]
+  alone = encoding.encode_texts(tokenizer, examples[:1], 6, layout)
+  batch = encoding.encode_texts(tokenizer, examples, 24, layout)
+  length = int(alone['segment_ids'][0].sum())
+  assert alone['tokens'][0, length - 1] == layout.end_id and batch['segment_ids'][0].sum() == length
+  inputs = ModelInputs(tokens=jnp.asarray(alone['tokens']), positions=jnp.asarray(alone['positions']),
+                       segment_ids=jnp.asarray(alone['segment_ids']), causal=causal)
+  backbone = nn.unbox(Transformer(config).init(jax.random.key(0), inputs)['params'])
+  strategy = strategies.Strategy('prompt_tuning', prompt_length=3)
+  for pooling in ('first', 'last', 'mean'):
+    model = DownstreamModel(config, 'classification', 2, causal, pooling, 0.0)
+    params = strategy.add_params(jax.random.key(2), {
+        'backbone': backbone, 'head': model.init_head(jax.random.key(1), alone)},
+                                 tokenizer.vocab.ordinary_ids)
+    np.testing.assert_allclose(np.asarray(model.apply(params, alone))[0],
+                               np.asarray(model.apply(params, batch))[0], atol=1e-5)
+    hidden = np.asarray(model.hidden(params, batch, train=False, rng=jax.random.key(0)))
+    kernel = np.asarray(params['head']['output']['kernel'])
+    bias = np.asarray(params['head']['output']['bias'])
+    pooled = {'first': hidden[0, 0], 'last': hidden[0, length - 1],
+              'mean': hidden[0, :length].mean(axis=0)}[pooling]
+    np.testing.assert_allclose(np.asarray(model.apply(params, batch))[0], pooled @ kernel + bias,
+                               atol=1e-5)
+  # The prompt starts as rows of the embedding table, of ordinary (non-special) pieces.
+  table = np.asarray(backbone['token_embed']['embedding'])
+  prompt = np.asarray(params['prompt'])
+  assert prompt.shape == (3, 32)
+  rows = [int(np.flatnonzero((table == vector).all(axis=1))[0]) for vector in prompt]
+  assert set(rows) <= set(tokenizer.vocab.ordinary_ids.tolist())
+
+
+def test_linear_probe_trains_on_the_backbone_without_dropout(setup, tokenizer):
+  """The probe's head trains on the frozen backbone's evaluation-time features: with
+  config.model.dropout 0.5 it ends bit-identical to the head trained with dropout 0 (head
+  dropout still applies), while full fine-tuning keeps the backbone's dropout."""
+  task, config, encoded, backbone = setup
+  settings = finetune.TrainSettings(learning_rate=1e-2, epochs=1, batch_size=8, max_steps=3,
+                                    warmup_fraction=0.0)
+
+  def head(name, dropout):
+    model = DownstreamModel(dataclasses.replace(config, dropout=dropout), 'classification', 2,
+                            True, 'last', 0.3)
+    result = finetune.train_and_evaluate(model, strategies.Strategy(name), backbone, task,
+                                         encoded, settings,
+                                         ordinary_ids=tokenizer.vocab.ordinary_ids,
+                                         eval_splits=(), keep_params=True)
+    return np.asarray(result.params['head']['output']['kernel'])
+
+  np.testing.assert_array_equal(head('linear_probe', 0.5), head('linear_probe', 0.0))
+  assert not np.array_equal(head('full', 0.5), head('full', 0.0))
+  no_head_dropout = DownstreamModel(config, 'classification', 2, True, 'last', 0.0)
+  probe = finetune.train_and_evaluate(no_head_dropout, strategies.Strategy('linear_probe'),
+                                      backbone, task, encoded, settings,
+                                      ordinary_ids=tokenizer.vocab.ordinary_ids, eval_splits=(),
+                                      keep_params=True)
+  assert not np.array_equal(np.asarray(probe.params['head']['output']['kernel']),
+                            head('linear_probe', 0.0))
