@@ -9,8 +9,10 @@ need no download:
     'name: summary' lines; the question is one summary; the answer is its name, a span of the
     context.
 
-Splits are by a hash of the module path (the package for `stdlib_package` is the label, so
-there it is the docstring's key), so no module's text is in two splits.
+Splits are by a hash of the module path, so no module's text is in two splits, except in
+`stdlib_package`: there the split is by a hash of each docstring's `module:name`, so one
+module's docstrings may sit in train and test. Split by module, a few large modules (tkinter's
+`__init__`) fill a split and validation and test hold only 5 of the 8 packages (Python 3.11).
 """
 
 from __future__ import annotations
