@@ -543,7 +543,8 @@ class Transformer(nn.Module):
   def _logits(self, hidden: Array, embed: nn.Embed) -> Array:
     table, bias = self._output_embedding(embed)
     hidden = self._lm_transform(hidden).astype(self.config.compute_dtype)
-    logits = jnp.dot(hidden, table.T).astype(jnp.float32) + bias
+    # Accumulated and returned in float32: a bf16 product would round every logit to 8 bits.
+    logits = jnp.dot(hidden, table.T, preferred_element_type=jnp.float32) + bias
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
   def _label_scores(self, hidden: Array, labels: Array, embed: nn.Embed,
@@ -564,7 +565,7 @@ class Transformer(nn.Module):
     @jax.checkpoint
     def score(piece):
       h, y = piece
-      logits = jnp.dot(h, table.T).astype(jnp.float32) + bias
+      logits = jnp.dot(h, table.T, preferred_element_type=jnp.float32) + bias
       label_logit = jnp.take_along_axis(logits, y[..., None], axis=-1)[..., 0]
       nll = jax.nn.logsumexp(logits, axis=-1) - label_logit
       return nll, jnp.argmax(logits, axis=-1) == y

@@ -85,8 +85,10 @@ class Generator(nn.Module):
     bias = self.param('output_bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                                   ('vocab',)),
                       (table.shape[0],), jnp.float32)
-    logits = hidden @ table.astype(cfg.compute_dtype).T
-    return logits.astype(jnp.float32) + bias
+    # Accumulated and returned in float32: a bf16 product would round every logit to 8 bits.
+    logits = jnp.dot(hidden, table.astype(cfg.compute_dtype).T,
+                     preferred_element_type=jnp.float32)
+    return logits + bias
 
 
 class DiscriminatorHead(nn.Module):

@@ -167,3 +167,160 @@ def test_missing_token_types_are_type_zero():
   ones = model.apply({'params': params}, inputs.replace(token_types=jnp.ones_like(tokens))).logits
   np.testing.assert_array_equal(untyped, zeros)
   assert not np.allclose(untyped, ones)
+
+
+def _small(**overrides) -> ModelConfig:
+  values = dict(vocab_size=50, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64, max_len=32)
+  values.update(overrides)
+  return ModelConfig(**values)
+
+
+def test_bf16_logits_and_token_nll_are_accumulated_in_float32():
+  """bf16 hidden states and table, but the product is not rounded to bf16: the logits equal
+  the float64 product of the same bf16 values plus the bias (a bf16 product is off by ~1e-2
+  here), and the chunked -log p(label) equals the hand logsumexp of those logits."""
+  config = _small(vocab_size=300, embed_dim=64, dtype='bfloat16', init_std=0.3)
+  tokens = jax.random.randint(jax.random.key(1), (2, 12), 3, 300)
+  inputs = ModelInputs(tokens=tokens, positions=jnp.broadcast_to(jnp.arange(12), (2, 12)),
+                       segment_ids=jnp.ones((2, 12), jnp.int32), causal=True)
+  model = Transformer(config)
+  params = nn.unbox(model.init(jax.random.key(0), inputs)['params'])
+  params['lm_bias'] = jax.random.normal(jax.random.key(3), (300,))
+  out = model.apply({'params': params}, inputs)
+  hidden = np.asarray(out.hidden.astype(jnp.float32), np.float64)
+  table = np.asarray(params['token_embed']['embedding'].astype(jnp.bfloat16).astype(jnp.float32),
+                     np.float64)
+  expected = hidden @ table.T + np.asarray(params['lm_bias'], np.float64)
+  assert np.abs(expected).max() > 4.0  # large enough that bf16 rounding would show
+  np.testing.assert_allclose(np.asarray(out.logits), expected, rtol=0, atol=2e-5)
+  labels = jnp.roll(tokens, -1, axis=1)
+  scored = model.apply({'params': params}, inputs.replace(labels=labels, label_chunk=5))
+  label_logit = np.take_along_axis(expected, np.asarray(labels)[..., None], -1)[..., 0]
+  top = expected.max(-1, keepdims=True)
+  nll = np.log(np.exp(expected - top).sum(-1)) + top[..., 0] - label_logit
+  np.testing.assert_allclose(np.asarray(scored.token_nll), nll, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize('position', ['learned', 'sinusoidal', 'rotary'])
+@pytest.mark.parametrize('causal', [False, True])
+def test_packed_document_is_bit_identical_when_its_neighbour_changes(position, causal):
+  """Two documents in one row: changing document 1's tokens leaves document 2's logits
+  bit-identical, and document 2's outputs have an exactly zero gradient wrt document 1."""
+  config = _small(position=position, norm='post' if causal else 'pre')
+  segments = jnp.asarray([[1] * 5 + [2] * 5])
+  positions = jnp.asarray([list(range(5)) * 2])
+  tokens = jax.random.randint(jax.random.key(1), (1, 10), 3, 50)
+  inputs = ModelInputs(tokens=tokens, positions=positions, segment_ids=segments, causal=causal)
+  model = Transformer(config)
+  params = model.init(jax.random.key(0), inputs)['params']
+  logits = model.apply({'params': params}, inputs).logits
+  changed = model.apply({'params': params},
+                        inputs.replace(tokens=tokens.at[0, :5].set((tokens[0, :5] + 7) % 50))).logits
+  np.testing.assert_array_equal(np.asarray(changed[0, 5:]), np.asarray(logits[0, 5:]))
+  assert not np.array_equal(np.asarray(changed[0, :5]), np.asarray(logits[0, :5]))
+  embeddings = jax.random.normal(jax.random.key(2), (1, 10, config.embed_dim))
+  grad = jax.grad(lambda e: model.apply({'params': params}, inputs, token_embeddings=e)
+                  .logits[0, 5:].sum())(embeddings)
+  assert np.all(np.asarray(grad[0, :5]) == 0.0) and np.abs(np.asarray(grad[0, 5:])).max() > 0
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_lengths_and_dense_mask_give_the_same_gradients(causal):
+  """Rows of one segment then padding (one all padding): the lengths path and the dense mask
+  give the same loss and gradients, no NaN, and padding embeddings get exactly zero gradient."""
+  config = _small()
+  lengths = jnp.asarray([10, 6, 0], jnp.int32)
+  segments = (jnp.arange(10)[None] < lengths[:, None]).astype(jnp.int32)
+  tokens = jax.random.randint(jax.random.key(1), (3, 10), 3, 50) * segments
+  inputs = ModelInputs(tokens=tokens, positions=jnp.broadcast_to(jnp.arange(10), (3, 10)),
+                       segment_ids=segments, causal=causal)
+  model = Transformer(config)
+  params = model.init(jax.random.key(0), inputs)['params']
+  embeddings = jax.random.normal(jax.random.key(2), (3, 10, config.embed_dim))
+  real = np.asarray(segments, bool)
+
+  def loss(params, embeddings, inputs):
+    logits = model.apply({'params': params}, inputs, token_embeddings=embeddings).logits
+    return jnp.sum(jax.nn.log_softmax(logits)[..., 7] * segments)
+
+  dense = jax.value_and_grad(loss, argnums=(0, 1))(params, embeddings, inputs)
+  by_length = jax.value_and_grad(loss, argnums=(0, 1))(params, embeddings,
+                                                       inputs.replace(lengths=lengths))
+  for got, expected in zip(jax.tree.leaves(by_length), jax.tree.leaves(dense)):
+    assert np.isfinite(np.asarray(got)).all() and np.isfinite(np.asarray(expected)).all()
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+  for grads in (dense[1][1], by_length[1][1]):
+    assert np.all(np.asarray(grads)[~real] == 0.0)
+
+
+def test_rotary_depends_on_position_differences_and_learned_on_positions():
+  """Shifting every position by 9 leaves a rotary model's outputs unchanged (scores depend on
+  position differences only); a learned-position model reads `positions`, not the index."""
+  tokens = jax.random.randint(jax.random.key(1), (1, 8), 3, 50)
+  inputs = ModelInputs(tokens=tokens, positions=jnp.arange(8)[None],
+                       segment_ids=jnp.ones((1, 8), jnp.int32), causal=True)
+  shifted = inputs.replace(positions=inputs.positions + 9)
+  rotary = Transformer(_small(position='rotary'))
+  params = rotary.init(jax.random.key(0), inputs)['params']
+  np.testing.assert_allclose(rotary.apply({'params': params}, shifted).logits,
+                             rotary.apply({'params': params}, inputs).logits, atol=2e-5)
+  learned = Transformer(_small(position='learned'))
+  params = nn.unbox(learned.init(jax.random.key(0), inputs)['params'])
+  table = params['position_embed']['embedding']
+  hand = learned.apply({'params': params}, inputs,
+                       token_embeddings=params['token_embed']['embedding'][tokens]
+                       + table[9:17][None] - table[:8][None])
+  np.testing.assert_allclose(learned.apply({'params': params}, shifted).logits, hand.logits,
+                             atol=1e-5)
+
+
+def test_query_stream_sees_only_earlier_ranks_of_its_document():
+  """XLNet's query stream at a target depends on exactly the tokens of its document ranked
+  before it (never its own token, never the other document)."""
+  config = _small(position='rotary', norm='post', num_layers=3, two_stream=True)
+  segments = jnp.asarray([[1] * 6 + [2] * 4])
+  order = jnp.asarray([[0, 3, 0, 1, 2, 0, 0, 2, 0, 1]])
+  index = jnp.asarray([[1, 3, 4, 7, 9]])
+  inputs = ModelInputs(tokens=jnp.zeros((1, 10), jnp.int32),
+                       positions=jnp.asarray([list(range(6)) + list(range(4))]),
+                       segment_ids=segments, attn_order=order, query_index=index)
+  model = Transformer(config)
+  params = model.init(jax.random.key(0), inputs)['params']
+  embeddings = jax.random.normal(jax.random.key(1), (1, 10, config.embed_dim))
+  direction = jax.random.normal(jax.random.key(2), (config.vocab_size,))
+  jac = jax.jacrev(lambda e: model.apply({'params': params}, inputs, token_embeddings=e)
+                   .logits[0] @ direction)(embeddings)
+  influence = np.abs(np.asarray(jac[:, 0])).sum(-1)
+  seg, rank = np.asarray(segments[0]), np.asarray(order[0])
+  for p, i in enumerate(np.asarray(index[0])):
+    allowed = (seg == seg[i]) & (rank < rank[i])
+    assert np.all(influence[p][allowed] > 1e-6) and np.all(influence[p][~allowed] == 0.0), i
+
+
+def test_prefix_sees_only_the_prefix_and_targets_are_causal():
+  config = _small()
+  order = jnp.asarray([[0, 0, 0, 0, 1, 2, 3, 4]])
+  inputs = ModelInputs(tokens=jnp.zeros((1, 8), jnp.int32), positions=jnp.arange(8)[None],
+                       segment_ids=jnp.ones((1, 8), jnp.int32), attn_order=order)
+  influence = _jacobian_norms(config, inputs)
+  allowed = np.asarray(order[0])[None, :] <= np.asarray(order[0])[:, None]
+  assert np.all(influence[allowed] > 1e-6) and np.all(influence[~allowed] == 0.0)
+
+
+@pytest.mark.parametrize('norm', ['pre', 'post'])
+def test_scanned_and_unrolled_layers_agree_and_eval_ignores_dropout(norm):
+  inputs = _packed_inputs(batch=2, causal=True)
+  scanned = Transformer(_small(num_layers=3, norm=norm, dropout=0.1))
+  params = nn.unbox(scanned.init(jax.random.key(0), inputs)['params'])
+  unrolled_params = {k: v for k, v in params.items() if k != 'layers'}
+  for i in range(3):
+    unrolled_params[f'layers_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['layers'])
+  unrolled = Transformer(_small(num_layers=3, norm=norm, dropout=0.1, scan_layers=False))
+  without_dropout = Transformer(_small(num_layers=3, norm=norm))
+  a = scanned.apply({'params': params}, inputs).logits
+  np.testing.assert_allclose(unrolled.apply({'params': unrolled_params}, inputs).logits, a,
+                             rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(without_dropout.apply({'params': params}, inputs).logits, a)
+  trained = scanned.apply({'params': params}, inputs, train=True,
+                          rngs={'dropout': jax.random.key(1)}).logits
+  assert np.abs(np.asarray(trained - a)).max() > 1e-3
