@@ -232,8 +232,8 @@ class MaskedLM:
       budget = prediction_budget(candidates, self.mask_rate, self.max_predictions)
       if self.unit == 'token':
         return select_tokens(key, candidates, budget, self.max_predictions)
-      gap = (segment_ids > 0) & is_whitespace[tokens]
-      ids, linked = word_ids(tokens, candidates, segment_ids, word_start, gap)
+      ids, linked = word_ids(tokens, candidates, segment_ids, word_start,
+                             self.gap(tokens, segment_ids))
       chosen = select_words(key, ids, linked, budget, self.max_predictions, span_probs)
       return candidates & chosen[jnp.minimum(ids, ids.shape[0] - 1)]
 
