@@ -601,8 +601,9 @@ def write_report(root: str, out: str) -> dict[str, Any]:
            'last evaluation in metrics.jsonl. Losses in nats per prediction; MLM at 15% token '
            'masking; tokens are non-padding training tokens seen.', '']
   lines += summary_table(rows)
-  short = [f'{run["name"]} ({_evaluation_of(run)})' for run in runs
-           if _evaluation_of(run) != 'exact pass']
+  held_out = [_evaluation_of(run) for run in runs]
+  short = [f'{run["name"]} ({where})' for run, where in zip(runs, held_out)
+           if where != 'exact pass']
   if short:
     lines += ['', 'NOT AN EXACT PASS of the last checkpoint for: ' + ', '.join(short) + '. '
               'Run tools/evaluate.py on these workdirs.']
@@ -615,8 +616,8 @@ def write_report(root: str, out: str) -> dict[str, Any]:
             'held-out numbers |', '|---|---|---|---|---|---|---|---|']
   lines += [f'| {row["arm"]} | {row["seed"]} | {row["workdir"]} | {row.get("step", "-")} | '
             f'{_fmt(row.get("tokens"))} | {_fmt(row.get("flops"))} | '
-            f'{_fmt(row.get("wall_time"))} | {_evaluation_of(run)} |'
-            for run, row in zip(runs, rows)]
+            f'{_fmt(row.get("wall_time"))} | {where} |'
+            for row, where in zip(rows, held_out)]
   lines += ['', '## What differs between arms (resolved config)', '']
   if diff:
     arms = list(configs)
