@@ -21,6 +21,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -235,7 +236,7 @@ def write_sweep(root: str, entries: Sequence[dict[str, Any]]) -> str:
     path = os.path.join(root, 'sweep.py')
   with open(path, 'w', encoding='utf-8') as f:
     f.write('"""Objective comparison written by tools/compare.py: one run per arm and seed."""\n\n'
-            f'ENTRIES = {json.dumps(list(entries), indent=2)}\n\n\n'
+            f'ENTRIES = {json.dumps(list(entries), indent=2, ensure_ascii=False)}\n\n\n'
             'def get_sweep():\n  return [dict(entry) for entry in ENTRIES]\n')
   return path
 
@@ -274,9 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.mode == 'sweep':
     path = write_sweep(args.root, entries)
-    print(f'python tools/launch.py --sweep {path} --workdir_root {args.root}')
-    print(f'# then: python tools/compare.py --root {args.root} --preset {args.preset} '
-          f'--arms {",".join(arms)} --seeds {args.seeds} (evaluates and reports)')
+    print(shlex.join(['python', 'tools/launch.py', '--sweep', path, '--workdir_root', args.root]))
+    print('# then: ' + shlex.join(['python', 'tools/compare.py', '--root', args.root, '--preset',
+                                   args.preset, '--arms', ','.join(arms), '--seeds', args.seeds])
+          + ' (evaluates and reports)')
     return 0
   if args.mode == 'local':
     runs = keep_earlier_workdirs(runs, args.root)

@@ -371,8 +371,16 @@ def write_csv(path: str, runs: Sequence[Mapping[str, Any]]) -> list[dict[str, An
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+      writer.writerow({k: repr(v) if isinstance(v, float) else csv_text(v)
+                       for k, v in row.items()})
   return rows
+
+
+def csv_text(value: Any) -> Any:
+  """A text cell a spreadsheet would run as a formula (=, +, -, @, tab, CR first) gets a `'`."""
+  if isinstance(value, str) and value[:1] in ('=', '+', '-', '@', '\t', '\r'):
+    return "'" + value
+  return value
 
 
 def read_csv(path: str) -> list[dict[str, Any]]:
