@@ -1,0 +1,101 @@
+"""Downstream inside an objective comparison: scores collected per arm, seed and checkpoint
+(comparison/results.py), the random-initialisation control, grid edges and resumption."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from comparison import results
+
+
+def _write(path: str, record) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(record, f)
+
+
+def _run(root: str, name: str, objective, seed: int, data_format: str = 'packed') -> str:
+  """A finished budget run: checkpoints at 25/50/100% (steps 2, 4, 8), 1000 tokens a step."""
+  workdir = os.path.join(root, name)
+  _write(os.path.join(workdir, 'config.json'), {
+      'objective': objective, 'seed': seed, 'data': {'format': data_format},
+      'budget': {'tokens': 8000, 'keep_fractions': [0.25, 0.5, 1.0]}})
+  _write(os.path.join(workdir, 'run.json'), {'flops_per_step': 1e9, 'kept_steps': [2, 4, 8],
+                                              'total_steps': 8})
+  for step in (2, 4, 8):
+    os.makedirs(os.path.join(workdir, 'checkpoints', str(step)))
+  _write(os.path.join(workdir, 'data_state', 'step_4.process_0.json'), {'tokens': 3900})
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w', encoding='utf-8') as f:
+    for step in (1, 3, 8):
+      f.write(json.dumps({'step': step, 'split': 'train', 'tokens': 1000 * step}) + '\n')
+  return workdir
+
+
+def _finetune(workdir: str, step: int, test, *, control: bool = False) -> None:
+  record = {
+      'schema': 'downstream-results/2', 'mode': 'finetune', 'task': 'toy', 'strategy': 'full',
+      'metric': 'accuracy', 'seeds': [0, 1], 'selected': {'learning_rate': 1e-3, 'epochs': 3},
+      'grid': [{'learning_rate': lr, 'epochs': 3} for lr in (1e-4, 1e-3)],
+      'test': {'accuracy': {'mean': sum(test) / 2, 'std': 0.0, 'values': list(test)}},
+      'test_examples': {'ids': ['test:0', 'test:1', 'test:2', 'test:3'],
+                        'scores': {'0': [1, 0, 1, 0], '1': [1, 1, 1, 0]}},
+      'pretraining': {'step': step, 'no_pretraining': control}}
+  _write(os.path.join(workdir, 'downstream', 'toy', 'full', f'step_{step}.json'), record)
+
+
+def test_collect_reads_every_score_with_its_compute(tmp_path):
+  root = str(tmp_path)
+  clm = _run(root, 'clm_seed=0', 'clm', 0)
+  nsp = _run(root, 'mlm_nsp_seed=1', {'mlm': 1.0, 'nsp': 1.0}, 1, 'sentence_pairs')
+  _finetune(clm, 4, (0.5, 0.75))
+  _finetune(clm, 8, (0.75, 1.0))
+  _finetune(clm, 0, (0.25, 0.5), control=True)
+  _write(os.path.join(nsp, 'zero_shot', 'toy', 'step_2.json'), {
+      'schema': 'zero-shot/1', 'task': 'toy', 'split': 'test', 'step': 2, 'likelihood': 'sum',
+      'metric': 'accuracy', 'accuracy': 0.5, 'n': 2,
+      'examples': [{'id': 'a', 'correct': True}, {'id': 'b', 'correct': False}]})
+  # An older results.json (schema /1, no examples) is read as its pretraining step.
+  _write(os.path.join(nsp, 'downstream', 'toy', 'linear_probe', 'results.json'), {
+      'schema': 'downstream-results/1', 'mode': 'finetune', 'task': 'toy',
+      'strategy': 'linear_probe', 'metric': 'accuracy', 'seeds': [3],
+      'selected': {'learning_rate': 0.1, 'epochs': 3},
+      'grid': [{'learning_rate': lr, 'epochs': 3} for lr in (0.01, 0.1)],
+      'test': {'accuracy': {'mean': 0.6, 'std': 0.0, 'values': [0.6]}},
+      'pretraining': {'step': 8}})
+
+  scores = results.collect(root)
+
+  by_key = {(s.arm, s.step, s.kind, s.strategy, s.finetune_seed): s for s in scores}
+  assert len(scores) == 8
+  full = by_key[('clm', 4, 'finetune', 'full', 1)]
+  assert (full.pretrain_seed, full.fraction, full.tokens, full.flops, full.budget) == (
+      0, 0.5, 3900, 4e9, 8000)  # tokens from the checkpoint's data state
+  assert (full.score, full.example_scores) == (0.75, (1.0, 1.0, 1.0, 0.0))
+  assert full.example_ids == ('test:0', 'test:1', 'test:2', 'test:3')
+  assert full.grid_edge == ('learning_rate',)  # 1e-3 is the top of (1e-4, 1e-3); epochs: 1 value
+  last = by_key[('clm', 8, 'finetune', 'full', 0)]
+  assert (last.fraction, last.tokens, last.flops) == (1.0, 8000, 8e9)
+  control = by_key[('no_pretraining:clm', 0, 'finetune', 'full', 0)]
+  assert (control.fraction, control.tokens, control.flops, control.score) == (0.0, 0, 0.0, 0.25)
+  zero = by_key[('mlm_nsp', 2, 'zero_shot', 'sum', 0)]
+  # No data state at step 2: interpolated between the records of steps 1 and 3.
+  assert (zero.fraction, zero.tokens, zero.example_scores, zero.selected) == (
+      0.25, 2000, (1.0, 0.0), {})
+  old = by_key[('mlm_nsp', 8, 'finetune', 'linear_probe', 3)]
+  assert (old.score, old.example_ids, old.grid_edge, old.fraction) == (
+      0.6, (), ('learning_rate',), 1.0)
+
+
+def test_grid_edges_name_only_grids_with_several_values():
+  grid = [{'learning_rate': lr, 'epochs': e} for lr in (1, 2, 3) for e in (5,)]
+  assert results.grid_edges({'learning_rate': 2, 'epochs': 5}, grid) == ()
+  assert results.grid_edges({'learning_rate': 1, 'epochs': 5}, grid) == ('learning_rate',)
+
+
+def test_arm_of_names_the_comparison_arms():
+  assert results.arm_of({'objective': 'mlm', 'data': {'format': 'sentence_pairs'}}) == 'mlm_pairs'
+  assert results.arm_of({'objective': 'mlm', 'data': {'format': ''}}) == 'mlm'
+  assert results.arm_of({'objective': {'mlm': 1.0, 'sop': 1.0},
+                         'data': {'format': 'sentence_order_pairs'}}) == 'mlm_sop'
+  assert results.arm_of({'objective': 'electra', 'data': {}}) == 'electra'
