@@ -206,6 +206,12 @@ def expand(sweep: Sequence[dict[str, Any]], workdir_root: str) -> list[Run]:
     if names.count(name) > 1:
       digest = hashlib.sha1(json.dumps(entries[index], sort_keys=True, default=str).encode())
       names[index] = _bounded(f'{name[:MAX_NAME_CHARS - 7]}-{digest.hexdigest()[:6]}')
+  for index, name in enumerate(names):  # '' is the root itself, '..' its parent
+    if name in ('', '.', '..'):
+      raise ValueError(f'Sweep entry {index} {entries[index]} gets the run name {name!r}, not a '
+                       'folder of its own under --workdir_root: give every entry each key that '
+                       f'varies ({", ".join(varying_keys(entries)) or "config"}), with a value '
+                       'other than "." or "..".')
   runs = []
   for index, (entry, name) in enumerate(zip(entries, names)):
     config = str(entry.pop('config'))

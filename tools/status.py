@@ -183,13 +183,21 @@ def _speed(value: float | None) -> str:
   return '-' if value is None else f'{value / 1000:.1f}k'
 
 
+def printable(text: str) -> str:
+  """`text` with every non-printable character escaped visibly (ESC -> \\x1b), so that a run
+  name or a job's last log line cannot move the cursor, retitle the terminal or set the
+  clipboard."""
+  return ''.join(c if c.isprintable() else c.encode('unicode_escape').decode('ascii')
+                 for c in str(text))
+
+
 def table(statuses: Sequence[RunStatus], now: float | None = None) -> str:
   """The status table, one row per run, then counts per state."""
   now = time.time() if now is None else now
   header = ('RUN', 'STATE', 'STEP', 'TRAIN LOSS', 'EVAL LOSS', 'TOK/S', 'LEFT', 'UPDATED')
   rows = [header]
   for s in statuses:
-    rows.append((s.name, s.state_text(), f'{s.step}/{s.total_steps or "?"}',
+    rows.append((printable(s.name), printable(s.state_text()), f'{s.step}/{s.total_steps or "?"}',
                  _number(s.train_loss), _number(s.eval_loss), _speed(s.tokens_per_sec),
                  _duration(s.seconds_left),
                  f'{_duration(now - s.updated)} ago' if s.updated else '-'))
@@ -198,11 +206,11 @@ def table(statuses: Sequence[RunStatus], now: float | None = None) -> str:
            for row in rows]
   for s, index in zip(statuses, range(1, len(rows))):
     if s.reason and s.state in ('failed', 'stopped', 'preempted', 'queued'):
-      lines[index] += f'  ({s.reason})'
+      lines[index] += f'  ({printable(s.reason)})'
   counts: dict[str, int] = {}
   for s in statuses:
     counts[s.state] = counts.get(s.state, 0) + 1
-  lines.append(f'{len(statuses)} runs: ' + ', '.join(f'{n} {state}' for state, n in
+  lines.append(f'{len(statuses)} runs: ' + ', '.join(f'{n} {printable(state)}' for state, n in
                                                    sorted(counts.items())))
   return '\n'.join(lines)
 
