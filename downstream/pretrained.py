@@ -1,10 +1,11 @@
 """A pretraining run's checkpoint, ready for downstream use: parameters, model config,
 tokenizer, attention kind and pretraining compute.
 
-Loading goes through `training/experiment.py`'s `restore_params`, so the run is assembled
-exactly as it was trained. A tokenizer or model settings given for the task are checked
-against the checkpoint before anything compiles: a vocabulary or parameter shape that
-differs is a one-line error naming both.
+The run is read back from its workdir alone (training/workdir.py: config.json, its own
+tokenizer.model, one checkpoint's params), never from paths or addresses its config.json
+names. A tokenizer or model settings given for the task are checked against the checkpoint
+before anything compiles: a vocabulary or parameter shape that differs is a one-line error
+naming both.
 """
 
 from __future__ import annotations
@@ -98,12 +99,14 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   """The checkpoint of `workdir` at `step` (None: the latest), checked against the task's
   tokenizer (`tokenizer_path`, '' = the run's) and model settings (the run's plus overrides)."""
   from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
-  from training import experiment, state as state_lib  # pylint: disable=import-outside-toplevel
+  from training import experiment  # pylint: disable=import-outside-toplevel
+  from training import state as state_lib  # pylint: disable=import-outside-toplevel
+  from training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   if not os.path.isdir(workdir):
     raise ValueError(f'--workdir {workdir} does not exist: give a pretraining run\'s workdir.')
-  # The run as restore_params assembles it (no data, this machine's devices), to check the
-  # task's tokenizer and model against the checkpoint's shapes before restoring anything.
+  # The run from its config.json and tokenizer.model alone (no data, this machine's devices),
+  # to check the task's tokenizer and model against the checkpoint's shapes before restoring.
   exp = experiment.build_local(workdir)
   tokenizer = exp.tokenizer
   if tokenizer_path:
@@ -123,11 +126,13 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   example = exp.example_batch()
   prepare = exp.objective.prepare
   described = f'The checkpoint of {workdir}' + (f' at step {step}' if step is not None else '')
-  run_shapes = param_shapes(exp.model_config, prepare, example)
+  target, causal = workdir_lib.abstract_params(exp.objective, exp.model_config, example,
+                                               exp.mesh, exp.rules)
+  run_shapes = _shapes(state_lib.model_params(target))
   extra_ids = run_shapes['token_embed/embedding'][0] - exp.tokenizer.size
   check_compatible(run_shapes, model_config, tokenizer, checkpoint=described, prepare=prepare,
                    example_batch=example, extra_ids=extra_ids)
-  params, step, exp = experiment.restore_params(workdir, step, exp=exp)
+  params, step = workdir_lib.restore(workdir, step, target)
   # The model's parameters only: an objective's own (ELECTRA's generator) stay behind, and
   # the model fine-tuned and evaluated is the discriminator.
   params = state_lib.model_params(params)
@@ -138,6 +143,6 @@ def load(workdir: str, step: int | None = None, *, tokenizer_path: str = '',
   # gain nothing from the pretraining mesh, and replicated steps would repeat the work.
   params = jax.device_put(params, jax.local_devices()[0])
   return Pretrained(workdir=workdir, step=int(step), params=params, model_config=model_config,
-                    tokenizer=tokenizer, causal=is_causal(prepare, example),
+                    tokenizer=tokenizer, causal=causal,
                     objective=objective_of(exp.config), flops_per_step=float(exp.flops_per_step),
                     data_format=exp.data_format, example_batch=example, prepare=prepare)

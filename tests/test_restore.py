@@ -69,11 +69,17 @@ def test_missing_step_is_one_line(workdir, no_init):
   assert str(error.value) == f'{workdir} has no checkpoint at step 3: it has [2, 4].'
 
 
-def test_pretrained_load_builds_the_run_once(workdir, no_init, monkeypatch):
-  built = []
-  build = experiment.build
-  monkeypatch.setattr(experiment, 'build', lambda *a, **k: built.append(a) or build(*a, **k))
+def test_pretrained_load_assembles_no_training_run(workdir, no_init, monkeypatch):
+  """Loading reads the workdir's files: no build, no distributed runtime, no optimizer."""
+  from training import distributed, optim  # pylint: disable=import-outside-toplevel
+
+  def refuse(*args, **kwargs):
+    raise AssertionError('loading a workdir assembled a training run')
+
+  for module, name in ((experiment, 'build'), (distributed, 'maybe_initialize'),
+                       (optim, 'make_optimizer')):
+    monkeypatch.setattr(module, name, refuse)
   loaded = pretrained.load(workdir)
-  assert len(built) == 1 and loaded.step == helpers.PRETRAIN_STEPS
+  assert loaded.step == helpers.PRETRAIN_STEPS
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.params),
                helpers.checkpoint_params(workdir, helpers.PRETRAIN_STEPS))

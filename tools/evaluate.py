@@ -1,9 +1,19 @@
 """Evaluates a finished pretraining run on a split: one exact, deterministic pass.
 
   python tools/evaluate.py --workdir runs/clm [--split test] [--step N]
+  python tools/evaluate.py --workdir runs/wiki --data.source=text \\
+      --data.train_files='corpus/*.txt'
 
 Prints the metrics (training/evaluation.py) and writes them, with the per-example numbers the
 report's bootstrap intervals need, to <workdir>/eval/<split>.json and <split>_examples.npz.
+
+The run is read from its workdir alone (config.json, tokenizer.model, the checkpoint): the
+files and folders its config.json names (config.data.train_files, validation_files,
+pretokenized_dir, data_dir, tokenizer) are the trainer's and are never read, so a workdir
+received from someone else reads nothing of this machine's but what this command is told.
+The held-out split comes from the builtin corpus (built in this machine's cache, or
+--data.data_dir) when the run trained on it; for any other source, name the data here with
+--data.source and that source's settings (--data.* takes every config.data setting).
 """
 
 from __future__ import annotations
@@ -11,13 +21,16 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any, Mapping
 
 from absl import app, flags
+from ml_collections import config_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from data import config as data_config  # pylint: disable=wrong-import-position
 from tools import cli  # pylint: disable=wrong-import-position
 
 _COMMAND = 'evaluate.py'
@@ -26,6 +39,10 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a finished pretraini
 _SPLIT = flags.DEFINE_string('split', 'validation', 'validation, or test where the source has one.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _SAVE = flags.DEFINE_bool('save', True, 'Write eval/<split>.json and <split>_examples.npz.')
+_DATA = config_flags.DEFINE_config_dict(
+    'data', data_config.data_config(0), 'The held-out data on this machine, as config.data '
+    'settings (--data.source=text --data.train_files=...); the run\'s other data settings '
+    'come from its config.json, never its paths.', lock_config=True)
 
 EVAL_DIR = 'eval'
 
@@ -36,12 +53,31 @@ def outputs(workdir: str, split: str) -> tuple[str, str]:
   return os.path.join(folder, f'{split}.json'), os.path.join(folder, f'{split}_examples.npz')
 
 
+def use_data(config, data: Mapping[str, Any], workdir: str) -> None:
+  """Sets config.data (in place, its paths already cleared) to the held-out data the reader
+  names in `data` (config.data settings); a source other than builtin must be named there."""
+  unknown = sorted(set(data) - set(data_config.data_config(0)))
+  if unknown:
+    raise ValueError(f'--data.{unknown[0]} is not a config.data setting.')
+  source = config.data.get('source', 'builtin')
+  if source != 'builtin' and 'source' not in data:
+    raise ValueError(f'{workdir} was trained on config.data.source={source!r}, whose files its '
+                     'config.json names on the machine that trained it: name the held-out data '
+                     f'here, e.g. --data.source={source} and its settings (--data.train_files, '
+                     '--data.validation_files, --data.pretokenized_dir, --data.data_dir).')
+  with config.unlocked():
+    config.data.update(dict(data))
+
+
 def run(workdir: str, split: str = 'validation', step: int | None = None,
-        save: bool = True) -> dict[str, float]:
-  """Restores the run's parameters, evaluates them on `split`, optionally writes the results."""
+        save: bool = True, data: Mapping[str, Any] | None = None) -> dict[str, float]:
+  """Restores the run's parameters, evaluates them on `split` of the builtin corpus or of the
+  data the reader names in `data` (config.data settings), optionally writes the results."""
   from training import evaluation, experiment  # pylint: disable=import-outside-toplevel
 
-  params, step, exp = experiment.restore_params(workdir, step)
+  exp = experiment.build_local(workdir)
+  use_data(exp.config, data or {}, workdir)
+  params, step, exp = experiment.restore_params(workdir, step, exp=exp)
   metrics, examples = evaluation.evaluate_examples(exp, params, split)
   metrics = {'step': int(step), 'split': split, **metrics}
   if save:
@@ -60,7 +96,8 @@ def main(argv):
   cli.require_workdir(_COMMAND, _WORKDIR.value,
                       '--workdir is required (a finished pretraining run).')
   try:
-    metrics = run(_WORKDIR.value, _SPLIT.value, _STEP.value, _SAVE.value)
+    metrics = run(_WORKDIR.value, _SPLIT.value, _STEP.value, _SAVE.value,
+                  config_flags.get_override_values(flags.FLAGS['data']))
   except (ValueError, OSError) as error:  # OSError: a rejected checkpoint, one line
     cli.fail(_COMMAND, cli.one_line(error), 2)
   print(' | '.join(f'{key} {value:.4f}' if isinstance(value, float) else f'{key} {value}'

@@ -1,11 +1,13 @@
 """The one assembly of a run: config -> mesh, tokenizer, objective, model config, iterators, FLOPs.
 
-`build(config, workdir)` is what train.py, the benchmarks, the tests and every other command
-(evaluate, fine-tune, generate, compare) call, so a run is put together in one place only.
+`build(config, workdir)` is what train.py, the benchmarks and the tests call, so a run is put
+together in one place only; evaluate, fine-tune and generate read a finished run back with
+`build_local` (training/workdir.py), which joins, reads and trains nothing.
 It validates the config, joins the processes, builds the mesh, loads or trains the tokenizer,
 builds the objective and the model config, makes the iterators and probes their first batch.
-It compiles nothing and writes nothing into the workdir but the tokenizer copy; the loop
-writes config.json once the checkpoint (if any) has been restored.
+It compiles nothing and writes nothing into the workdir but the tokenizer copy (a trained one,
+or the one config.data.tokenizer names); the loop writes config.json once the checkpoint (if
+any) has been restored. `build_local` reads a finished run back from its workdir alone.
 """
 
 # pylint: disable=import-outside-toplevel
@@ -19,6 +21,8 @@ from typing import Any, Callable
 
 import ml_collections
 from etils import epath
+
+from training.workdir import TOKENIZER_FILE
 
 
 @dataclasses.dataclass
@@ -110,6 +114,19 @@ def data_format_of(config, objective) -> str:
   return wanted
 
 
+def keep_tokenizer(tokenizer: Any, workdir: str) -> None:
+  """Copies a tokenizer given by path (config.data.tokenizer, pretokenized shards' own) to
+  `workdir/tokenizer.model`, so the run is read back from its workdir alone."""
+  import uuid
+
+  own = epath.Path(workdir) / TOKENIZER_FILE
+  if own.exists() or os.path.abspath(tokenizer.path) == os.path.abspath(os.fspath(own)):
+    return
+  temporary = own.parent / f'{TOKENIZER_FILE}.{uuid.uuid4().hex}.tmp'  # unique across hosts
+  temporary.write_bytes(epath.Path(tokenizer.path).read_bytes())
+  temporary.replace(own)
+
+
 def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
           tokenizer_path: str | None = None, vocab: Any = None) -> Experiment:
   """Validates `config` and assembles the run; see the module docstring.
@@ -141,13 +158,14 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer_lib.load_or_train(  # reads the first tokenizer_max_chars only
         config.data, workdir, (train_docs[i] for i in range(len(train_docs))))
+    keep_tokenizer(tokenizer, workdir)
   elif vocab is not None:
     tokenizer = None
   else:
-    path = tokenizer_path or config.data.tokenizer or os.path.join(workdir, 'tokenizer.model')
+    path = tokenizer_path or config.data.tokenizer or os.path.join(workdir, TOKENIZER_FILE)
     if not os.path.exists(path):
       raise ValueError(f'No tokenizer at {path}: point config.data.tokenizer at the run\'s '
-                       'tokenizer.model.')
+                       f'{TOKENIZER_FILE}.')
     tokenizer = tokenizer_lib.Tokenizer(path)
   vocab = tokenizer.vocab if tokenizer is not None else vocab
   vocab_size = checks.check_vocab(config, vocab.size)
@@ -190,52 +208,42 @@ def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run saved in `workdir/config.json`."""
-  path = epath.Path(workdir) / 'config.json'
-  if not path.exists():
-    raise ValueError(f'{workdir} holds no config.json: give the workdir of a pretraining run.')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  from training import workdir as workdir_lib
+  return workdir_lib.read_config(workdir)
 
 
-def build_local(workdir: str, config: ml_collections.ConfigDict | None = None) -> Experiment:
-  """The run of `workdir` (its config.json, or `config`) assembled without data on this
-  machine's devices, as one process that resumes nothing: what restoring its checkpoints for
-  evaluation, fine-tuning or generation needs. `config` is changed in place."""
-  config = load_config(workdir) if config is None else config
-  with config.unlocked():
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
-    config.distributed.auto = False
-    config.resume = False
-  return build(config, workdir, data=False)
+def build_local(workdir: str) -> Experiment:
+  """The run of `workdir` read back for evaluation, fine-tuning or generation: its config.json
+  and its own tokenizer.model on this machine's devices, as one process that resumes nothing,
+  reads no data and joins no other process (training/workdir.py; a received workdir's
+  coordinator address, data and tokenizer paths are never used)."""
+  import jax
+
+  from training import flops, mesh as mesh_lib, workdir as workdir_lib
+
+  config, tokenizer, objective, model_config, data_format = workdir_lib.describe(workdir)
+  mesh = mesh_lib.make_mesh(config.mesh, jax.local_devices())
+  rules = mesh_lib.logical_rules(config.mesh)
+  flops_per_step = config.batch_size * flops.objective_flops_per_sequence(
+      objective, model_config, config.seq_len)
+  return Experiment(config, workdir, tokenizer, objective, model_config, mesh, rules, None, None,
+                    config.batch_size, flops_per_step, {}, data_format)
 
 
 def restore_params(workdir: str, step: int | None = None, *,
-                   config: ml_collections.ConfigDict | None = None,
                    exp: Experiment | None = None) -> tuple[Any, int, Experiment]:
   """A pretraining run's parameters at `step` (default: its latest checkpoint).
 
-  Returns (params, step, experiment); the experiment is `build_local(workdir, config)`, or
-  `exp` when the caller has built it already. `params` is the train state's whole tree: an
-  objective's own parameters (ELECTRA's generator) sit under 'objective';
-  `training.state.model_params(params)` is the model alone. Only the parameters are read,
-  into a target traced from the init (nothing is initialised or compiled for it).
+  Returns (params, step, experiment); the experiment is `build_local(workdir)`, or `exp` when
+  the caller has built it already. `params` is the train state's whole tree: an objective's
+  own parameters (ELECTRA's generator) sit under 'objective'; `training.state.model_params`
+  is the model alone. Only the parameters are read, into a target traced once from the init
+  (nothing is initialised or compiled for it).
   """
-  import jax
+  from training import workdir as workdir_lib
 
-  from training import checkpoint as checkpoint_lib, optim
-
-  exp = build_local(workdir, config) if exp is None else exp
-  config = exp.config
-  abstract = exp.abstract_state(optim.make_optimizer(config.optimizer, config.total_steps))
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.keep_checkpoints, jax.process_index())
-  try:
-    steps = checkpointer.complete_steps()
-    if not steps:
-      raise ValueError(f'{workdir} holds no complete checkpoint: train it first.')
-    step = steps[-1] if step is None else int(step)
-    if step not in steps:
-      raise ValueError(f'{workdir} has no checkpoint at step {step}: it has {steps}.')
-    restored, _ = checkpointer.restore(step, {'params': abstract.params}, partial=True)
-    params = restored['params']
-  finally:
-    checkpointer.close()
+  exp = build_local(workdir) if exp is None else exp
+  target, _ = workdir_lib.abstract_params(exp.objective, exp.model_config, exp.example_batch(),
+                                          exp.mesh, exp.rules)
+  params, step = workdir_lib.restore(workdir, step, target)
   return params, step, exp
