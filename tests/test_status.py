@@ -102,3 +102,12 @@ def test_command_line_prints_a_table_or_json(tmp_path, capsys):
   assert 'seed=1' in capsys.readouterr().out
   assert status.main([str(tmp_path / 'missing')]) == 2
   assert 'does not exist' in capsys.readouterr().err
+
+
+def test_a_budget_run_shows_the_steps_it_planned(tmp_path):
+  """A token-budget run plans its steps from the budget (run.json), not config.total_steps."""
+  make_run(str(tmp_path), 'budget', total=600, steps=(700,), extra={'run.json': {
+      'total_steps': 733}}, age=5)
+  [got] = [status.read_run(w, now=NOW) for w in status.find_runs(str(tmp_path))]
+  assert (got.step, got.total_steps, got.seconds_left) == (700, 733, 33 * 0.5)
+  assert '700/733' in status.table([got], now=NOW)

@@ -4,8 +4,9 @@
   python tools/status.py runs/sweep --watch 60  # refresh every minute
   python tools/status.py runs/sweep --json      # one JSON object per run, for scripts
 
-It reads what runs write (config.json, metrics.jsonl, checkpoints/) and what tools/launch.py
-adds (launch.json: queued, preempted, requeue and failure counts, a failure's reason), plus an
+It reads what runs write (config.json, run.json with the planned steps, metrics.jsonl,
+checkpoints/) and what tools/launch.py adds (launch.json: queued, preempted, requeue and
+failure counts, a failure's reason), plus an
 optional status.json written by train.py ({"state": ..., "reason": ...}). A run with no
 launcher record counts as running while its metrics.jsonl changed in the last --stale_minutes.
 """
@@ -105,7 +106,10 @@ def read_run(workdir: str, now: float | None = None, stale_s: float = 600) -> Ru
   launch = _read_json(root / record_lib.RECORD_FILE) or {}
   written = _read_json(root / 'status.json') or {}  # optional, from train.py
   train, evaluation = _metrics(root / 'metrics.jsonl')
-  total = int(config.get('total_steps') or
+  # The steps the run planned (run.json): a budget run plans them from its budget and never
+  # reads config.total_steps; config.total_steps only until the run has started.
+  planned = (_read_json(root / 'run.json') or {}).get('total_steps')
+  total = int(planned or config.get('total_steps') or
               dict(launch.get('overrides') or {}).get('total_steps') or 0)
   status = RunStatus(name=launch.get('name') or root.name, state='queued', total_steps=total,
                      workdir=workdir, preemptions=int(launch.get('preemptions', 0)),
