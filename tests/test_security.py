@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import shlex
+import shutil
+import stat
+import subprocess
 
 import pytest
 
+from tests import launch_helpers as helpers
+from tools import backends
 from tools import compare as compare_tool
 from tools import launch, report, status
-from tools.backends import record
+from tools.backends import code_archive, record
 
 
 def test_compare_sweep_command_is_shell_quoted_and_sweep_keeps_non_bmp(tmp_path, capsys):
@@ -67,3 +73,144 @@ def test_run_names_that_are_not_a_folder_of_their_own_are_refused(tmp_path, caps
   error = capsys.readouterr().err
   assert len(error.splitlines()) == 1 and f'gets the run name {name!r}' in error
   assert not root.exists()
+
+
+TPU = ['--backend', 'tpu_vm', '--zone', 'us-central2-b', '--accelerator_type', 'v4-8',
+       '--poll_seconds', '0.2', '--mounted_workdir_root']
+SECRET_INSTALL = ("pip install git+https://me:ghp_SECRET1@github.com/x/y.git && "
+                  "export HF_TOKEN=hf_SECRET2 && pip install -q -e .")
+
+
+def _one_run_sweep(tmp_path) -> str:
+  return helpers.write_sweep(str(tmp_path / 'sweep.py'), [{'config': 'configs/clm.py:tiny'}])
+
+
+@pytest.mark.parametrize('how', ['group_writable', 'other_owner'])
+def test_a_log_dir_others_can_write_is_refused_before_any_slice(tmp_path, monkeypatch, capsys,
+                                                                how):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}})
+  logs = tmp_path / 'tpu-logs'
+  logs.mkdir(mode=0o700)
+  if how == 'group_writable':
+    os.chmod(logs, 0o777)  # a fixed /tmp/tpu-logs another user made first
+  else:
+    uid = os.geteuid()
+    monkeypatch.setattr(os, 'geteuid', lambda: uid + 1)
+  assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--workdir_root',
+                      str(tmp_path / 'runs'), '--log_dir', str(logs), *TPU]) == 2
+  error = capsys.readouterr().err
+  assert len(error.splitlines()) == 1 and f'--log_dir {logs} ' in error
+  assert 'mkdir -m 700' in error and not helpers.calls(state)
+
+
+def test_an_archive_swapped_after_it_was_built_is_never_copied(tmp_path, monkeypatch, capsys):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}})
+  built = []
+  original = code_archive.build
+
+  def build_then_swap(repo, destination, files=None):
+    digest = original(repo, destination, files)
+    built.append((destination, stat.S_IMODE(os.stat(os.path.dirname(destination)).st_mode)))
+    with open(destination, 'ab') as f:  # what another local user's swap amounts to
+      f.write(b'attacker')
+    return digest
+
+  monkeypatch.setattr(code_archive, 'build', build_then_swap)
+  logs, root = tmp_path / 'logs', str(tmp_path / 'runs')
+  assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--workdir_root', root,
+                      '--log_dir', str(logs), *TPU]) == 1
+  (archive, mode), = built
+  assert mode == 0o700 and not archive.startswith(str(logs))
+  assert not os.path.exists(archive)  # removed when the launch ends
+  assert not [c for c in helpers.calls(state, 'gcloud') if helpers.words(c)[3] == 'scp']
+  saved = record.read(os.path.join(root, 'clm-tiny'))
+  assert saved['state'] == 'failed' and saved['attempts'] == 1
+  assert 'is not the one built at launch' in saved['reason'] and 'nothing copied' in saved['reason']
+
+
+def test_untracked_secrets_are_never_shipped(tmp_path):
+  repo = tmp_path / 'repo'
+  (repo / 'pkg').mkdir(parents=True)
+  (repo / '.config').mkdir()
+  for name in ('train.py', 'pkg/m.py', 'pkg/new.py', '.env', 'credentials.json', 'id_rsa',
+               'pkg/.netrc', '.config/s.py', 'README.md'):
+    (repo / name).write_text('x')
+  subprocess.run(['git', 'init', '-q', str(repo)], check=True)
+  subprocess.run(['git', 'add', 'train.py', 'pkg/m.py', 'README.md'], cwd=repo, check=True)
+  assert code_archive.source_files(str(repo)) == ['README.md', 'pkg/m.py', 'pkg/new.py',
+                                                  'train.py']
+  shutil.rmtree(repo / '.git')  # without git: the same files
+  assert code_archive.source_files(str(repo)) == ['README.md', 'pkg/m.py', 'pkg/new.py',
+                                                  'train.py']
+
+
+def test_install_credentials_stay_out_of_launch_json_and_logs(tmp_path, monkeypatch):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}})
+  logs, root = tmp_path / 'logs', str(tmp_path / 'runs')
+  assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--workdir_root', root,
+                      '--log_dir', str(logs), '--install', SECRET_INSTALL, *TPU]) == 0
+  with open(os.path.join(root, 'clm-tiny', 'launch.json'), encoding='utf-8') as f:
+    text = f.read()
+  assert 'SECRET' not in text
+  assert 'git+https://***@github.com/x/y.git && export HF_TOKEN=*** && pip' in text
+  names = os.listdir(logs)
+  assert len(names) == 1
+  assert stat.S_IMODE(os.stat(logs / names[0]).st_mode) == 0o600
+  assert 'SECRET' not in (logs / names[0]).read_text()
+  ssh = [c for c in helpers.calls(state, 'gcloud') if helpers.words(c)[3] == 'ssh']
+  assert 'ghp_SECRET1' in ssh[0]['args'][-1]  # the worker still gets the real command
+
+
+def test_gke_and_slurm_records_mask_credentials_and_scripts_are_private(tmp_path, monkeypatch):
+  helpers.use_fakes(monkeypatch, str(tmp_path / 'cloud'), script={})
+  root = str(tmp_path / 'runs')
+  assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--workdir_root', root,
+                      '--backend', 'slurm', '--setup', SECRET_INSTALL]) == 0
+  script = os.path.join(root, 'slurm', 'clm-tiny.sh')
+  assert stat.S_IMODE(os.stat(script).st_mode) == 0o600
+  with open(os.path.join(root, 'clm-tiny', 'launch.json'), encoding='utf-8') as f:
+    assert 'SECRET' not in f.read()
+  args = launch.parse_args(['--sweep', 's', '--workdir_root', 'gs://b/s', '--backend', 'gke',
+                            '--gke_install', SECRET_INSTALL])
+  run = launch.expand([{'config': 'configs/clm.py:tiny'}], 'gs://b/s')[0]
+  saved: list[dict] = []  # what would go to gs://b/s/clm-tiny/launch.json
+  monkeypatch.setattr(record, 'read', lambda workdir: None)
+  monkeypatch.setattr(record, 'write', lambda workdir, data: saved.append(dict(data)))
+  launch._records(backends.get('gke')(args), [run])  # pylint: disable=protected-access
+  assert 'SECRET' not in json.dumps(saved) and 'HF_TOKEN=***' in saved[0]['command']
+
+
+SLURM_INJECTION = "\ntouch {marker} #"
+
+
+@pytest.mark.parametrize('flag', ['--partition', '--account', '--qos', '--sbatch_flag',
+                                  '--script_dir', '--workdir_root'])
+def test_a_line_break_in_an_sbatch_directive_is_refused(tmp_path, monkeypatch, capsys, flag):
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'sbatch': 'run'})
+  marker = tmp_path / 'injected'
+  value = {'--partition': 'gpu', '--account': 'acct', '--qos': 'high',
+           '--sbatch_flag': '--constraint=a100', '--script_dir': str(tmp_path / 'scripts'),
+           '--workdir_root': str(tmp_path / 'runs')}[flag] + SLURM_INJECTION.format(marker=marker)
+  args = ['--sweep', _one_run_sweep(tmp_path), '--backend', 'slurm', flag, value]
+  if flag != '--workdir_root':
+    args += ['--workdir_root', str(tmp_path / 'runs')]
+  assert launch.main(args) == 2
+  error = capsys.readouterr().err
+  assert len(error.splitlines()) == 1 and error.startswith(f'launch.py: error: {flag} ')
+  assert not marker.exists() and not helpers.calls(state)
+
+
+@pytest.mark.parametrize('flag, value', [('--partition', 'gpu;x'), ('--account', 'a b'),
+                                         ('--qos', "q'"), ('--sbatch_flag', 'constraint=a'),
+                                         ('--sbatch_flag', '--comment=two words')])
+def test_sbatch_names_keep_to_their_characters(tmp_path, capsys, flag, value):
+  assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--backend', 'slurm', flag, value,
+                      '--workdir_root', str(tmp_path / 'runs'), '--dry_run']) == 2
+  assert capsys.readouterr().err.startswith(f'launch.py: error: {flag} ')
+  assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--backend', 'slurm', '--partition',
+                      'gpu,gpu-long', '--sbatch_flag=--constraint="a100&ib"',
+                      '--workdir_root', str(tmp_path / 'runs'), '--dry_run']) == 0

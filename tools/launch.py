@@ -29,7 +29,7 @@ if __package__ in (None, ''):  # run as a script: python tools/launch.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools import backends, cli  # pylint: disable=wrong-import-position
-from tools.backends import base, record as record_lib  # pylint: disable=wrong-import-position
+from tools.backends import base, private, record as record_lib  # pylint: disable=wrong-import-position
 from tools.backends.base import Run, format_value, train_command  # pylint: disable=unused-import,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -267,10 +267,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _records(backend: base.Backend, runs: Sequence[Run]) -> dict[str, record_lib.RunRecord]:
-  """Writes each run's launch.json (state queued, full overrides and command)."""
+  """Writes each run's launch.json (state queued, full overrides, and the command with
+  credentials masked: whoever reads the workdir reads it)."""
+  def masked(command: list[str] | str) -> list[str] | str:
+    return (private.redact(command) if isinstance(command, str)
+            else [private.redact(word) for word in command])
+
   return {run.name: record_lib.RunRecord.start(
       run.workdir, name=run.name, config=run.config, overrides=dict(run.overrides),
-      command=backend.record_command(run), backend=backend.name) for run in runs}
+      command=masked(backend.record_command(run)), backend=backend.name) for run in runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import time
 from typing import Sequence
 
 from tools import backends
-from tools.backends import base, record as record_lib
+from tools.backends import base, private, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOG_DIR = 'launch_logs'
@@ -135,7 +135,7 @@ def _next_log(workdir: str) -> str:
 
 def _copy(stream, log_path: str, echo) -> None:
   """Copies a process's output into its log file (and to `echo`) line by line."""
-  with open(log_path, 'w', encoding='utf-8') as log:
+  with private.open_private(log_path) as log:  # 0600, never through a link
     for raw in iter(stream.readline, b''):
       line = raw.decode('utf-8', errors='replace')
       log.write(line)

@@ -18,9 +18,10 @@ import subprocess
 from typing import Sequence
 
 from tools import backends
-from tools.backends import base, record as record_lib
+from tools.backends import base, private, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_NAMES = re.compile(r'[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*')  # partition, account, qos lists
 
 
 @backends.register('slurm')
@@ -68,9 +69,24 @@ class Slurm(base.Backend):
           f'--gpus_per_node {args.gpus_per_node} with --tasks_per_node {args.tasks_per_node}: '
           'jax.distributed gives each SLURM task the one GPU of its local task id, so give '
           f'--tasks_per_node {args.gpus_per_node} (one task per GPU).')
-    if '"' in self.script_dir():
+    # An #SBATCH value holding a line break would end the directive and start a shell line of
+    # the job: names keep to SLURM's characters, everything else to one line.
+    for flag in ('partition', 'account', 'qos'):
+      value = getattr(args, flag)
+      if value and not _NAMES.fullmatch(value):
+        raise ValueError(f'--{flag} {value!r}: use letters, digits and _ . + - (commas between '
+                         'several).')
+    for value in args.sbatch_flag:
+      if not value.startswith('-') or _has_control(value) or any(c.isspace() for c in value):
+        raise ValueError(f'--sbatch_flag {value!r}: give one sbatch option per flag, e.g. '
+                         '--sbatch_flag=--constraint=a100, without spaces or control characters.')
+    if _has_control(args.workdir_root):
+      raise ValueError(f'--workdir_root {args.workdir_root!r}: its name goes into #SBATCH lines; '
+                       'give a path without control characters.')
+    if _has_control(self.script_dir()) or '"' in self.script_dir():
       raise ValueError(f'--script_dir {self.script_dir()!r}: sbatch cannot read a path with \'"\' '
-                       'in its #SBATCH --output line; pick another --script_dir.')
+                       'or control characters in its #SBATCH --output line (set from '
+                       '--workdir_root by default); pick another --script_dir.')
     if any('://' in run.workdir for run in runs):
       raise ValueError('--backend slurm needs a --workdir_root on the shared file system the '
                        'nodes mount (gs:// works only if train.py can write there; use a path).')
@@ -168,8 +184,7 @@ class Slurm(base.Backend):
     os.makedirs(self.script_dir(), exist_ok=True)
     status = 0
     for path, text, job_runs in self.scripts(runs):
-      with open(path, 'w', encoding='utf-8') as f:
-        f.write(text)
+      private.write_private(path, text)  # --setup may hold credentials: 0600
       done = subprocess.run(['sbatch', '--parsable', path], capture_output=True, text=True,
                             check=False)
       job = done.stdout.strip().split(';')[0]
@@ -192,3 +207,8 @@ def _directive(line: str) -> str:
   """An #SBATCH option whose value has spaces, in the double quotes sbatch reads them with."""
   flag, _, value = line.partition('=')
   return f'{flag}="{value}"' if any(c.isspace() for c in value) else line
+
+
+def _has_control(text: str) -> bool:
+  """True when `text` holds a character that is not printable (line breaks, ESC, U+2028)."""
+  return not text.isprintable()

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -28,7 +29,7 @@ import time
 from typing import Sequence, TextIO
 
 from tools import backends
-from tools.backends import base, code_archive, record as record_lib
+from tools.backends import base, code_archive, private, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REMOTE_ARCHIVE = 'pretraining-objectives.tar.gz'  # in the worker's home directory
@@ -79,6 +80,7 @@ class TpuVm(base.Backend):
     self.deleted: set[str] = set()
     self.lock = threading.Lock()
     self.archive = ''
+    self.digest = ''  # sha256 of the archive as built; checked before every copy
 
   # ---- commands ----------------------------------------------------------------------------
 
@@ -151,6 +153,8 @@ class TpuVm(base.Backend):
       raise ValueError('--backend tpu_vm needs a gs:// --workdir_root: every worker writes to '
                        'it and the slices are deleted after each run (--mounted_workdir_root if '
                        'every worker mounts it, e.g. Filestore).')
+    if args.log_dir and os.path.lexists(args.log_dir):
+      _check_log_dir(args.log_dir)
 
   def dry_run(self, runs: Sequence[base.Run]) -> None:
     files = code_archive.source_files(REPO)
@@ -169,11 +173,20 @@ class TpuVm(base.Backend):
 
   def launch(self, runs: Sequence[base.Run], records: dict[str, record_lib.RunRecord]) -> int:
     log_dir = self.args.log_dir or tempfile.mkdtemp(prefix='tpu-vm-logs-')
-    os.makedirs(log_dir, exist_ok=True)
-    self.archive = os.path.join(log_dir, REMOTE_ARCHIVE)
-    digest = code_archive.build(REPO, self.archive)
     attempts = base.Attempts(runs, self.args.max_retries, records, self.out)
-    attempts.say(f'code archive {digest[:12]}; attempt logs in {log_dir}')
+    try:
+      os.makedirs(log_dir, mode=0o700, exist_ok=True)
+      _check_log_dir(log_dir)  # again: another user may have made it since the check
+    except (OSError, ValueError) as error:
+      attempts.say(f'launch.py: error: {error}')
+      attempts.stop_all(runs, f'not started: {error}')
+      return 2
+    # The archive is built where only this user can write, and checked before every copy: a
+    # file another local user could replace would run their code under this user's identity.
+    archive_dir = tempfile.mkdtemp(prefix='tpu-vm-code-')
+    self.archive = os.path.join(archive_dir, REMOTE_ARCHIVE)
+    self.digest = code_archive.build(REPO, self.archive)
+    attempts.say(f'code archive {self.digest[:12]}; attempt logs in {log_dir}')
     stop = threading.Event()
     active: list[_SliceAttempt] = []
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -208,6 +221,7 @@ class TpuVm(base.Backend):
     finally:
       stop.set()
       self.delete_leftovers(attempts)
+      shutil.rmtree(archive_dir, ignore_errors=True)
       signal.signal(signal.SIGTERM, previous)
       signal.signal(signal.SIGINT, previous_int)
     failed = [name for name, outcome in attempts.final.items() if outcome.state == 'failed']
@@ -272,6 +286,13 @@ class _SliceAttempt(threading.Thread):
         return base.Outcome('failed', f'slice {self.name_} is {state or "gone"}')
       if self.stop.wait(backend.args.poll_seconds):
         return base.Outcome('failed', 'launcher stopped')
+    found = code_archive.sha256(backend.archive)
+    if found != backend.digest:
+      with private.open_private(self.log_path) as log:
+        log.write(f'code archive changed: sha256 {found[:12]}, launched {backend.digest[:12]}\n')
+      return base.Outcome('failed', f'code archive {backend.archive} is not the one built at '
+                          f'launch (sha256 {found[:12]}, not {backend.digest[:12]}): nothing '
+                          'copied; launch again', base.SETUP_ERROR_EXIT_CODE)
     copy = self.command(backend.copy_command(self.name_, backend.archive), 'w')
     if copy is not None:
       return copy
@@ -279,8 +300,8 @@ class _SliceAttempt(threading.Thread):
 
   def command(self, command: list[str], mode: str, final: bool = False) -> base.Outcome | None:
     """Runs one step on the slice, watching the slice; an outcome if it ended the attempt."""
-    with open(self.log_path, mode, encoding='utf-8') as log:
-      log.write(f'$ {base.quote(command)[:500]}\n')
+    with private.open_private(self.log_path, append=mode == 'a') as log:
+      log.write(f'$ {private.redact(base.quote(command))[:500]}\n')  # the install step too
       log.flush()
       process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
@@ -321,6 +342,14 @@ class _SliceAttempt(threading.Thread):
     finally:
       if self.owned:
         self.backend.delete(self.name_)
+
+
+def _check_log_dir(path: str) -> None:
+  """Raises ValueError (one line) for a --log_dir another local user could write into."""
+  problem = private.own_folder_problem(path)
+  if problem:
+    raise ValueError(f'--log_dir {path} {problem}: another user could swap what is in it; give '
+                     'a folder of your own, e.g. mkdir -m 700 ~/tpu-logs.')
 
 
 def _remote_path(path: str) -> str:
