@@ -1,21 +1,25 @@
-"""T5 span corruption on the shared decoder-only model (UL2's R and X denoisers; S is `sequential`).
+"""T5 span corruption on the shared decoder-only model (UL2's R and X denoisers).
 
 From the first `raw_len` tokens of a packed window (the n real ones), about
 `noise_density * n` tokens in about `noise_density * n / mean_span_length` spans are drawn
 with T5's `random_spans_noise_mask`: the noise and non-noise lengths are each a uniformly
 random composition into that many positive parts, interleaved starting with non-noise. The
-input replaces each span by a sentinel (the k-th span by sentinel k); the target lists each
-sentinel followed by its span, then EOS (T5 appends EOS to its targets; it marks where the
-last span ends). As in UL2's decoder-only setting the two are joined into one sequence
+counts are T5's float32 arithmetic (`span_counts`), one table that both the host's planning
+and the device read. The input replaces each span by a sentinel (the k-th span by sentinel
+k) and ends with EOS; the target lists each sentinel followed by its span, then EOS (T5
+appends EOS to both). As in UL2's decoder-only setting the two are joined into one sequence
 (`prefix_lm.join`): the input is a bidirectional prefix, the target is generated causally and
-carries the whole loss. The joined sequence holds n + 2 * spans + 1 tokens, so `raw_len` is
-the largest length whose result always fits in `seq_len`; the window's later tokens are not
-used.
+carries the whole loss. The joined sequence holds n + 2 * spans + 2 tokens (`row_tokens`), so
+`raw_len` is the largest length whose result always fits in `seq_len`; the window's later
+tokens are not used. noise_density is at most 0.5: above it T5's mask merges spans and draws
+fewer than it counts (27 counted, 20 drawn at 0.8/3 on 100 tokens).
 
-With `sequential=True` the noise is one span at the end (UL2's S-denoiser, a prefix LM with
-one sentinel). Sentinels get ids of their own after the tokenizer's (`vocab.size + k`); the
-objective enlarges the model's vocabulary to hold them. Like T5, the window's documents are
-corrupted as one stream (the eos/bos between them are ordinary tokens to it).
+With `sequential=True` the noise is one span at the end: a prefix LM whose prefix is a fixed
+1 - noise_density of the tokens, with a sentinel. It is not UL2's S-denoiser, whose split is
+uniform per example (`configs/span_corruption.py:ul2_s` trains `prefix_lm` for that).
+Sentinels get ids of their own after the tokenizer's (`vocab.size + k`); the objective
+enlarges the model's vocabulary to hold them. Like T5 (`reduce_concat_tokens`), the window's
+documents are corrupted as one stream (the eos/bos between them are ordinary tokens to it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from data.vocab import Vocab
 from models.transformer import ModelInputs
@@ -41,13 +46,41 @@ DEFAULTS = dict(
 )
 
 
-def span_counts(n: Any, noise_density: float, mean_span_length: float, sequential: bool):
-  """(noise tokens, spans) for n real tokens as T5 counts them; works on ints and arrays."""
-  rounded = (jnp.round if isinstance(n, jax.Array) else round)
-  clip = jnp.clip if isinstance(n, jax.Array) else (lambda x, lo, hi: max(lo, min(hi, x)))
-  noise = clip(rounded(n * noise_density), 1, n - 1)
-  spans = 1 if sequential else clip(rounded(noise / mean_span_length), 1, noise)
-  return noise, (spans if not isinstance(n, jax.Array) else jnp.asarray(spans, jnp.int32))
+def span_counts(n: Any, noise_density: float, mean_span_length: float,
+                sequential: bool) -> tuple[np.ndarray, np.ndarray]:
+  """(noise tokens, spans) for n real tokens (an int or an int array), as T5 counts them.
+
+  T5's `random_spans_noise_mask` multiplies and divides in float32 and rounds half to even;
+  this does the same in numpy, and both the host's planning (`fitting_length`) and the
+  device's masks (`count_table`) read it, so the two never disagree (float64 gave 28 noise
+  tokens in 9 spans for n = 190 at 0.15/3, float32 29 in 10). n < 2 has no noise. Spans are
+  at most the non-noise tokens, since T5's mask puts a non-noise run before each span (a
+  span beyond them merges with the next: T5 would draw fewer spans than it counts).
+  """
+  n = np.asarray(n, np.int64)
+  noise = np.round(n.astype(np.float32) * np.float32(noise_density)).astype(np.int64)
+  noise = np.clip(noise, 1, np.maximum(n - 1, 1))
+  if sequential:
+    spans = np.ones_like(noise)
+  else:
+    spans = np.round(noise.astype(np.float32) / np.float32(mean_span_length)).astype(np.int64)
+    spans = np.clip(spans, 1, np.maximum(n - noise, 1))
+  real = n >= 2
+  return np.where(real, noise, 0), np.where(real, spans, 0)
+
+
+def count_table(size: int, noise_density: float, mean_span_length: float,
+                sequential: bool) -> tuple[np.ndarray, np.ndarray]:
+  """int32 [size + 1] noise tokens and spans for every n in 0..size (`span_counts`), which
+  the device indexes by each row's real count."""
+  noise, spans = span_counts(np.arange(size + 1), noise_density, mean_span_length, sequential)
+  return noise.astype(np.int32), spans.astype(np.int32)
+
+
+def row_tokens(n: Any, spans: Any) -> Any:
+  """Tokens of a corrupted row of n real tokens in that many spans: the input (non-noise
+  tokens, a sentinel per span, EOS) plus the target (a sentinel before each span, EOS)."""
+  return np.where(np.asarray(n) >= 2, np.asarray(n) + 2 * np.asarray(spans) + 2, n)
 
 
 def random_segmentation(rng: Array, num_items: Array, num_segments: Array, size: int) -> Array:
@@ -65,8 +98,9 @@ def random_segmentation(rng: Array, num_items: Array, num_segments: Array, size:
 
 def noise_mask(rng: Array, n: Array, size: int, noise_density: float, mean_span_length: float,
                sequential: bool) -> Array:
-  """Bool [size]: the noise tokens among the first n positions (n >= 2)."""
-  noise, spans = span_counts(n, noise_density, mean_span_length, sequential)
+  """Bool [size]: the noise tokens among the first n positions (none where n < 2)."""
+  noise_table, span_table = count_table(size, noise_density, mean_span_length, sequential)
+  noise, spans = jnp.asarray(noise_table)[n], jnp.asarray(span_table)[n]
   index = jnp.arange(size)
   if sequential:
     return (index >= n - noise) & (index < n)
@@ -82,7 +116,8 @@ def noise_mask(rng: Array, n: Array, size: int, noise_density: float, mean_span_
 def corrupt(tokens: Array, noise: Array, n: Array, sentinel_base: int, pad_id: int,
             eos_id: int):
   """(input [L + 1], input length, target [L + 1], target length) of one row [L] from its
-  noise mask; a target with spans ends with `eos_id`."""
+  noise mask. As in T5, a row with spans ends both its input and its target with `eos_id`;
+  a row without (n < 2) is its tokens as they are, with no target."""
   tokens, noise = jnp.pad(tokens, (0, 1), constant_values=pad_id), jnp.pad(noise, (0, 1))
   length = tokens.shape[0]
   index = jnp.arange(length)
@@ -101,9 +136,12 @@ def corrupt(tokens: Array, noise: Array, n: Array, sentinel_base: int, pad_id: i
   targets = jnp.full(length, pad_id, tokens.dtype).at[target_dest].set(tokens, mode='drop')
   targets = targets.at[sentinel_dest].set(sentinel.astype(tokens.dtype), mode='drop')
   spans_len = (noise & real).sum() + (span_start & real).sum()
-  end = jnp.where(spans_len > 0, spans_len, length)
-  targets = targets.at[end].set(jnp.asarray(eos_id, tokens.dtype), mode='drop')
-  return inputs, keep.sum(), targets, spans_len + (spans_len > 0)
+  has_spans = spans_len > 0
+  eos = jnp.asarray(eos_id, tokens.dtype)
+  input_len = keep.sum()
+  inputs = inputs.at[jnp.where(has_spans, input_len, length)].set(eos, mode='drop')
+  targets = targets.at[jnp.where(has_spans, spans_len, length)].set(eos, mode='drop')
+  return inputs, input_len + has_spans, targets, spans_len + has_spans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +153,7 @@ class SpanCorruption:
   mean_span_length: float
   sequential: bool
   seq_len: int
-  raw_len: int  # window tokens used (n + 2 * spans + 1 <= seq_len for every n <= raw_len)
+  raw_len: int  # window tokens used (row_tokens(n, spans) <= seq_len for every n <= raw_len)
   max_target_len: int
   num_sentinels: int
   data_format: str = 'packed'
@@ -152,17 +190,16 @@ class SpanCorruption:
 def fitting_length(seq_len: int, noise_density: float, mean_span_length: float,
                    sequential: bool) -> tuple[int, int, int]:
   """(raw_len, most target tokens, most spans): the longest raw length whose corrupted
-  input plus target fits in seq_len for every real count n <= raw_len."""
-  best = (0, 0, 0)
-  worst_total, most_target, most_spans = 0, 0, 0
-  for raw in range(2, seq_len + 1):
-    noise, spans = span_counts(raw, noise_density, mean_span_length, sequential)
-    worst_total = max(worst_total, raw + 2 * spans + 1)  # + 1: the target's EOS
-    most_target, most_spans = max(most_target, noise + spans + 1), max(most_spans, spans)
-    if worst_total > seq_len:
-      break
-    best = (raw, most_target, most_spans)
-  return best
+  input plus target (`row_tokens`) fits in seq_len for every real count n <= raw_len, from
+  the same counts the device uses (`span_counts`); raw_len < 2 when none fits."""
+  n = np.arange(seq_len + 1)
+  noise, spans = span_counts(n, noise_density, mean_span_length, sequential)
+  fits = np.maximum.accumulate(row_tokens(n, spans)) <= seq_len
+  raw_len = int(np.flatnonzero(fits)[-1])
+  if raw_len < 2:
+    return raw_len, 0, 0
+  target = np.where(n >= 2, noise + spans + 1, 0)[:raw_len + 1]
+  return raw_len, int(target.max()), int(spans[:raw_len + 1].max())
 
 
 @register('span_corruption', defaults=DEFAULTS)
@@ -179,9 +216,13 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> S
   if not isinstance(sequential, bool):
     raise ValueError(f'config.span_corruption.sequential must be True or False, got '
                      f'{sequential!r}.')
+  if density > 0.5 and not sequential:
+    raise ValueError(f'config.span_corruption.noise_density={density} is above 0.5: T5\'s mask '
+                     'puts a non-noise run before every span, so spans would merge and fewer '
+                     'than noise / mean_span_length would be drawn; use at most 0.5.')
   raw_len, max_target, max_spans = fitting_length(seq_len, density, mean, sequential)
   if raw_len < 2:
-    raise ValueError(f'config.seq_len={seq_len} is too short for span corruption: use at least 8.')
+    raise ValueError(f'config.seq_len={seq_len} is too short for span corruption: use at least 6.')
   return SpanCorruption(vocab=vocab, noise_density=density, mean_span_length=mean,
                         sequential=sequential, seq_len=seq_len, raw_len=raw_len,
                         max_target_len=max_target, num_sentinels=max_spans)

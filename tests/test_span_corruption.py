@@ -15,8 +15,7 @@ from configs import span_corruption as span_config
 from data.vocab import toy_vocab
 from models import masks
 from objectives import base, span_corruption
-from tests.conftest import run_records
-from tests.test_prefix_lm import assert_train_loss_falls, runs_root, trained_run  # noqa: F401
+from tests.helpers import assert_train_loss_falls, run_records, trained_run
 
 VOCAB = toy_vocab(64)
 
@@ -98,13 +97,15 @@ def test_every_token_exactly_once_sentinels_in_order_loss_only_on_targets(settin
     prefix_len = int(((order[row] == 0) & (segments[row] > 0)).sum())
     corrupted, target = list(tokens[row, :prefix_len]), list(tokens[row, prefix_len:used])
     spans_end = len(target) - 1 if target else 0
-    assert target[spans_end:] == ([VOCAB.eos_id] if n >= 2 else [])  # EOS ends the target
+    eos = [VOCAB.eos_id] if n >= 2 else []  # T5: EOS ends the input and the target
+    assert target[spans_end:] == eos and corrupted[len(corrupted) - len(eos):] == eos
+    corrupted = corrupted[:len(corrupted) - len(eos)]
     assert reconstruct(corrupted, target[:spans_end], sentinel) == original
     in_input = [t - sentinel for t in corrupted if t >= sentinel]
     in_target = [t - sentinel for t in target if t >= sentinel]
     assert in_input == in_target == list(range(len(in_input)))
     assert (len(in_input) >= 1) == (n >= 2)
-    assert used == n + 2 * len(in_input) + (n >= 2) <= seq_len
+    assert used == n + 2 * len(in_input) + 2 * (n >= 2) <= seq_len
     if settings.get('sequential') and n >= 2:
       assert len(in_input) == 1 and corrupted[-1] == sentinel  # one span, at the end
     # The prefix is bidirectional, the target causal and the only place with a loss.
@@ -138,6 +139,7 @@ def test_loss_equals_hand_computation_over_the_targets():
 
 @pytest.mark.parametrize('settings,message', [
     ({'noise_density': 1.5}, 'noise_density'), ({'mean_span_length': 0.5}, 'mean_span_length'),
+    ({'noise_density': 0.8}, 'noise_density=0.8 is above 0.5'),
     ({'spans': 3}, 'Unknown setting config.span_corruption.spans')])
 def test_bad_settings_fail_in_one_line(settings, message):
   with pytest.raises(ValueError, match=message) as error:
@@ -146,9 +148,96 @@ def test_bad_settings_fail_in_one_line(settings, message):
 
 
 def test_ul2_presets_set_the_denoisers():
-  assert span_config.get_config('ul2_s').span_corruption.sequential
+  ul2_s = span_config.get_config('ul2_s')  # UL2's S: a prefix LM with a uniform split
+  assert ul2_s.objective == 'prefix_lm' and 'span_corruption' not in ul2_s
   assert span_config.get_config('ul2_x:small').span_corruption.noise_density == 0.5
   assert span_config.get_config('tiny').span_corruption.mean_span_length == 3.0
+
+
+def t5_counts(n, density, mean):
+  """T5's random_spans_noise_mask counts, written out: float32 products and quotients,
+  rounded half to even, noise in [1, n - 1], at least one span."""
+  n = np.asarray(n)
+  noise = np.clip(np.round(n.astype(np.float32) * np.float32(density)).astype(int), 1, n - 1)
+  spans = np.maximum(np.round(noise.astype(np.float32) / np.float32(mean)).astype(int), 1)
+  return noise, spans
+
+
+# Every span corruption preset, and UL2's other X denoisers.
+SETTINGS = [dict(span_config.DENOISERS[name]) for name in ('t5', 'ul2_r', 'ul2_x')] + [
+    dict(mean_span_length=mean, noise_density=density, sequential=False)
+    for mean, density in ((3.0, 0.5), (64.0, 0.15), (64.0, 0.5))]
+
+
+@pytest.mark.parametrize('settings', SETTINGS, ids=lambda s: f'{s["mean_span_length"]}/'
+                         f'{s["noise_density"]}')
+def test_every_length_up_to_2048_fits_with_t5s_counts(settings):
+  """For every seq_len, the planned raw length is the longest whose rows (n non-noise and
+  noise tokens, a sentinel per span in input and target, two EOS) fit for every n, counted
+  in float32 as T5 (and the device) count; every target and sentinel has a slot."""
+  density, mean = settings['noise_density'], settings['mean_span_length']
+  n = np.arange(2, 2050)
+  noise, spans = t5_counts(n, density, mean)
+  got_noise, got_spans = span_corruption.span_counts(n, density, mean, False)
+  np.testing.assert_array_equal(got_noise, noise)
+  np.testing.assert_array_equal(got_spans, spans)
+  device_noise, device_spans = span_corruption.count_table(2049, density, mean, False)
+  np.testing.assert_array_equal(device_noise[2:], noise)
+  np.testing.assert_array_equal(device_spans[2:], spans)
+  worst_row = np.maximum.accumulate(n + 2 * spans + 2)  # index i: n = 2..i + 2
+  worst_target = np.maximum.accumulate(noise + spans + 1)
+  worst_spans = np.maximum.accumulate(spans)
+  for seq_len in range(6, 2049):
+    objective = build(seq_len, **settings)
+    last = objective.raw_len - 2
+    assert worst_row[last] <= seq_len < worst_row[last + 1], seq_len
+    assert objective.num_sentinels == worst_spans[last], seq_len
+    assert objective.max_target_len == worst_target[last], seq_len
+
+
+def test_too_short_a_sequence_is_a_one_line_error():
+  with pytest.raises(ValueError, match='config.seq_len=5 is too short') as error:
+    build(5)
+  assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('settings', [dict(noise_density=0.5, mean_span_length=1.0),
+                                      dict(noise_density=0.5, mean_span_length=3.0),
+                                      dict(noise_density=0.15, mean_span_length=3.0)])
+def test_masks_have_exactly_the_counted_noise_tokens_and_spans(settings):
+  """Every n: the drawn mask has span_counts' noise tokens in span_counts' spans (spans never
+  exceed the non-noise runs that separate them, so none merge)."""
+  size = 80
+  n = np.arange(2, size + 1)
+  draw = jax.jit(jax.vmap(lambda key, count: span_corruption.noise_mask(
+      key, count, size, sequential=False, **settings)))
+  noise, spans = span_corruption.span_counts(n, sequential=False, **settings)
+  for seed in range(2):
+    masks_ = np.asarray(draw(jax.random.split(jax.random.key(seed), len(n)), jnp.asarray(n)))
+    np.testing.assert_array_equal(masks_.sum(axis=1), noise)
+    np.testing.assert_array_equal([len(runs(row)) for row in masks_], spans)
+
+
+@pytest.mark.parametrize('name,seq_len', [('t5', 210), ('ul2_r', 364), ('ul2_r', 199)])
+def test_lengths_whose_float64_counts_were_short_keep_every_target(name, seq_len):
+  """Lengths where planning in float64 gave one span and sentinel too few (the 10th sentinel's
+  id was the enlarged vocabulary's size: a NaN embedding) or one target slot too few."""
+  settings = span_config.DENOISERS[name]
+  objective = build(seq_len, **settings)
+  raw = objective.raw_len
+  real = [seq_len, raw, raw - 1, raw - 7]  # the first row: a full window
+  batch = batch_of(len(real), seq_len, real, seed=4)
+  inputs, targets = prepare(objective, jax.random.key(5), batch)
+  tokens, segments = np.asarray(inputs.tokens), np.asarray(inputs.segment_ids)
+  order, weights = np.asarray(inputs.attn_order), np.asarray(targets['weights'])
+  assert tokens.max() < VOCAB.size + objective.num_sentinels
+  for row, n in enumerate(min(r, raw) for r in real):
+    used = int(segments[row].sum())
+    prefix_len = int(((order[row] == 0) & (segments[row] > 0)).sum())
+    corrupted, target = list(tokens[row, :prefix_len]), list(tokens[row, prefix_len:used])
+    assert weights[row].sum() == len(target) and target[-1] == corrupted[-1] == VOCAB.eos_id
+    original = list(np.asarray(batch['tokens'])[row, :n])
+    assert reconstruct(corrupted[:-1], target[:-1], VOCAB.size) == original
 
 
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
