@@ -273,6 +273,17 @@ def detectable(arms: Mapping[str, Sequence[Run]]) -> Detectable | None:
                     seed_term=seed_term, seeds_known=any(len(arms[a]) > 1 for a in names))
 
 
+def order_arms(arms: Iterable[str], arm_order: Sequence[str] = ()) -> list[str]:
+  """Pretrained arms in `arm_order` (others after, by name), then their controls likewise."""
+  order = {name: i for i, name in enumerate(arm_order)}
+
+  def key(arm: str) -> tuple:
+    base = arm.split(':', 1)[1] if is_control(arm) and ':' in arm else arm
+    return (is_control(arm), order.get(base, len(order)), base)
+
+  return sorted(arms, key=key)
+
+
 def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
             arm_order: Sequence[str] = ()) -> list[GroupStats]:
   """Per (task, kind, strategy): estimates, differences, ranks and MDE of `scores` (one
@@ -280,12 +291,6 @@ def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
   groups: dict[tuple[str, str, str], dict[str, list[Any]]] = {}
   for s in scores:
     groups.setdefault(group_key(s), {}).setdefault(s.arm, []).append(s)
-  order = {name: i for i, name in enumerate(arm_order)}
-
-  def arm_key(arm: str) -> tuple:
-    base = arm.split(':', 1)[1] if is_control(arm) and ':' in arm else arm
-    return (is_control(arm), order.get(base, len(order)), base)
-
   out = []
   for (task, kind, strategy), by_arm in sorted(groups.items()):
     metrics = {s.metric for ss in by_arm.values() for s in ss}
@@ -293,7 +298,7 @@ def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
       raise ValueError(f'{task} ({strategy}): scores in several metrics {sorted(metrics)}; '
                        'one main metric per task.')
     (metric,) = metrics
-    arms = {arm: runs_of(by_arm[arm]) for arm in sorted(by_arm, key=arm_key)}
+    arms = {arm: runs_of(by_arm[arm]) for arm in order_arms(by_arm, arm_order)}
     reps = replicates(arms, samples, seed)
     estimates = {}
     for arm, runs in arms.items():

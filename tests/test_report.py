@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from comparison import heldout, tables
 from configs import compare
 from tools import report
 from training import evaluation
@@ -126,43 +127,85 @@ def test_mean_and_std_over_seeds_in_the_table(tmp_path):
   root = str(tmp_path / 'compare')
   values = {seed: _make_run(root, 'clm', seed)['clm_bits_per_byte'] for seed in SEEDS}
   rows = report.write_csv(str(tmp_path / 'r.csv'), report.find_runs(root))
-  table = '\n'.join(report.summary_table(rows))
+  table = '\n'.join(heldout.family_tables(rows))
   mean, std = np.mean(list(values.values())), np.std(list(values.values()), ddof=1)
-  assert f'{report._fmt(float(mean))} ± {report._fmt(float(std))}' in table
+  assert f'| clm | clm | {tables.fmt(float(mean))} ± {tables.fmt(float(std))} |' in table
 
 
 def test_bootstrap_difference_by_hand():
   examples = _examples('clm', 0)
-  same = report.bootstrap_difference([examples], [examples], 'clm', 'bits_per_byte')
+  same = heldout.bootstrap_difference([examples], [examples], 'clm', 'bits_per_byte')
   assert same['paired'] and same['difference'] == 0.0 and same['low'] == same['high'] == 0.0
   shifted = dict(examples, **{'clm.nll': examples['clm.nll'] + math.log(2) * examples['clm.bytes']})
-  result = report.bootstrap_difference([examples], [shifted], 'clm', 'bits_per_byte')
+  result = heldout.bootstrap_difference([examples], [shifted], 'clm', 'bits_per_byte')
   # Adding one bit per byte to every example shifts bits per byte by exactly 1.
   assert result['difference'] == pytest.approx(1.0)
   assert result['low'] == pytest.approx(1.0) and result['high'] == pytest.approx(1.0)
   other = dict(examples, key=examples['key'] + 1000)
-  unpaired = report.bootstrap_difference([examples], [other], 'clm', 'accuracy')
+  unpaired = heldout.bootstrap_difference([examples], [other], 'clm', 'accuracy')
   assert not unpaired['paired'] and unpaired['low'] < 0.0 < unpaired['high']
 
 
-def test_downstream_results_are_read(tmp_path):
-  root = str(tmp_path / 'compare')
-  _make_run(root, 'clm', 0)
-  folder = os.path.join(root, 'clm_seed=0', 'downstream', 'topic', 'full')
-  os.makedirs(folder)
-  # A record of the schema tools/finetune.py writes (docs/downstream.md): the test mean of
-  # the selecting metric is the score.
-  record = {'schema': 'downstream-results/1', 'mode': 'finetune', 'task': 'topic',
-            'strategy': 'full', 'metric': 'accuracy',
-            'dev': {'accuracy': {'mean': 0.8, 'std': 0.01, 'values': [0.79, 0.81]}},
-            'test': {'accuracy': {'mean': 0.75, 'std': 0.02, 'values': [0.73, 0.77]}},
-            'pretraining': {'step': 20, 'flops': 2e9}}
-  with open(os.path.join(folder, 'results.json'), 'w', encoding='utf-8') as f:
+def _write_scores(workdir, step, rate, control=False, edge=()):
+  """A fine-tuning results file with per-example test scores (two fine-tuning seeds)."""
+  rng = np.random.default_rng([int(rate * 100), step])
+  ids = [f'ex{i}' for i in range(50)]
+  per_seed = {str(seed): rng.binomial(1, rate, 50).astype(float).tolist() for seed in (0, 1)}
+  values = [float(np.mean(v)) for v in per_seed.values()]
+  record = {'schema': 'downstream-results/2', 'mode': 'finetune', 'task': 'topic',
+            'strategy': 'full', 'metric': 'accuracy', 'seeds': [0, 1],
+            'test': {'accuracy': {'mean': float(np.mean(values)), 'values': values}},
+            'test_examples': {'ids': ids, 'scores': per_seed},
+            'selected': {'learning_rate': 1e-3}, 'grid_edge': list(edge),
+            'pretraining': {'step': step, 'no_pretraining': control}}
+  folder = os.path.join(workdir, 'downstream', 'topic', 'full')
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, f'step_{step}.json'), 'w', encoding='utf-8') as f:
     json.dump(record, f)
-  (run,) = report.find_runs(root)
-  assert run['downstream'] == [dict(task='topic', strategy='full', step=20, metric='accuracy',
-                                    score=0.75, std=0.02)]
-  assert report.plot_downstream(str(tmp_path / 'd.png'), [run])
+  return values
+
+
+def test_downstream_headline_opens_the_report(tmp_path):
+  """Two arms at three kept checkpoints and a random-initialisation control: the report opens
+  with the arm x task table (the seeds' mean by hand), then differences, the MDE, the curve
+  table beside its plot, scaling fits and lm-eval results."""
+  root = str(tmp_path / 'compare')
+  finals = {}
+  for arm, rates in (('clm', (0.55, 0.6, 0.7)), ('mlm', (0.6, 0.75, 0.9))):
+    _make_run(root, arm, 0)
+    workdir = os.path.join(root, f'{arm}_seed=0')
+    with open(os.path.join(workdir, 'run.json'), 'w', encoding='utf-8') as f:
+      json.dump({'flops_per_step': 1e9, 'kept_steps': [10, 20, 30], 'total_steps': 30}, f)
+    for step, rate in zip((10, 20, 30), rates):
+      finals[arm] = _write_scores(workdir, step, rate, edge=('learning_rate',) * (arm == 'mlm'))
+  control = _write_scores(os.path.join(root, 'clm_seed=0'), 0, 0.5, control=True)
+  os.makedirs(os.path.join(root, 'clm_seed=0', 'lm_eval'))
+  with open(os.path.join(root, 'clm_seed=0', 'lm_eval', 'results_step30.json'), 'w',
+            encoding='utf-8') as f:
+    json.dump({'results': {'piqa': {'acc,none': 0.61, 'acc_stderr,none': 0.011}}}, f)
+  written = report.write_report(root, root)
+  text = open(written['report'], encoding='utf-8').read()
+  lines = text.splitlines()
+  assert lines[2] == '## Downstream test scores (mean and 95% interval)'
+  assert lines[4] == ('| arm | topic · full (accuracy) | tokens | FLOPs | mean rank |')
+  clm_row = next(line for line in lines if line.startswith('| clm | 0.'))
+  assert clm_row.startswith(f'| clm | {np.mean(finals["clm"]):.3f} [')
+  assert clm_row.endswith('| 3e+04 | 3.000e+10 | 2.00 |')  # tokens from metrics.jsonl, FLOPs
+  assert next(line for line in lines if line.startswith('| mlm | 0.')).endswith('| 1.00 |')
+  assert any(line.startswith(f'| no_pretraining:clm | {np.mean(control):.3f} [') and
+             line.endswith('| 0 | 0 | - |') for line in lines)
+  assert ('with one pretraining seed they cover evaluation sampling and fine-tuning seeds'
+          in text)
+  assert '| clm − no_pretraining:clm |' in text and '| mlm − clm |' in text
+  assert '## Smallest difference this study could detect' in text
+  assert 'WARNING: mlm topic (full): the selected learning_rate sits at an edge' in text
+  assert '| topic · full (accuracy) | clm | 0.25 | 10 | 1e+04 | 1.000e+10 |' in text
+  assert '![downstream vs FLOPs](downstream_vs_flops.png)' in text
+  assert '| topic · full (accuracy) | mlm | clm |' in text  # a compute multiplier row
+  assert '| clm | piqa | acc | 0.6100 | 0.011 | 1 | 30 |' in text
+  assert text.index('## Downstream') < text.index('## Cost') < text.index('## Scaling')
+  with open(written['plots']['downstream_vs_flops.png'], 'rb') as f:
+    assert f.read()[:8] == PNG_SIGNATURE
 
 
 def test_bootstrap_matches_numpy_with_a_known_difference():
@@ -179,9 +222,9 @@ def test_bootstrap_matches_numpy_with_a_known_difference():
             'clm.bytes': count * 4}
 
   a, b = [arm(0.0, 1), arm(0.0, 2)], [arm(0.1, 1), arm(0.1, 2)]
-  result = report.bootstrap_difference(a, b, 'clm', 'bits_per_byte')
-  weights = np.random.default_rng(report.BOOTSTRAP_SEED).multinomial(
-      n, np.full(n, 1.0 / n), size=report.BOOTSTRAP_SAMPLES)
+  result = heldout.bootstrap_difference(a, b, 'clm', 'bits_per_byte')
+  weights = np.random.default_rng(heldout.BOOTSTRAP_SEED).multinomial(
+      n, np.full(n, 1.0 / n), size=heldout.BOOTSTRAP_SAMPLES)
 
   def bpb(runs, w):
     return np.mean([(w @ r['clm.nll']) / math.log(2) / (w @ r['clm.bytes']) for r in runs], axis=0)
@@ -200,7 +243,7 @@ def test_bootstrap_seeds_of_different_examples_resample_on_their_own():
   first = _examples('clm', 0)
   second = {key: value[:30] for key, value in _examples('clm', 1).items()}
   second['key'] = second['key'] + 100
-  result = report.bootstrap_difference([first, second], [first, first], 'clm', 'accuracy')
+  result = heldout.bootstrap_difference([first, second], [first, first], 'clm', 'accuracy')
   point_a = np.mean([r['clm.correct'].sum() / r['clm.count'].sum() for r in (first, second)])
   point_b = first['clm.correct'].sum() / first['clm.count'].sum()
   assert not result['paired']
@@ -222,15 +265,15 @@ def test_nan_missing_and_single_seed_cells(tmp_path):
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(metrics, f)
   rows = report.write_csv(str(tmp_path / 'r.csv'), report.find_runs(root))
-  table = '\n'.join(report.summary_table(rows))
+  table = '\n'.join(heldout.family_tables(rows))
   clm_row = next(line for line in table.splitlines() if line.startswith('| clm |'))
   bpb = [r['clm_bits_per_byte'] for r in rows if r['arm'] == 'clm' and 'clm_bits_per_byte' in r]
   assert len(bpb) == 2
-  assert (f'{report._fmt(float(np.mean(bpb)))} ± {report._fmt(float(np.std(bpb, ddof=1)))} '
+  assert (f'{tables.fmt(float(np.mean(bpb)))} ± {tables.fmt(float(np.std(bpb, ddof=1)))} '
           '(2 of 3 seeds)') in clm_row
   assert '| nan ± nan |' in clm_row
   mlm_bpb = next(r['mlm_bits_per_byte'] for r in rows if r['arm'] == 'mlm')
-  assert f'| {report._fmt(mlm_bpb)} |' in table and report.mean_std([1.0]) == (1.0, 0.0)
+  assert f'| {tables.fmt(mlm_bpb)} |' in table and heldout.mean_std([1.0]) == (1.0, 0.0)
 
 
 def test_runs_without_an_exact_pass_of_the_last_checkpoint_are_named(tmp_path):
