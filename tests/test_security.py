@@ -214,3 +214,29 @@ def test_sbatch_names_keep_to_their_characters(tmp_path, capsys, flag, value):
   assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--backend', 'slurm', '--partition',
                       'gpu,gpu-long', '--sbatch_flag=--constraint="a100&ib"',
                       '--workdir_root', str(tmp_path / 'runs'), '--dry_run']) == 0
+
+
+def test_checksum_files_cannot_name_files_outside_the_checkpoint(tmp_path):
+  from tests import test_checkpoint as helpers_ckpt  # pylint: disable=import-outside-toplevel
+  from training import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
+  from training import state as state_lib  # pylint: disable=import-outside-toplevel
+
+  checkpointer = helpers_ckpt.save_steps(tmp_path, [2])
+  step_dir = tmp_path / 'checkpoints' / '2'
+  os.symlink('/dev/zero', step_dir / 'state' / 'zero')
+  os.symlink('/etc', step_dir / 'out')
+  os.mkfifo(step_dir / 'state' / 'fifo')  # reading it would wait forever
+  manifest_path = tmp_path / 'checkpoint_checksums' / 'step_2.json'
+  manifest = json.loads(manifest_path.read_text())
+  abstract = state_lib.abstract_state(helpers_ckpt.make_state(0))
+  for name, how in [('../../../../../../../../../../etc/hostname', 'not a file inside'),
+                    ('/dev/zero', 'not a file inside'),
+                    ('state/zero', 'leads outside'), ('out/hostname', 'leads outside'),
+                    ('state/fifo', 'not a regular file')]:
+    # A wrong size: on main the file was opened, its size told, and /dev/zero hashed forever.
+    manifest_path.write_text(json.dumps({**manifest, 'files': {**manifest['files'],
+                                                              name: [1, '0' * 64]}}))
+    with pytest.raises(checkpoint_lib.CheckpointRejected) as error:
+      checkpointer.restore(2, abstract)
+    message = str(error.value)
+    assert '\n' not in message and how in message and 'bytes' not in message, name

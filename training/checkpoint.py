@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -138,6 +139,28 @@ def checksums(step_dir: epath.Path) -> dict[str, list]:
   """relative path -> [size, sha256] of every file of one checkpoint directory."""
   return {str(path.relative_to(step_dir)): [path.stat().length, _digest(path)]
           for path in _files(step_dir)}
+
+
+def _recorded_file(step_dir: epath.Path, name: str) -> epath.Path | None:
+  """The file a checksum file names, or None when it is missing. Raises `_Unfit` for a name
+  that is not a regular file inside `step_dir` (absolute, '..', a link out, a device): a
+  checksum file is read from the workdir, which may come from someone else."""
+  parts = name.replace('\\', '/').split('/')
+  if not name or name.startswith('/') or '..' in parts or '\0' in name:
+    raise _Unfit(f'its checksum file names {name!r}, not a file inside the checkpoint')
+  file = step_dir / name
+  if '://' in str(step_dir):  # object storage: no links or devices to follow
+    return file if file.exists() else None
+  root = os.path.realpath(step_dir)
+  if os.path.commonpath([root, os.path.realpath(file)]) != root:
+    raise _Unfit(f'its checksum file names {name!r}, which leads outside the checkpoint')
+  try:
+    mode = os.lstat(file).st_mode
+  except FileNotFoundError:
+    return None
+  if not stat.S_ISREG(mode):
+    raise _Unfit(f'its checksum file names {name!r}, which is not a regular file')
+  return file
 
 
 def _key_name(entry: Any) -> str:
@@ -335,9 +358,12 @@ class Checkpointer:
       raise _Unfit(f'its checksum file {path} is unreadable ({_cause(error)})') \
           from error
     step_dir = self.directory / str(step)
+    if not isinstance(recorded, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and isinstance(v[0], int) for v in recorded.values()):
+      raise _Unfit(f'its checksum file {path} is unreadable (not name: [size, sha256])')
     for name, (size, digest) in sorted(recorded.items()):
-      file = step_dir / name
-      if not file.exists():
+      file = _recorded_file(step_dir, name)
+      if file is None:
         raise _Unfit(f'{name} is missing (torn)')
       if file.stat().length != size:
         raise _Unfit(f'{name} has {file.stat().length} bytes, {size} were written '
