@@ -1,19 +1,23 @@
 """Host pipeline throughput per format, on the fly and from pre-tokenized shards, per core.
 
   python -m benchmarks.host_pipeline --config.data.source=text \
-      --config.data.train_files='../shared/data/gutenberg/*.txt' --output /tmp/pretok
+      --config.data.train_files='../shared/data/gutenberg/*.txt'
 
 Runs one process pinned to one thread (so tokens/s is per core), reads `--batches` batches of
 each format after one warm-up batch, and prints JSON lines: format, path (on_the_fly or
 pretokenized), tokens/s (all positions) and real tokens/s (segment_ids > 0), and, for a format
 and length named in --consumes, the ratio to what the device consumes (at least 3 keeps up).
 Also times pair construction per document at two corpus sizes (the ratio shows it is linear).
+The shards go to --output, by default a new private temporary folder removed at the end (a
+fixed name under /tmp would let another local user plant links there).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 os.environ.setdefault('OMP_NUM_THREADS', '1')
@@ -25,7 +29,8 @@ from ml_collections import config_flags  # pylint: disable=wrong-import-position
 from benchmarks.host_rate import HEADROOM, host_rate, parse_consumes  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bert.py:tiny', 'Config[:preset].')
-_OUTPUT = flags.DEFINE_string('output', '/tmp/host_pipeline_pretok', 'Shard directory.')
+_OUTPUT = flags.DEFINE_string('output', '', 'Shard directory (default: a new private '
+                              'temporary one, removed at the end).')
 _BATCHES = flags.DEFINE_integer('batches', 200, 'Timed batches per format and path.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['128', '512'], 'Sequence lengths.')
 _CONSUMES = flags.DEFINE_list(
@@ -33,8 +38,24 @@ _CONSUMES = flags.DEFINE_list(
     'packed:1024=600000, from benchmarks/throughput.py); each matching line then gets the ratio '
     'host_to_device, which should be at least 3.')
 
+def output_dir(flag: str) -> tuple[str, bool]:
+  """The shard folder and whether it is a temporary one to remove: --output, else a new
+  mode-0700 folder (tempfile.mkdtemp)."""
+  return (flag, False) if flag else (tempfile.mkdtemp(prefix='host_pipeline_pretok-'), True)
+
+
 def main(argv) -> None:
   del argv
+  output, temporary = output_dir(_OUTPUT.value)
+  try:
+    measure(output)
+  finally:
+    if temporary:
+      shutil.rmtree(output, ignore_errors=True)
+
+
+def measure(output: str) -> None:
+  """Writes the shards to `output` and prints every measurement as a JSON line."""
   from data import formats, pipeline, pretokenize, reader  # pylint: disable=import-outside-toplevel
   from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
   from data.sources import pretokenized  # pylint: disable=import-outside-toplevel
@@ -48,10 +69,10 @@ def main(argv) -> None:
   train = pipeline.load_documents(config.data, 'train')
   tokenizer = tokenizer_lib.load_or_train(config.data, None, (train[i] for i in range(len(train))))
   start = time.process_time()
-  pretokenize.write(config.data, _OUTPUT.value, ['train'], 8, tokenizer, pipeline.load_documents)
+  pretokenize.write(config.data, output, ['train'], 8, tokenizer, pipeline.load_documents)
   print(json.dumps({'pretokenize_cpu_seconds': time.process_time() - start,
                     'documents': len(train)}))
-  stored = pretokenized.load(ml_collections.ConfigDict({'pretokenized_dir': _OUTPUT.value}),
+  stored = pretokenized.load(ml_collections.ConfigDict({'pretokenized_dir': output}),
                              'train')
   for seq_len in map(int, _SEQ_LENS.value):
     for name in formats.names():

@@ -5,6 +5,11 @@ Per shard, every document's ids and every sentence's ids end to end with their o
 tokenizer fingerprints, the cleaning counts and the shard names, and `tokenizer.model` is
 copied alongside. Arrays are streamed to disk as they grow, so a shard never has to fit in
 memory. Called by tools/pretokenize.py.
+
+Every file is written to a new, randomly named file in the output folder and renamed into
+place, never opened by its final name: a link planted there by another local user (an output
+under /tmp) is replaced, not followed. An output folder that is a link, or another user's, is
+refused.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import json
 import math
 import os
 import shutil
+import stat
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +41,7 @@ class NpyAppender:
     self.dtype = np.dtype(dtype)
     self.row_shape = row_shape
     self.rows = 0
-    self._raw = open(path + '.raw', 'wb')  # pylint: disable=consider-using-with
+    self._raw, self._raw_path = new_file(path)
 
   def append(self, rows: Any) -> None:
     rows = np.asarray(rows, self.dtype).reshape((-1,) + self.row_shape)
@@ -45,11 +52,37 @@ class NpyAppender:
     self._raw.close()
     header = {'descr': np.lib.format.dtype_to_descr(self.dtype), 'fortran_order': False,
               'shape': (self.rows,) + self.row_shape}
-    with open(self.path + '.tmp', 'wb') as out, open(self.path + '.raw', 'rb') as raw:
+    out, temporary = new_file(self.path)
+    with out, open(self._raw_path, 'rb') as raw:
       np.lib.format.write_array_header_2_0(out, header)
       shutil.copyfileobj(raw, out, 1 << 24)
-    os.replace(self.path + '.tmp', self.path)
-    os.remove(self.path + '.raw')
+    os.replace(temporary, self.path)
+    os.remove(self._raw_path)
+
+
+def new_file(final: str) -> tuple[Any, str]:
+  """A new file (binary, open for writing) beside `final`, and its path, to be renamed over
+  `final`: created exclusively under a random name, so no link is followed."""
+  descriptor, path = tempfile.mkstemp(dir=os.path.dirname(final) or '.',
+                                      prefix=f'.{os.path.basename(final)}.', suffix='.tmp')
+  os.fchmod(descriptor, 0o644)  # shards are for reading by whoever trains on them
+  return os.fdopen(descriptor, 'wb'), path
+
+
+def check_output_dir(directory: str) -> None:
+  """Raises ValueError (one line) for an existing output folder that is a link or another
+  user's: what is in it may be links to that user's choice of files."""
+  if not os.path.lexists(directory):
+    return
+  info = os.lstat(directory)
+  if stat.S_ISLNK(info.st_mode):
+    raise ValueError(f'--output {directory} is a symbolic link: give the folder itself, or a '
+                     'new one.')
+  if not stat.S_ISDIR(info.st_mode):
+    raise ValueError(f'--output {directory} is not a folder: give a new one.')
+  if info.st_uid != os.geteuid():
+    raise ValueError(f'--output {directory} belongs to user id {info.st_uid}, not to you: give '
+                     'a folder of your own (not a fixed name under /tmp).')
 
 
 def write_shard(documents: Sequence[str], indices: range, tokenizer: Any, directory: str,
@@ -113,17 +146,22 @@ def write_split(documents: Sequence[str], tokenizer: Any, directory: str, split:
 def write(data_config: Any, directory: str, splits: Sequence[str], num_shards: int,
           tokenizer: Any, load_documents) -> dict[str, Any]:
   """Tokenizes `splits` of `config.data.source` into `directory`; returns the metadata."""
+  check_output_dir(directory)
   os.makedirs(directory, exist_ok=True)
   target = os.path.join(directory, pretokenized.TOKENIZER)
   if os.path.abspath(tokenizer.path) != os.path.abspath(target):
-    shutil.copyfile(tokenizer.path, target)
+    out, temporary = new_file(target)
+    with out, open(tokenizer.path, 'rb') as source:
+      shutil.copyfileobj(source, out)
+    os.replace(temporary, target)
   metadata = {'version': pretokenized.FORMAT_VERSION,
               'tokenizer_fingerprint': tokenizer_fingerprint(tokenizer.encode),
               'source': data_config.source,
               'splits': {split: write_split(load_documents(data_config, split), tokenizer,
                                             directory, split, num_shards) for split in splits}}
-  temporary = os.path.join(directory, pretokenized.METADATA + '.tmp')
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(metadata, f, indent=2)
-  os.replace(temporary, os.path.join(directory, pretokenized.METADATA))
+  final = os.path.join(directory, pretokenized.METADATA)
+  out, temporary = new_file(final)
+  with out:
+    out.write(json.dumps(metadata, indent=2).encode('utf-8'))
+  os.replace(temporary, final)
   return metadata

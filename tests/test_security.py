@@ -10,6 +10,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 
 import pytest
 
@@ -240,3 +241,74 @@ def test_checksum_files_cannot_name_files_outside_the_checkpoint(tmp_path):
       checkpointer.restore(2, abstract)
     message = str(error.value)
     assert '\n' not in message and how in message and 'bytes' not in message, name
+
+
+class _CharTokenizer:
+  """Enough of data.tokenizer.Tokenizer for writing shards: ids are character codes."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.vocab = type('Vocab', (), {'size': 256})()
+
+  def encode(self, text: str) -> list[int]:
+    return [ord(c) % 256 for c in text]
+
+  def encode_batch(self, texts):
+    return [self.encode(t) for t in texts]
+
+
+def _write_shards(tmp_path, output: str):
+  from data import pretokenize  # pylint: disable=import-outside-toplevel
+
+  model = tmp_path / 'tok.model'
+  model.write_bytes(b'model bytes')
+  documents = ['One sentence. Two sentences.', 'Another document here.']
+  config = type('Data', (), {'source': 'text'})()
+  return pretokenize.write(config, output, ['train'], 1, _CharTokenizer(str(model)),
+                           lambda data_config, split: documents)
+
+
+def test_pretokenize_never_writes_through_links_planted_in_its_output(tmp_path):
+  from data.sources import pretokenized  # pylint: disable=import-outside-toplevel
+
+  output = tmp_path / 'pretok'  # as if another user had made it first, with links
+  output.mkdir()
+  victim = tmp_path / 'bashrc'
+  victim.write_text('mine')
+  shard = 'train-00000-of-00001'
+  names = [pretokenized.TOKENIZER, pretokenized.METADATA, pretokenized.METADATA + '.tmp']
+  for array in ('tokens', 'document_index', 'sentence_tokens', 'sentence_index'):
+    path = os.path.basename(pretokenized.array_path(str(output), shard, array))
+    names += [path, path + '.raw', path + '.tmp']
+  for name in names:
+    os.symlink(victim, output / name)
+  metadata = _write_shards(tmp_path, str(output))
+  assert victim.read_text() == 'mine'
+  assert metadata['splits']['train']['tokens'] == len('One sentence. Two sentences.') + len(
+      'Another document here.')
+  for name in names[:2] + [os.path.basename(pretokenized.array_path(str(output), shard, 'tokens'))]:
+    assert stat.S_ISREG(os.lstat(output / name).st_mode), name
+  assert (output / pretokenized.TOKENIZER).read_bytes() == b'model bytes'
+
+
+def test_pretokenize_refuses_a_linked_or_foreign_output(tmp_path, monkeypatch):
+  (tmp_path / 'real').mkdir()
+  os.symlink(tmp_path / 'real', tmp_path / 'link')
+  with pytest.raises(ValueError, match=r'^--output .*link is a symbolic link'):
+    _write_shards(tmp_path, str(tmp_path / 'link'))
+  uid = os.geteuid()
+  monkeypatch.setattr(os, 'geteuid', lambda: uid + 1)
+  with pytest.raises(ValueError, match=rf'^--output .*real belongs to user id {uid}, not to you'):
+    _write_shards(tmp_path, str(tmp_path / 'real'))
+  assert not os.listdir(tmp_path / 'real')
+
+
+def test_host_pipeline_shards_default_to_a_new_private_folder():
+  code = ('import os, stat; from benchmarks import host_pipeline as h\n'
+          'a, b = h.output_dir(""), h.output_dir("")\n'
+          'print(a != b, a[1] and b[1], stat.S_IMODE(os.stat(a[0]).st_mode) == 0o700,'
+          ' h.output_dir("x"))\n'
+          'os.rmdir(a[0]); os.rmdir(b[0])')
+  done = subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO, capture_output=True,
+                        text=True, check=False, timeout=120)
+  assert done.stdout.split('\n')[0] == "True True True ('x', False)", done.stderr[-2000:]
