@@ -9,7 +9,7 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-from tests.conftest import FAST_COMPILE_FLAGS
+from tests.helpers import FAST_COMPILE_FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_BIN = os.path.join(REPO, 'tests', 'fake_bin')

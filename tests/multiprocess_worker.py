@@ -26,7 +26,7 @@ def worker_config(cache: str, coordinator: str = '', num_processes: int = 0, pro
                   steps: int = STEPS):
   """A tiny MLM run (random masks make the check stricter) with parameters sharded on fsdp."""
   from configs import mlm  # pylint: disable=import-outside-toplevel
-  from tests.conftest import small_run_config  # pylint: disable=import-outside-toplevel
+  from tests.helpers import small_run_config  # pylint: disable=import-outside-toplevel
 
   config = small_run_config(mlm.get_config('tiny'), cache, total_steps=steps, log_every=1,
                             eval_steps=0, checkpoint_every=steps)

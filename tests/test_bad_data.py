@@ -15,7 +15,7 @@ import pytest
 import train
 from configs import bert
 from data import corpora, packing, tokenizer as tokenizer_lib
-from tests.conftest import read_metrics, small_run_config
+from tests.helpers import read_metrics, small_run_config
 
 WORDS = ('river stone cloud garden window paper silver market letter engine forest bridge '
          'candle winter number travel orange quiet simple yellow').split()

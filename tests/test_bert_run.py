@@ -15,7 +15,7 @@ import random
 import subprocess
 import sys
 
-from tests import conftest
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 200
@@ -63,7 +63,7 @@ def test_bert_run_lowers_both_losses_and_nsp_beats_chance(tmp_path):
       [f'--config.{key}={value}' for key, value in settings.items()],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
-  evals, trains = conftest.run_records(workdir)
+  evals, trains = helpers.run_records(workdir)
   first, last = evals[0], evals[-1]
   assert [first['step'], last['step']] == [0, STEPS]
 

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests.helpers import biggest_file, corrupt
 from training import checkpoint as checkpoint_lib
 from training import state as state_lib
 
@@ -35,21 +36,6 @@ def save_steps(workdir, steps, keep=3):
     checkpointer.save(step, make_state(step), {'position': step})
   checkpointer.close()
   return checkpointer
-
-
-def biggest_file(workdir, step):
-  root = os.path.join(workdir, 'checkpoints', str(step))
-  files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
-  return max(files, key=os.path.getsize)
-
-
-def corrupt(path):
-  with open(path, 'r+b') as f:
-    data = bytearray(f.read())
-    for i in range(len(data) // 3, len(data) // 3 + 64):
-      data[i] ^= 0xFF
-    f.seek(0)
-    f.write(data)
 
 
 def truncate(path):

@@ -18,7 +18,7 @@ from tools import compare as compare_tool
 from tools import launch
 from tools import report
 
-from tests.conftest import TEST_CACHE_ENV, read_metrics, small_run_config
+from tests.helpers import TEST_CACHE_ENV, read_metrics, small_run_config
 
 WORDS = 'the cat sat on a mat while dogs ran far away from home and never came back'.split()
 
@@ -170,3 +170,32 @@ def test_children_run_where_the_caller_is_and_earlier_workdirs_are_kept(tmp_path
     assert command[1] == os.path.join(compare_tool.REPO, 'train.py')
     assert command[3].startswith(os.path.join(compare_tool.REPO, 'configs', 'compare.py:clm'))
     assert '--config.data.train_files=books/*.txt' in command
+
+
+def test_budgets_name_each_workdir_and_downstream_flags_are_checked(tmp_path, capsys):
+  root = str(tmp_path / 'scaling')
+  code = compare_tool.main(['--root', root, '--arms', 'clm,mlm', '--seeds', '0', '--mode',
+                            'sweep', '--budgets', '1000,2000', '--downstream', 'stdlib_package',
+                            '--finetune.seeds=(0,)'])
+  assert code == 0
+  out = capsys.readouterr().out
+  assert "--downstream=stdlib_package '--finetune.seeds=(0,)'" in out
+  entries = launch.load_sweep(os.path.join(root, 'sweep.py'))
+  runs = launch.expand(entries, root)
+  assert [os.path.basename(r.workdir) for r in runs] == [
+      'clm_tokens=1000', 'clm_tokens=2000', 'mlm_tokens=1000', 'mlm_tokens=2000']
+  assert [compare_tool.run_budget(r) for r in runs] == [1000, 2000, 1000, 2000]
+  args, _ = compare_tool.parse_args(['--root', root, '--downstream', 'stdlib_package',
+                                     '--downstream_strategy', 'linear_probe',
+                                     '--finetune.task.max_train_examples=50'])
+  settings = compare_tool.downstream_settings(args, args.finetune_overrides)
+  assert (settings.tasks, settings.strategy, settings.control) == (
+      ('stdlib_package',), 'linear_probe', True)
+  assert settings.recipe['pooling'] == 'mean'
+  assert settings.overrides == (('task.max_train_examples', 50),)
+  bad = [['--downstream', 'nope'], ['--downstream', 'stdlib_package', '--finetune.lr=1'],
+         ['--downstream', 'stdlib_package', '--downstream_strategy', 'lora'],
+         ['--budgets', '1000', '--config.budget.tokens=5']]
+  for extra in bad:
+    assert compare_tool.main(['--root', root, '--arms', 'clm', '--mode', 'sweep', *extra]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

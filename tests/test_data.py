@@ -12,7 +12,7 @@ import pytest
 
 from data import corpora, packing, tokenizer
 from data.vocab import toy_vocab
-from tests import conftest
+from tests import helpers
 
 BUILTIN_FILES = 40
 
@@ -303,7 +303,7 @@ def test_order_depends_on_seed_and_epoch():
 
 def test_get_state_set_state_resumes_exactly():
   documents = toy_documents(23)
-  original, state = conftest.check_exact_resume(
+  original, state = helpers.check_exact_resume(
       lambda: packed(documents, repeat=True, seq_len=16, local_batch_size=2), skip=7,
       compare=40)
   assert original.get_state()['reader']['epoch'] >= 2  # the compared batches span several epochs

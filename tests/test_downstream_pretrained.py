@@ -18,7 +18,7 @@ from configs import finetune as finetune_config
 from downstream import finetune, heads, pretrained, runner, strategies
 from downstream.model import DownstreamModel
 from downstream.tasks import registry
-from tests import conftest
+from tests import helpers as test_helpers
 from tests import downstream_helpers as helpers
 
 
@@ -43,7 +43,7 @@ def workdir_of(files, shared_cache):
     return workdirs[objective]
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(conftest.TEST_CACHE_ENV, shared_cache)  # the corpus build and the tokenizer
+    patch.setenv(test_helpers.TEST_CACHE_ENV, shared_cache)  # the corpus build and the tokenizer
     yield get
 
 

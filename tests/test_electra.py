@@ -17,7 +17,7 @@ from models.config import ModelConfig
 from models.transformer import Transformer
 from objectives import base, electra
 from training import checkpoint, mesh as mesh_lib, state as state_lib
-from tests.test_prefix_lm import assert_train_loss_falls, runs_root, trained_run  # noqa: F401
+from tests.helpers import assert_train_loss_falls, trained_run
 
 VOCAB = toy_vocab(12)  # five ordinary ids: a sample often equals the original
 SEQ_LEN = 32

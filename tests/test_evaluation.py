@@ -18,7 +18,7 @@ from models.config import ModelConfig
 from models.transformer import Transformer
 from training import evaluation, mesh as mesh_lib
 
-from tests.conftest import TEST_CACHE_ENV
+from tests.helpers import TEST_CACHE_ENV
 
 WORDS = ('alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi '
          'rho sigma tau upsilon phi chi psi omega').split()

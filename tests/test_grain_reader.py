@@ -18,7 +18,7 @@ from benchmarks import grain_pipeline as grain_reader
 from data import formats
 from data import tokenizer as tokenizer_lib
 from data.config import data_config
-from tests.test_reader import make_documents
+from tests.helpers import make_documents
 
 SEQ_LEN = 48
 BATCH = 4

@@ -17,7 +17,7 @@ import pytest
 import numpy as np
 
 from tests import launch_helpers as helpers
-from tests.conftest import read_metrics
+from tests.helpers import read_metrics
 from tools import launch
 from tools.backends import record
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 from tests import launch_helpers as helpers
-from tests.conftest import read_metrics
+from tests.helpers import read_metrics
 from tools import launch, status
 from tools.backends import record, tpu_vm
 

@@ -12,7 +12,7 @@ import pytest
 
 import train
 from configs import base, bert, clm
-from tests.conftest import run_records, small_run_config
+from tests.helpers import run_records, small_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

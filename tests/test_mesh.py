@@ -11,7 +11,7 @@ import pytest
 
 import train
 from configs import clm
-from tests.conftest import run_records, small_run_config
+from tests.helpers import run_records, small_run_config
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 1, 8)]
 STEPS = 4

@@ -22,7 +22,7 @@ import pytest
 import train
 from tests import multiprocess_worker as worker
 from training import loop
-from tests.conftest import FAST_COMPILE_FLAGS, read_metrics
+from tests.helpers import FAST_COMPILE_FLAGS, read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 180  # for all workers together; a hung collective fails here, not in CI's limit

@@ -6,7 +6,7 @@ import pytest
 
 from data import pairs
 from data.vocab import Vocab
-from tests import conftest
+from tests import helpers
 
 SPECIAL = 7
 
@@ -137,7 +137,7 @@ def test_no_multi_sentence_document_is_an_error():
 def test_state_resume_is_exact():
   documents, tokenize, vocab, _ = _corpus(40, seed=4)
   # 9 batches take the iterator past one pass over the documents.
-  conftest.check_exact_resume(
+  helpers.check_exact_resume(
       lambda: _iterator(documents, tokenize, vocab, repeat=True, local_batch_size=7), skip=9,
       compare=12)
 

@@ -2,18 +2,18 @@
 
 import math
 
-from tests import conftest
+from tests import helpers
 import train
 from configs import plm
 
 
 def test_short_plm_run_lowers_the_loss(shared_cache, tmp_path, monkeypatch):
-  monkeypatch.setenv(conftest.TEST_CACHE_ENV, shared_cache)
-  config = conftest.small_run_config(
+  monkeypatch.setenv(helpers.TEST_CACHE_ENV, shared_cache)
+  config = helpers.small_run_config(
       plm.get_config('tiny'), shared_cache, total_steps=80, batch_size=16, log_every=20,
       eval_every=80, eval_steps=4, checkpoint_every=80, **{'mesh.data': -1})
   result = train.run(config, str(tmp_path))
-  evals, trains = conftest.run_records(str(tmp_path))
+  evals, trains = helpers.run_records(str(tmp_path))
   assert [r['step'] for r in evals] == [0, 80]
   assert all(math.isfinite(r['loss']) for r in evals + trains)
   assert evals[-1]['loss'] < evals[0]['loss'] - 1.0  # from about ln(600) = 6.4

@@ -12,7 +12,7 @@ import pytest
 import train
 from configs import clm
 from training import checks, experiment, loop, prefetch, step as step_lib
-from tests.conftest import run_records, small_run_config
+from tests.helpers import run_records, small_run_config
 
 STOP = 3  # where the interrupted run stops
 TOTAL = 6

@@ -1,13 +1,7 @@
 """Prefix LM: masks equal a brute-force construction, no leak from the continuation, loss on
-the continuation only; and the shared helper that trains a new objective through train.py."""
+the continuation only; and a run through train.py whose loss falls."""
 
 from __future__ import annotations
-
-import functools
-import importlib
-import os
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -20,7 +14,7 @@ from models import masks
 from models.config import ModelConfig
 from models.transformer import Transformer
 from objectives import base, prefix_lm, registry
-from tests.conftest import FAST_COMPILE_FLAGS, run_records, small_run_config
+from tests.helpers import assert_train_loss_falls, trained_run
 
 VOCAB = toy_vocab(64)
 
@@ -138,55 +132,6 @@ def test_settings_are_rejected_in_one_line():
   with pytest.raises(ValueError, match='config.prefix_lm takes no settings') as error:
     registry.build('prefix_lm', lambda _: {'rate': 0.5}, vocab=VOCAB, seq_len=10)
   assert '\n' not in str(error.value)
-
-
-# --- the shared run helper for the new objectives' tests ---
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_KEYS = ('total_steps', 'batch_size', 'seq_len', 'log_every', 'eval_every', 'eval_steps',
-            'checkpoint_every', 'optimizer.warmup_steps', 'optimizer.learning_rate',
-            'model.num_layers', 'model.embed_dim', 'model.num_heads', 'model.mlp_dim',
-            'model.max_len', 'data.builtin_max_files', 'data.vocab_size', 'data.data_dir')
-
-
-def trained_run(root: str, spec: str, cache: str) -> str:
-  """Trains `python train.py --config configs/<spec>` for 16 steps of 8 x 32 tokens in
-  root/<objective> (once per root) and returns the workdir.
-
-  A subprocess on one CPU device: the tests' eight simulated devices would make every step an
-  all-reduce whose rendezvous XLA aborts after 40 s on a heavily shared machine.
-  """
-  file, _, preset = spec.partition(':')
-  module = importlib.import_module(f'configs.{file}')
-  config = small_run_config(module.get_config(preset), cache, total_steps=16, log_every=4,
-                            eval_every=16, eval_steps=1, checkpoint_every=16, seq_len=32)
-  config.model.max_len = config.seq_len
-  workdir = os.path.join(root, str(config.objective))
-  if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-    value = lambda key: functools.reduce(lambda node, part: node[part], key.split('.'), config)
-    flags = [f'--config.{key}={value(key)}' for key in RUN_KEYS]
-    env = dict(os.environ, PRETRAINING_OBJECTIVES_CACHE=cache, JAX_PLATFORMS='cpu',
-               XLA_FLAGS=f'--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAGS}')
-    result = subprocess.run(
-        [sys.executable, 'train.py', f'--config=configs/{file}.py:{preset}',
-         f'--workdir={workdir}', *flags], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=900, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
-
-
-def assert_train_loss_falls(workdir: str, margin: float) -> None:
-  evals, trains = run_records(workdir)
-  assert [r['step'] for r in trains] == [4, 8, 12, 16]
-  assert trains[-1]['loss'] < trains[0]['loss'] - margin, [r['loss'] for r in trains]
-  assert evals and all(np.isfinite(r['loss']) for r in evals)
-
-
-@pytest.fixture
-def runs_root(tmp_path_factory, shared_cache, monkeypatch):
-  """One folder of runs per session, so the report test reuses the objectives' own runs."""
-  monkeypatch.setenv('PRETRAINING_OBJECTIVES_CACHE', shared_cache)
-  return str(tmp_path_factory.getbasetemp() / 'new_objective_runs')
 
 
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):

@@ -15,21 +15,12 @@ from data import formats, pipeline, pretokenize, reader as reader_lib
 from data import tokenizer as tokenizer_lib
 from data.config import data_config
 from data.tokens import EncodedDocuments
-from tests import conftest
+from tests import helpers
+from tests.helpers import make_documents
 
 FORMATS = formats.names()
 SOURCES = ('builtin', 'text', 'tfds', 'pretokenized')
-WORDS = ('river stone cloud garden window paper silver market letter engine forest bridge '
-         'candle winter number travel orange quiet simple yellow').split()
 SEQ_LEN = 48
-
-
-def make_documents(count: int, seed: int = 0) -> list[str]:
-  """Documents of 2-7 sentences of 3-9 words each."""
-  rng = np.random.default_rng(seed)
-  return [' '.join(' '.join(WORDS[j] for j in rng.integers(0, len(WORDS), rng.integers(3, 10)))
-                   .capitalize() + '.' for _ in range(rng.integers(2, 8)))
-          for _ in range(count)]
 
 
 class TinyCorpus(tfds.core.GeneratorBasedBuilder):
@@ -118,7 +109,7 @@ def test_exact_resume(documents, tokenizer, source, data_format):
   docs = documents[source]
   assert len(docs) >= 6
   # 30 batches of 4 cross at least one pass over the shard.
-  original, state = conftest.check_exact_resume(
+  original, state = helpers.check_exact_resume(
       lambda: _iterator(docs, tokenizer, data_format), skip=11, compare=30)
   assert state['reader']['epoch'] < original.get_state()['reader']['epoch']
 

@@ -19,7 +19,7 @@ from training import loop
 from configs import base as base_config
 from objectives import clm as clm_objective
 from objectives import registry
-from tests.conftest import read_metrics, small_run_config
+from tests.helpers import read_metrics, small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAN_OBJECTIVE = 'reliability_test_nan'
@@ -371,7 +371,7 @@ def test_corrupted_newest_checkpoint_resumes_from_the_one_before_exactly(tmp_pat
                                                                         uninterrupted):
   """Bytes of the newest checkpoint flipped on disk: one line names it, the run resumes from
   the previous one and repeats the lost steps bit for bit, and nothing intact is pruned."""
-  from tests.test_checkpoint import biggest_file, corrupt  # pylint: disable=import-outside-toplevel
+  from tests.helpers import biggest_file, corrupt  # pylint: disable=import-outside-toplevel
 
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted, workdir)

@@ -9,8 +9,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from downstream import pretrained
-from tests import conftest
 from tests import downstream_helpers as helpers
+from tests.helpers import TEST_CACHE_ENV
 from training import experiment
 from training import state as state_lib
 
@@ -20,7 +20,7 @@ def workdir(tmp_path_factory, shared_cache):
   """A real clm pretraining run, checkpointed halfway and at the end."""
   root = tmp_path_factory.mktemp('restore')
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(conftest.TEST_CACHE_ENV, shared_cache)
+    patch.setenv(TEST_CACHE_ENV, shared_cache)
     corpus = helpers.pretraining_corpus(str(root / 'corpus.jsonl'))
     yield helpers.pretrain(str(root / 'clm'), 'clm', corpus)
 

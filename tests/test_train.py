@@ -10,7 +10,7 @@ import pytest
 
 import train
 from configs import clm
-from tests.conftest import read_metrics, small_run_config
+from tests.helpers import read_metrics, small_run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

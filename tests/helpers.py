@@ -1,0 +1,153 @@
+"""Helpers the test files share: the fast-compile flags, a small training config, reading a
+run's metrics, exact-resume checks, a run trained through train.py, corpus and checkpoint
+tinkering. Imported by test files (never another test file or conftest); imports no JAX."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Callable
+
+# The tests are compile bound: a lower XLA:CPU optimisation level cuts compile time severalfold
+# and changes no comparison, since every run in a test (subprocesses inherit it) uses it. The
+# one run bound by step time, tests/test_bert_run.py, sets its own flags.
+FAST_COMPILE_FLAGS = '--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false'
+TEST_CACHE_ENV = 'PRETRAINING_OBJECTIVES_CACHE'
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_run_config(config, cache: str, **overrides):
+  """Shrinks a config to a CPU test run over a few standard-library files."""
+  config.total_steps = 12
+  config.batch_size = 8
+  config.seq_len = 64
+  config.log_every = 4
+  config.eval_every = 6
+  config.eval_steps = 2
+  config.checkpoint_every = 6
+  config.optimizer.warmup_steps = 2
+  config.optimizer.learning_rate = 3e-3
+  config.model.update(num_layers=2, embed_dim=64, num_heads=2, mlp_dim=128, max_len=64)
+  config.data.update(builtin_max_files=120, vocab_size=600, data_dir=os.path.join(cache, 'tfds'))
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """Every record of a run's metrics.jsonl, in order."""
+  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def run_records(workdir: str) -> tuple[list[dict], list[dict]]:
+  """(eval records, train records) of a run's metrics.jsonl, in order."""
+  records = read_metrics(workdir)
+  return ([r for r in records if r['split'] == 'eval'],
+          [r for r in records if r['split'] == 'train'])
+
+
+def check_exact_resume(make_iterator: Callable[[], Any], skip: int, compare: int):
+  """Restores a fresh iterator from a JSON round trip of another's state after `skip` batches;
+  asserts the next `compare` batches and the stats are identical. Returns (original, state)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  original = make_iterator()
+  for _ in range(skip):
+    next(original)
+  state = json.loads(json.dumps(original.get_state()))
+  expected = [next(original) for _ in range(compare)]
+  restored = make_iterator()
+  restored.set_state(state)
+  for want in expected:
+    got = next(restored)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+  assert restored.stats == original.stats
+  return original, state
+
+
+# --- a new objective's run through train.py (prefix LM, deshuffling, ELECTRA, span corruption)
+
+RUN_KEYS = ('total_steps', 'batch_size', 'seq_len', 'log_every', 'eval_every', 'eval_steps',
+            'checkpoint_every', 'optimizer.warmup_steps', 'optimizer.learning_rate',
+            'model.num_layers', 'model.embed_dim', 'model.num_heads', 'model.mlp_dim',
+            'model.max_len', 'data.builtin_max_files', 'data.vocab_size', 'data.data_dir')
+
+
+def trained_run(root: str, spec: str, cache: str) -> str:
+  """Trains `python train.py --config configs/<spec>` for 16 steps of 8 x 32 tokens in
+  root/<objective> (once per root) and returns the workdir.
+
+  A subprocess on one CPU device: the tests' eight simulated devices would make every step an
+  all-reduce whose rendezvous XLA aborts after 40 s on a heavily shared machine.
+  """
+  file, _, preset = spec.partition(':')
+  module = importlib.import_module(f'configs.{file}')
+  config = small_run_config(module.get_config(preset), cache, total_steps=16, log_every=4,
+                            eval_every=16, eval_steps=1, checkpoint_every=16, seq_len=32)
+  config.model.max_len = config.seq_len
+  workdir = os.path.join(root, str(config.objective))
+  if not os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    value = lambda key: functools.reduce(lambda node, part: node[part], key.split('.'), config)
+    flags = [f'--config.{key}={value(key)}' for key in RUN_KEYS]
+    env = dict(os.environ, PRETRAINING_OBJECTIVES_CACHE=cache, JAX_PLATFORMS='cpu',
+               XLA_FLAGS=f'--xla_force_host_platform_device_count=1 {FAST_COMPILE_FLAGS}')
+    result = subprocess.run(
+        [sys.executable, 'train.py', f'--config=configs/{file}.py:{preset}',
+         f'--workdir={workdir}', *flags], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def assert_train_loss_falls(workdir: str, margin: float) -> None:
+  """A `trained_run`'s loss fell by `margin` from its first logged step to its last."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  evals, trains = run_records(workdir)
+  assert [r['step'] for r in trains] == [4, 8, 12, 16]
+  assert trains[-1]['loss'] < trains[0]['loss'] - margin, [r['loss'] for r in trains]
+  assert evals and all(np.isfinite(r['loss']) for r in evals)
+
+
+# --- corpora and checkpoints
+
+READER_WORDS = ('river stone cloud garden window paper silver market letter engine forest '
+                'bridge candle winter number travel orange quiet simple yellow').split()
+
+
+def make_documents(count: int, seed: int = 0) -> list[str]:
+  """Documents of 2-7 sentences of 3-9 words each."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(seed)
+  words = READER_WORDS
+  return [' '.join(' '.join(words[j] for j in rng.integers(0, len(words), rng.integers(3, 10)))
+                   .capitalize() + '.' for _ in range(rng.integers(2, 8)))
+          for _ in range(count)]
+
+
+def biggest_file(workdir, step):
+  """The largest file of checkpoint `step` in `workdir`."""
+  root = os.path.join(workdir, 'checkpoints', str(step))
+  files = [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+  return max(files, key=os.path.getsize)
+
+
+def corrupt(path):
+  """Flips 64 bytes a third of the way into `path`."""
+  with open(path, 'r+b') as f:
+    data = bytearray(f.read())
+    for i in range(len(data) // 3, len(data) // 3 + 64):
+      data[i] ^= 0xFF
+    f.seek(0)
+    f.write(data)
