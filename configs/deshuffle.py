@@ -1,5 +1,6 @@
-"""Deshuffling (T5's objective study): the shuffled first half of a window, then its original
-order. Presets: tiny (CPU, default), small, base. Architecture as configs/clm.py."""
+"""Deshuffling (T5's objective study): one document chunk per example (format
+`document_chunks`, (seq_len - 2) // 2 tokens at most), shuffled, then its original order.
+Presets: tiny (CPU, default), small, base. Architecture as configs/clm.py."""
 
 from configs import base
 
