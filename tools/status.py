@@ -26,8 +26,10 @@ if __package__ in (None, ''):  # run as a script: python tools/status.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tools.backends import record as record_lib  # pylint: disable=wrong-import-position
+from training.workdir import (  # pylint: disable=wrong-import-position
+    CONFIG_FILE, METRICS_FILE, RUN_FILE, STATUS_FILE)
 
-RUN_FILES = ('config.json', 'metrics.jsonl', record_lib.RECORD_FILE)
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, record_lib.RECORD_FILE)
 
 
 @dataclasses.dataclass
@@ -102,13 +104,13 @@ def read_run(workdir: str, now: float | None = None, stale_s: float = 600) -> Ru
   """The status of the run in `workdir` (local or gs://)."""
   now = time.time() if now is None else now
   root = _path(workdir)
-  config = _read_json(root / 'config.json') or {}
+  config = _read_json(root / CONFIG_FILE) or {}
   launch = _read_json(root / record_lib.RECORD_FILE) or {}
-  written = _read_json(root / 'status.json') or {}  # optional, from train.py
-  train, evaluation = _metrics(root / 'metrics.jsonl')
+  written = _read_json(root / STATUS_FILE) or {}  # optional, from train.py
+  train, evaluation = _metrics(root / METRICS_FILE)
   # The steps the run planned (run.json): a budget run plans them from its budget and never
   # reads config.total_steps; config.total_steps only until the run has started.
-  planned = (_read_json(root / 'run.json') or {}).get('total_steps')
+  planned = (_read_json(root / RUN_FILE) or {}).get('total_steps')
   total = int(planned or config.get('total_steps') or
               dict(launch.get('overrides') or {}).get('total_steps') or 0)
   status = RunStatus(name=launch.get('name') or root.name, state='queued', total_steps=total,
@@ -124,7 +126,7 @@ def read_run(workdir: str, now: float | None = None, stale_s: float = 600) -> Ru
       status.seconds_left = max(total - status.step, 0) * step_time
   if evaluation:
     status.eval_loss = _finite(evaluation.get('loss'))
-  signs = [t for t in (_mtime(root / 'metrics.jsonl'), _mtime(root / 'config.json'),
+  signs = [t for t in (_mtime(root / METRICS_FILE), _mtime(root / CONFIG_FILE),
                        launch.get('updated'), written.get('time')) if t]
   status.updated = max(signs) if signs else None
   if total and status.step >= total:
@@ -133,7 +135,7 @@ def read_run(workdir: str, now: float | None = None, stale_s: float = 600) -> Ru
     status.state, status.reason = 'failed', str(written.get('reason', ''))
   elif launch:
     status.state = launch.get('state', 'queued')
-    metrics_time = _mtime(root / 'metrics.jsonl')
+    metrics_time = _mtime(root / METRICS_FILE)
     if (status.state in ('queued', 'preempted') and metrics_time is not None and
         metrics_time > float(launch.get('updated', 0)) and now - metrics_time < stale_s):
       status.state = 'running'  # a job system restarted it (SLURM, a JobSet) and it trains
