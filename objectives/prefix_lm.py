@@ -8,6 +8,11 @@ cross-entropy on the continuation only: the last prefix token predicts the first
 token. Chunks of a single token have no continuation and no loss; attention never crosses a
 document, as for every objective here.
 
+This is UL2's S-denoiser (`configs/span_corruption.py:ul2_s`): UL2 draws the number of input
+tokens uniformly in 1..n-1 (T5's `random_prefix_noise_mask`), once per packed example; here
+it is drawn per document chunk, since attention never crosses documents, and there is no
+[S2S] mode token.
+
 `join` is the general tool for examples whose input and target differ in length (span
 corruption, deshuffling): it lays an input and a target end to end as one decoder-only
 sequence with a bidirectional input and a causal target, as UL2 does on a decoder-only model.
