@@ -175,14 +175,22 @@ class Multiplier:
   reason: str
 
 
-def _ratio(fit: LogLinear, target: float, c_b: float) -> tuple[float | None, str]:
-  if fit.b <= 0:
-    return None, 'its score does not rise with FLOPs'
-  needed = fit.inverse(target)
-  if needed > MAX_EXTRAPOLATION * fit.c_max:
-    return None, (f'it would need {needed:.3g} FLOPs, past {MAX_EXTRAPOLATION:g}x its largest '
-                  f'checkpoint ({fit.c_max:.3g}); not extrapolated')
-  return needed / c_b, ''
+def _lines(flops: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Least-squares a, b of s = a + b log10(C) for every column of `scores` (points, R)."""
+  x = np.log10(flops)
+  xc = x - x.mean()
+  b = (xc @ (scores - scores.mean(axis=0))) / (xc @ xc)
+  return scores.mean(axis=0) - b * x.mean(), b
+
+
+def _ratios(a: np.ndarray, b: np.ndarray, target: np.ndarray, c_max: float,
+            c_b: float) -> tuple[np.ndarray, np.ndarray]:
+  """(FLOPs needed / c_b, reason code): 0 fine, 1 not rising, 2 past the extrapolation limit."""
+  with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+    decades = np.where(b > 0, (target - a) / np.where(b > 0, b, 1.0), np.inf)
+    needed = np.power(10.0, np.minimum(decades, 300.0))
+  code = np.where(b <= 0, 1, np.where(needed > MAX_EXTRAPOLATION * c_max, 2, 0))
+  return needed / c_b, code
 
 
 def multiplier(a: str, b: str, curves: Mapping[str, Curve]) -> Multiplier:
@@ -190,22 +198,25 @@ def multiplier(a: str, b: str, curves: Mapping[str, Curve]) -> Multiplier:
   `b`'s final FLOPs; a replicate that is refused counts as never reaching it (+inf)."""
   curve_a, curve_b = curves[a], curves[b]
   fit = fit_log_linear(curve_a.flops, curve_a.means)
-  ratio, reason = _ratio(fit, float(curve_b.means[-1]), float(curve_b.flops[-1]))
-  if ratio is None:
-    return Multiplier(a, b, None, math.nan, math.nan, reason)
-  ratios = []
-  for r in range(curve_a.replicates.shape[1]):
-    rep_fit = fit_log_linear(curve_a.flops, curve_a.replicates[:, r])
-    value, _ = _ratio(rep_fit, float(curve_b.replicates[-1, r]), float(curve_b.flops[-1]))
-    ratios.append(_NEVER if value is None else value)
+  c_b = float(curve_b.flops[-1])
+  ratio, code = _ratios(np.asarray([fit.a]), np.asarray([fit.b]),
+                        np.asarray([curve_b.means[-1]]), fit.c_max, c_b)
+  if code[0] == 1:
+    return Multiplier(a, b, None, math.nan, math.nan, 'its score does not rise with FLOPs')
+  if code[0] == 2:
+    return Multiplier(a, b, None, math.nan, math.nan, (
+        f'it would need {ratio[0] * c_b:.3g} FLOPs, past {MAX_EXTRAPOLATION:g}x its largest '
+        f'checkpoint ({fit.c_max:.3g}); not extrapolated'))
+  reps_a, reps_b = _lines(curve_a.flops, curve_a.replicates)
+  ratios, codes = _ratios(reps_a, reps_b, curve_b.replicates[-1], fit.c_max, c_b)
+  ratios = np.where(codes == 0, ratios, _NEVER)
   low, high = (math.inf if v >= _NEVER else float(v)
                for v in np.percentile(ratios, [2.5, 97.5], method='inverted_cdf'))
-  return Multiplier(a, b, ratio, low, high, '')
+  return Multiplier(a, b, float(ratio[0]), low, high, '')
 
 
 def slope_interval(curve: Curve) -> tuple[float, float]:
   """95% interval of the log-linear slope (score per decade of FLOPs) over replicates."""
-  slopes = [fit_log_linear(curve.flops, curve.replicates[:, r]).b
-            for r in range(curve.replicates.shape[1])]
+  _, slopes = _lines(curve.flops, curve.replicates)
   low, high = np.percentile(slopes, [2.5, 97.5])
   return float(low), float(high)

@@ -129,9 +129,21 @@ def replicates(arms: Mapping[str, Sequence[Run]], samples: int = SAMPLES,
       if run.ids not in draws:
         n = len(run.ids)
         draws[run.ids] = rng.integers(n, size=(samples, n))
+  # Each run's mean over the drawn examples, per replicate: one product per id set of how often
+  # each example was drawn (B, n) with the runs' scores (n, runs).
+  flat_runs = [(arm, i, run) for arm, runs in arms.items() for i, run in enumerate(runs)]
+  run_means: dict[tuple[str, int], np.ndarray] = {}
+  for ids, draw in draws.items():
+    n = len(ids)
+    flat = (draw + n * np.arange(samples)[:, None]).ravel()
+    counts = np.bincount(flat, minlength=samples * n).reshape(samples, n).astype(np.float64)
+    mine = [(arm, i, run) for arm, i, run in flat_runs if run.ids is ids or run.ids == ids]
+    product = counts @ np.stack([run.values for _, _, run in mine], axis=1) / n  # (B, runs)
+    for column, (arm, i, _) in enumerate(mine):
+      run_means[(arm, i)] = product[:, column]
   out = {}
   for arm, runs in arms.items():
-    means = np.stack([run.values[draws[run.ids]].mean(axis=1) for run in runs])  # (runs, B)
+    means = np.stack([run_means[(arm, i)] for i in range(len(runs))])  # (runs, B)
     seeds = sorted({run.pretrain_seed for run in runs})
     table = [[i for i, run in enumerate(runs) if run.pretrain_seed == p] for p in seeds]
     count = np.asarray([len(t) for t in table])
