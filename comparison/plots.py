@@ -96,32 +96,41 @@ def plot_bars(path: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str])
 
 def plot_downstream(path: str, curves: Mapping[str, Mapping[str, Sequence[Any]]]) -> bool:
   """Downstream score against pretraining FLOPs over the kept checkpoints: one axis per task
-  and strategy with every arm on it (95% intervals as error bars); a random-initialisation
-  control, at 0 FLOPs, is a dashed line. `curves`: label -> arm -> points with `flops`,
-  `mean`, `low` and `high` (comparison/headline.py)."""
+  and strategy with every arm on it (95% intervals as error bars); an arm's random-
+  initialisation control, at 0 FLOPs, is a dashed line in the arm's colour. `curves`:
+  label -> arm -> points with `flops`, `mean`, `low` and `high` (comparison/headline.py)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   if not curves:
     return False
-  figure, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 3.6), squeeze=False)
-  for axis, (label, arms) in zip(axes.flat, curves.items()):
-    for arm, points in arms.items():
+  arms = list(dict.fromkeys(arm.split(':', 1)[-1] for panel in curves.values() for arm in panel))
+  colours = {arm: f'C{i % 10}' for i, arm in enumerate(arms)}
+  columns = min(3, len(curves))
+  rows = math.ceil(len(curves) / columns)
+  figure, axes = plt.subplots(rows, columns, figsize=(5.0 * columns, 3.6 * rows), squeeze=False)
+  for axis, (label, panel) in zip(axes.flat, curves.items()):
+    controls = False
+    for arm, points in panel.items():
       if arm.startswith('no_pretraining'):
-        axis.axhline(points[0].mean, linestyle='--', linewidth=1, color='grey')
-        axis.annotate(arm, (0.01, points[0].mean), xycoords=('axes fraction', 'data'),
-                      fontsize=6, color='grey', va='bottom')
+        axis.axhline(points[0].mean, linestyle='--', linewidth=1,
+                     color=colours[arm.split(':', 1)[-1]])
+        controls = True
         continue
       x = [p.flops for p in points]
       y = np.asarray([p.mean for p in points])
       error = [y - [p.low for p in points], np.asarray([p.high for p in points]) - y]
-      axis.errorbar(x, y, yerr=error, marker='o', capsize=3, label=arm)
+      axis.errorbar(x, y, yerr=error, marker='o', capsize=3, label=arm, color=colours[arm])
+    if controls:
+      axis.plot([], [], linestyle='--', color='grey', label='no pretraining (same colour)')
     axis.set_xscale('log')
     axis.set_title(label, fontsize=9)
     axis.set_xlabel('pretraining FLOPs')
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
+    axis.legend(fontsize=6)
+  for axis in list(axes.flat)[len(curves):]:
+    axis.set_visible(False)
   figure.tight_layout()
   figure.savefig(path, dpi=110)
   plt.close(figure)
