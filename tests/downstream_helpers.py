@@ -97,25 +97,29 @@ def checkpoint_params(workdir: str, step: int) -> dict:
   return state_lib.model_params(ocp.StandardCheckpointer().restore(path)['params'])
 
 
-def saved_workdir(workdir: str, objective: str, tokenizer_path: str, step: int = 4,
-                  **data: str) -> str:
-  """A workdir as a run leaves it at `step` (config.json, tokenizer.model, the checkpoint and
-  its data position), its state initialised rather than trained: seconds instead of a
-  training run's compilation. `data` sets config.data settings of its config.json."""
+def saved_workdir(workdir: str, objective: str, tokenizer_path: str,
+                  steps: tuple[int, ...] = (PRETRAIN_STEPS // 2, PRETRAIN_STEPS)) -> str:
+  """A workdir as a run leaves it (config.json, tokenizer.model, a checkpoint and its data
+  position at each of `steps`), its states initialised rather than trained: seconds instead
+  of a training run's compilation. Each later checkpoint's params are the previous ones + 1."""
   import shutil  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
 
   from training import checkpoint, experiment, optim  # pylint: disable=import-outside-toplevel
   from training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   config = tiny_config(objective)
-  config.data.update(data)
   os.makedirs(workdir)
-  shutil.copy(tokenizer_path, workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE))
-  exp = experiment.build(config, workdir, data=False,
-                         tokenizer_path=workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE))
+  tokenizer = workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
+  shutil.copy(tokenizer_path, tokenizer)
+  exp = experiment.build(config, workdir, data=False, tokenizer_path=tokenizer)
   state, _ = exp.init_state(optim.make_optimizer(config.optimizer, config.total_steps))
   checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints, 0)
-  checkpointer.save(step, state, {'iterator': {}, 'tokens': 0})
+  for index, step in enumerate(steps):
+    if index:
+      state = state.replace(params=jax.tree.map(lambda x: x + 1, state.params))
+    checkpointer.save(step, state, {'iterator': {}, 'tokens': 0})
   checkpointer.close()
   with open(workdir_lib.path(workdir, workdir_lib.CONFIG_FILE), 'w', encoding='utf-8') as f:
     f.write(config.to_json(indent=2))

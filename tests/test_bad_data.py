@@ -71,6 +71,7 @@ def bert_config(cache, corpus, **overrides):
   return small_run_config(bert.get_config('tiny'), cache, **settings)
 
 
+@pytest.mark.slow
 def test_bad_documents_are_counted_and_logged(tmp_path, shared_cache, corpus, capsys):
   workdir = str(tmp_path / 'run')
   train.run(bert_config(shared_cache, corpus), workdir)

@@ -15,6 +15,8 @@ import random
 import subprocess
 import sys
 
+import pytest
+
 from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +51,7 @@ def topic_documents(count: int, seed: int) -> list[str]:
   return documents
 
 
+@pytest.mark.slow
 def test_bert_run_lowers_both_losses_and_nsp_beats_chance(tmp_path):
   documents = topic_documents(576, seed=0)
   for name, part in (('train.txt', documents[:480]), ('validation.txt', documents[480:])):

@@ -85,6 +85,7 @@ def test_config_diff_is_only_objective_fields_and_required_features():
       'optimizer.learning_rate']
 
 
+@pytest.mark.slow
 def test_token_budget_stops_arms_within_one_batch(tmp_path, shared_cache):
   import train  # pylint: disable=import-outside-toplevel
 

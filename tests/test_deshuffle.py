@@ -109,6 +109,7 @@ def test_bad_settings_fail_in_one_line():
   assert '\n' not in str(error.value)
 
 
+@pytest.mark.slow
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
   workdir = trained_run(runs_root, 'deshuffle:tiny', shared_cache)
   assert_train_loss_falls(workdir, margin=0.5)

@@ -60,6 +60,7 @@ def _config(files, **overrides):
 
 
 @pytest.mark.parametrize('objective', ['clm'])
+@pytest.mark.slow
 def test_finetune_from_workdir_writes_results(files, workdir_of, objective):
   workdir = workdir_of(objective)
   [path] = runner.run(_config(files), workdir, log=lambda line: None)
@@ -94,6 +95,7 @@ def test_finetune_from_workdir_writes_results(files, workdir_of, objective):
     assert workdir in message
 
 
+@pytest.mark.slow
 def test_span_corruption_checkpoint_with_its_sentinel_rows_fine_tunes(files, workdir_of):
   """Span corruption's embedding has a row per sentinel past the tokenizer's pieces: the run's
   own tokenizer fits it, and a tokenizer of the same size that splits text otherwise is refused
@@ -122,6 +124,7 @@ def _changed(params, reference) -> list[str]:
 
 
 @pytest.mark.parametrize('objective', ['clm', 'mlm', 'bert', 'plm'])
+@pytest.mark.slow
 def test_head_learns_toy_task_from_objective_models(files, workdir_of, objective):
   workdir = workdir_of(objective)
   pre = pretrained.load(workdir)

@@ -200,6 +200,7 @@ def test_bad_settings_fail_in_one_line(settings, message):
   assert '\n' not in str(error.value)
 
 
+@pytest.mark.slow
 def test_trains_through_train_py_and_the_evaluated_model_is_the_discriminator(
     runs_root, shared_cache):
   from training import experiment  # pylint: disable=import-outside-toplevel

@@ -35,6 +35,7 @@ def free_slurm_job_id() -> int:
   raise RuntimeError('no free port in 61440-65535')
 
 
+@pytest.mark.slow
 def test_two_tasks_train_like_one_process_after_a_requeue(tmp_path, monkeypatch,
                                                           tmp_path_factory, shared_cache):
   """The documents are one window each and read in order, so the two tasks together see the

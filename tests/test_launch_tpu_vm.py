@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests import launch_helpers as helpers
 from tests.helpers import read_metrics
 from tools import launch, status
@@ -61,6 +63,7 @@ def test_slices_are_capped_requeued_and_all_deleted(tmp_path, monkeypatch, capsy
   assert 'failed' in lines[4] and 'No space left' in lines[4]
 
 
+@pytest.mark.slow
 def test_preempted_run_resumes_with_the_losses_of_an_uninterrupted_run(tmp_path, monkeypatch,
                                                                        tmp_path_factory,
                                                                        shared_cache):

@@ -67,6 +67,7 @@ def test_help_lists_every_setting_of_the_config():
   assert arms.returncode == 0 and '--config.budget.tokens=' in arms.stdout
 
 
+@pytest.mark.slow
 def test_token_budget_stops_at_the_budget_and_records_compute(tmp_path, shared_cache):
   config = small_run_config(bert.get_config('tiny'), shared_cache, total_steps=1000,
                             log_every=1, eval_steps=0, checkpoint_every=1, keep_checkpoints=1)
@@ -91,6 +92,7 @@ def test_token_budget_stops_at_the_budget_and_records_compute(tmp_path, shared_c
       {k for k in kept if k <= last} | {last})
 
 
+@pytest.mark.slow
 def test_token_budget_outlasts_a_short_step_estimate(tmp_path, shared_cache, monkeypatch):
   """The planned steps only shape the schedule: a run whose estimate falls short trains on
   until its real tokens reach the budget, at the schedule's final learning rate."""
@@ -111,6 +113,7 @@ def test_token_budget_outlasts_a_short_step_estimate(tmp_path, shared_cache, mon
   assert len(run_records(str(tmp_path))[1]) == len(records)
 
 
+@pytest.mark.slow
 def test_resume_mid_interval_logs_the_uninterrupted_average_and_pause_at_the_end(
     tmp_path, shared_cache):
   def config(**overrides):
@@ -140,6 +143,7 @@ def test_resume_mid_interval_logs_the_uninterrupted_average_and_pause_at_the_end
   assert open(os.path.join(cut, 'config.json'), encoding='utf-8').read() == saved
 
 
+@pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path, shared_cache):
   workdir = str(tmp_path / 'run')
   args = ['--config', 'configs/clm.py:tiny', '--workdir', workdir, '--config.total_steps=400',

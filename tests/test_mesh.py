@@ -51,6 +51,7 @@ def test_eight_devices_are_simulated():
 
 
 @pytest.mark.parametrize('mesh', MESHES[1:], ids=lambda m: 'x'.join(map(str, m)))
+@pytest.mark.slow
 def test_losses_match_across_meshes(tmp_path, shared_cache, reference_losses, mesh):
   workdir = str(tmp_path / 'run')
   train.run(mesh_config(shared_cache, mesh), workdir)
@@ -88,6 +89,7 @@ def test_parameters_are_sharded_as_the_rules_say(tmp_path, shared_cache):
   assert mu and all(trailing(leaf, 2) == ('fsdp', 'tensor') for leaf in mu)
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_on_a_different_mesh(tmp_path, shared_cache, reference_losses,
                                                  capsys):
   workdir = str(tmp_path / 'run')

@@ -133,6 +133,7 @@ def report(workdir: str, process: int) -> dict:
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(runs):
   single = [r for r in read_metrics(runs['single']) if r['split'] == 'train']
   multi = [r for r in read_metrics(runs['multi']) if r['split'] == 'train']
@@ -146,6 +147,7 @@ def test_two_processes_train_like_one(runs):
                              rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_each_process_feeds_only_its_rows(runs):
   first, second = report(runs['multi'], 0), report(runs['multi'], 1)
   for process, seen in enumerate((first, second)):
@@ -161,6 +163,7 @@ def test_each_process_feeds_only_its_rows(runs):
   assert not alone['initialized_again']
 
 
+@pytest.mark.slow
 def test_only_process_zero_logs_and_writes_metrics(runs):
   steps = [(r['split'], r['step']) for r in read_metrics(runs['multi'])]
   assert steps == [('train', step) for step in range(1, worker.STEPS + 1)]  # no duplicates
@@ -171,6 +174,7 @@ def test_only_process_zero_logs_and_writes_metrics(runs):
   assert not progress.findall(runs['workers'].stdout('process1'))
 
 
+@pytest.mark.slow
 def test_checkpoint_is_written_collectively(runs):
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
@@ -191,6 +195,7 @@ def test_checkpoint_is_written_collectively(runs):
   assert data_states == [f'step_{worker.STEPS}.process_{p}.json' for p in (0, 1)]
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path, shared_cache, runs):
   """SIGTERM reaches one process only; jax's preemption sync stops both after the same step,
   with a collective checkpoint there, instead of one saving while the other trains (a hang)."""

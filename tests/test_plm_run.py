@@ -2,11 +2,14 @@
 
 import math
 
+import pytest
+
 from tests import helpers
 import train
 from configs import plm
 
 
+@pytest.mark.slow
 def test_short_plm_run_lowers_the_loss(shared_cache, tmp_path, monkeypatch):
   monkeypatch.setenv(helpers.TEST_CACHE_ENV, shared_cache)
   config = helpers.small_run_config(

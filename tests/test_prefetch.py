@@ -203,6 +203,7 @@ def saved_position(workdir, step):
     return json.load(f)['iterator']
 
 
+@pytest.mark.slow
 def test_prefetch_gives_the_same_records_as_reading_in_the_training_thread(
     tmp_path, shared_cache, synchronous_run):
   workdir = str(tmp_path / 'prefetched')
@@ -216,6 +217,7 @@ def test_prefetch_gives_the_same_records_as_reading_in_the_training_thread(
   assert not prefetch_threads()  # closed with the run
 
 
+@pytest.mark.slow
 def test_a_stopped_run_saves_the_consumed_position_and_resumes_exactly(
     tmp_path, shared_cache, synchronous_run, monkeypatch):
   workdir = str(tmp_path / 'stopped')
@@ -266,6 +268,7 @@ class FailingAt:
     return getattr(self.iterator, name)
 
 
+@pytest.mark.slow
 def test_a_data_error_in_the_thread_stops_the_run_with_its_message(tmp_path, shared_cache):
   message = 'The train split (corpus), shard 0 of 1: document 17 cannot be read.'
   exp = train.setup(run_config(shared_cache, eval_steps=0), str(tmp_path / 'run'))

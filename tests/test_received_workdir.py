@@ -24,7 +24,7 @@ from training import experiment, optim
 from training import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEP = 4
+STEP = helpers.PRETRAIN_STEPS
 _OPENED: list[str] = []  # paths opened or listed while a test records them
 _RECORDING = threading.Event()
 
@@ -54,7 +54,7 @@ def root(tmp_path_factory):
 def workdirs(root):
   """objective -> a tiny workdir of this machine's own, checkpointed at STEP."""
   return {objective: helpers.saved_workdir(str(root / objective), objective,
-                                           str(root / 'run.model'), STEP)
+                                           str(root / 'run.model'))
           for objective in ('clm', 'mlm')}
 
 

@@ -112,6 +112,7 @@ def uninterrupted(tmp_path_factory, shared_cache):
   return workdir
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path, shared_cache, uninterrupted):
   whole = train_losses(uninterrupted)
   assert sorted(whole) == list(range(1, STEPS + 1))
@@ -128,6 +129,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path, shared_cache, uninterru
     assert whole[step] == loss
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_143(tmp_path, shared_cache):
   workdir = str(tmp_path / 'preempted')
   total = TOTAL
@@ -147,6 +149,7 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, shared_cache):
   assert str(total) in os.listdir(os.path.join(workdir, 'checkpoints'))
 
 
+@pytest.mark.slow
 def test_partial_checkpoint_is_ignored(tmp_path, shared_cache, uninterrupted):
   workdir = str(tmp_path / 'run')
   shutil.copytree(uninterrupted, workdir)
@@ -193,6 +196,7 @@ def restored_params(workdir, step):
   return ocp.StandardCheckpointer().restore(path)
 
 
+@pytest.mark.slow
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path, shared_cache):
   workdir = str(tmp_path / 'skip')
   train.run(nan_config(shared_cache, **{'nonfinite.max_consecutive': 100}), workdir)
@@ -219,12 +223,14 @@ def _leaves(tree):
     ({'nonfinite.policy': 'stop'}, 1),
     ({'nonfinite.policy': 'skip', 'nonfinite.max_consecutive': 3}, 3),
 ])
+@pytest.mark.slow
 def test_nonfinite_stops_with_floating_point_error(tmp_path, shared_cache, overrides, step):
   with pytest.raises(FloatingPointError, match=rf'up to step {step} '):
     train.run(nan_config(shared_cache, total_steps=6, checkpoint_every=100, **overrides),
               str(tmp_path / 'stop'))
 
 
+@pytest.mark.slow
 def test_unwritable_metrics_file_is_a_clear_oserror(tmp_path, shared_cache):
   workdir = tmp_path / 'run'
   (workdir / 'metrics.jsonl').mkdir(parents=True)
@@ -235,6 +241,7 @@ def test_unwritable_metrics_file_is_a_clear_oserror(tmp_path, shared_cache):
     train.run(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_stats_of_the_data_iterator_are_logged(uninterrupted):
   records = [r for r in read_metrics(uninterrupted) if r['split'] == 'train']
   documents = [r['data_documents'] for r in records]
@@ -264,6 +271,7 @@ FULL_DISK = [sys.executable, '-c', 'import os, resource, sys; resource.setrlimit
              'os.execv(sys.argv[1], sys.argv[1:])']
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_the_last_checkpoint_resumes(tmp_path, shared_cache,
                                                                uninterrupted):
   workdir = str(tmp_path / 'run')
@@ -367,6 +375,7 @@ def test_workdir_lock_refuses_a_second_run_and_takes_over_a_stale_lock(tmp_path)
   assert json.loads(open(lock, encoding='utf-8').read())['host'] == 'other-host'  # untouched
 
 
+@pytest.mark.slow
 def test_corrupted_newest_checkpoint_resumes_from_the_one_before_exactly(tmp_path, shared_cache,
                                                                         uninterrupted):
   """Bytes of the newest checkpoint flipped on disk: one line names it, the run resumes from
@@ -408,6 +417,7 @@ def _text_run_config(tmp_path, shared_cache, objective='clm', **overrides):
   return config, corpus
 
 
+@pytest.mark.slow
 def test_a_run_resumes_across_on_the_fly_and_pretokenized_data(tmp_path, shared_cache):
   """Paused while reading text on the fly, resumed from the same corpus's pre-tokenized
   shards (another source, no train_files): the losses are the uninterrupted run's. MLM+NSP
@@ -433,6 +443,7 @@ def test_a_run_resumes_across_on_the_fly_and_pretokenized_data(tmp_path, shared_
   assert [r['tokens'] for r in got] == [r['tokens'] for r in want]
 
 
+@pytest.mark.slow
 def test_resume_on_an_edited_corpus_is_a_one_line_error_that_keeps_the_run(
     tmp_path, shared_cache):
   """The saved data position names its corpus: after the train file changed, resuming stops

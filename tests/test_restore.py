@@ -1,5 +1,5 @@
 """Restoring a pretraining run's parameters: a target traced from the init (never run), only
-the parameters read, the experiment built once, and the saved values returned exactly."""
+the parameters read, no training run assembled, and the saved values returned exactly."""
 
 import os
 
@@ -10,19 +10,16 @@ import pytest
 
 from downstream import pretrained
 from tests import downstream_helpers as helpers
-from tests.helpers import TEST_CACHE_ENV
 from training import experiment
 from training import state as state_lib
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory, shared_cache):
-  """A real clm pretraining run, checkpointed halfway and at the end."""
+def workdir(tmp_path_factory):
+  """A clm workdir as a run leaves it, checkpointed halfway and at the end."""
   root = tmp_path_factory.mktemp('restore')
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(TEST_CACHE_ENV, shared_cache)
-    corpus = helpers.pretraining_corpus(str(root / 'corpus.jsonl'))
-    yield helpers.pretrain(str(root / 'clm'), 'clm', corpus)
+  tokenizer = helpers.train_tokenizer(str(root / 'tokenizer.model'))
+  return helpers.saved_workdir(str(root / 'clm'), 'clm', tokenizer)
 
 
 def saved_params(workdir: str, step: int):

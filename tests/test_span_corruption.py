@@ -240,11 +240,13 @@ def test_lengths_whose_float64_counts_were_short_keep_every_target(name, seq_len
     assert reconstruct(corrupted[:-1], target[:-1], VOCAB.size) == original
 
 
+@pytest.mark.slow
 def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
   workdir = trained_run(runs_root, 'span_corruption:t5', shared_cache)
   assert_train_loss_falls(workdir, margin=0.5)
 
 
+@pytest.mark.slow
 def test_new_objectives_appear_in_the_comparison_report(runs_root, shared_cache, tmp_path):
   """The four new objectives' runs (made by their own tests when run in the same session)
   are rows of the report tools/report.py builds, with their last eval loss."""

@@ -24,6 +24,7 @@ def config_for(shared_cache, **overrides):
   return small_run_config(clm.get_config('tiny'), shared_cache, **overrides)
 
 
+@pytest.mark.slow
 def test_loss_falls_and_second_invocation_resumes(tmp_path, shared_cache, capsys):
   workdir = str(tmp_path / 'run')
   result = train.run(config_for(shared_cache, total_steps=24, log_every=4, eval_every=12,
@@ -49,6 +50,7 @@ def test_loss_falls_and_second_invocation_resumes(tmp_path, shared_cache, capsys
   assert steps == [4, 8, 12, 16, 20, 24, 28, 32]  # continued at 24, nothing repeated
 
 
+@pytest.mark.slow
 def test_resume_reproduces_the_uninterrupted_losses_bitwise(tmp_path, shared_cache):
   settings = dict(total_steps=10, log_every=1, eval_steps=0, checkpoint_every=5)
   train.run(config_for(shared_cache, **settings), str(tmp_path / 'whole'))
@@ -91,6 +93,7 @@ def test_unknown_key_in_config_file_is_named(tmp_path, shared_cache):
     train.run(config, str(tmp_path / 'bad'))
 
 
+@pytest.mark.slow
 def test_changed_config_refuses_to_resume(tmp_path, shared_cache):
   workdir = str(tmp_path / 'run')
   train.run(config_for(shared_cache, total_steps=2, eval_steps=0), workdir)
