@@ -7,6 +7,8 @@
 Each prompt is `[bos] + its pieces`, like the documents the model was trained on; a row stops
 at EOS or after --max_new_tokens. Prints each prompt's continuation, then the decode speed in
 new tokens per second (compilation excluded; it is printed apart). See docs/generation.md.
+The run is read from its workdir alone (training/workdir.py): its own tokenizer.model, never
+a path or coordinator address its config.json names.
 """
 
 from __future__ import annotations
