@@ -198,7 +198,8 @@ def downstream_scaling(curves: Sequence[TaskCurves]) -> list[str]:
   other arm, both ways."""
   fits, multipliers = [], []
   for task in curves:
-    usable = {arm: _curve(points) for arm, points in task.arms.items()
+    usable = {arm: _curve([p for p in points if p.flops > 0])
+              for arm, points in task.arms.items()
               if not stats.is_control(arm) and len({p.flops for p in points if p.flops > 0}) > 1}
     for arm, curve in usable.items():
       fit = scaling.fit_log_linear(curve.flops, curve.means)

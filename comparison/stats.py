@@ -86,6 +86,7 @@ class Run:
   finetune_seed: int
   ids: tuple[str, ...]  # sorted
   values: np.ndarray  # in the order of `ids`
+  examples: bool = True  # False: `values` is the run's score alone (no per-example numbers)
 
 
 def runs_of(scores: Sequence[Any]) -> list[Run]:
@@ -103,7 +104,7 @@ def runs_of(scores: Sequence[Any]) -> list[Run]:
     else:
       ids = (f'{s.arm}/{s.pretrain_seed}/{s.finetune_seed}',)
       values = np.asarray([s.score], dtype=np.float64)
-    runs.append(Run(s.pretrain_seed, s.finetune_seed, ids, values))
+    runs.append(Run(s.pretrain_seed, s.finetune_seed, ids, values, bool(s.example_ids)))
   keys = [(r.pretrain_seed, r.finetune_seed) for r in runs]
   if len(set(keys)) != len(keys):
     raise ValueError(f'{scores[0].arm} {group_key(scores[0])}: a (pretraining seed, '
@@ -275,6 +276,8 @@ def detectable(arms: Mapping[str, Sequence[Run]]) -> Detectable | None:
     else:
       term = 0.0
       for runs in (arms[a], arms[b]):
+        if not all(run.examples for run in runs):
+          continue  # scores without examples: their spread is the seed term's
         values = np.concatenate([run.values for run in runs])
         term += float(np.var(values, ddof=1) / len(values)) if len(values) > 1 else 0.0
       terms.append(term)
@@ -318,7 +321,8 @@ def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
       by_seed: dict[int, int] = {}
       for run in runs:
         by_seed[run.pretrain_seed] = by_seed.get(run.pretrain_seed, 0) + 1
-      estimates[arm] = Estimate(point(runs), low, high, max(len(r.ids) for r in runs),
+      estimates[arm] = Estimate(point(runs), low, high,
+                                max(len(r.ids) if r.examples else 0 for r in runs),
                                 len(by_seed), min(by_seed.values()))
     pretrained = {a: e.mean for a, e in estimates.items() if not is_control(a)}
     out.append(GroupStats(task, kind, strategy, metric, estimates, pairwise(arms, reps),
@@ -342,14 +346,17 @@ def coverage(groups: Sequence[GroupStats]) -> str:
     return ''
   pre = min(e.pretrain_seeds for e in estimates)
   fine = min(e.finetune_seeds for e in estimates)
+  bare = sorted({arm for g in groups for arm, e in g.estimates.items() if not e.examples})
+  note = (' Scores without per-example numbers (' + ', '.join(bare) + ') vary over seeds only.'
+          if bare else '')
   parts = ['test examples']
   if fine > 1:
     parts.append('fine-tuning seeds')
   if pre > 1:
     parts.append('pretraining seeds')
     return ('Intervals are 95% nested bootstrap intervals over ' + ', '.join(parts) + ' '
-            f'(at least {pre} pretraining seeds an arm).')
+            f'(at least {pre} pretraining seeds an arm).' + note)
   return ('Intervals are 95% nested bootstrap intervals over ' + ' and '.join(parts) + ' only: '
           'with one pretraining seed they cover evaluation sampling'
           + (' and fine-tuning seeds' if fine > 1 else '') + ', not the variation between '
-          'pretraining runs, so they are narrower than a replication would show.')
+          'pretraining runs, so they are narrower than a replication would show.' + note)

@@ -185,3 +185,19 @@ def test_bad_input_is_one_line():
     stats.analyse([dataclasses.replace(_score('clm', 0, 0, [1, 0]), example_scores=(1.0,))])
   with pytest.raises(ValueError, match='scored twice'):
     stats.analyse([_score('clm', 0, 0, [1, 0]), _score('clm', 0, 0, [1, 1])])
+
+
+def test_scores_without_examples_vary_over_seeds_only():
+  """Older results files hold one score a fine-tuning seed: the interval and the MDE come
+  from the seeds alone, and the coverage sentence says so."""
+  values = {'clm': (0.70, 0.72, 0.69), 'mlm': (0.75, 0.74, 0.78)}
+  scores = [dataclasses.replace(_score(arm, 0, f, [v]), example_ids=(), example_scores=())
+            for arm, vs in values.items() for f, v in enumerate(vs)]
+  (group,) = stats.analyse(scores, samples=300)
+  assert group.estimates['clm'].mean == pytest.approx(np.mean(values['clm']))
+  assert min(values['clm']) <= group.estimates['clm'].low <= group.estimates['clm'].high <= max(
+      values['clm'])
+  assert group.estimates['clm'].examples == 0 and group.detectable.example_term == 0.0
+  seed = np.mean([np.var(v, ddof=1) / 3 for v in values.values()])
+  assert group.detectable.seed_term == pytest.approx(2 * seed)
+  assert '(clm, mlm) vary over seeds only' in stats.coverage([group])
