@@ -5,7 +5,6 @@ checkpoints, scaling fits, and lm-eval results where a workdir has them."""
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import math
@@ -130,83 +129,36 @@ def grid_edge_lines(scores: Sequence[Any]) -> list[str]:
           for (arm, task, strategy, name), seeds in sorted(found.items())]
 
 
-@dataclasses.dataclass(frozen=True)
-class Point:
-  """One kept checkpoint of an arm on one task: cost and score with its 95% interval."""
-  fraction: float
-  step: int
-  budget: int
-  tokens: float
-  flops: float
-  mean: float
-  low: float
-  high: float
-  replicates: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskCurves:
-  label: str
-  metric: str
-  arms: dict[str, list[Point]]  # arm -> its checkpoints in increasing FLOPs
-
-
-def checkpoint_curves(scores: Sequence[Any], arm_order: Sequence[str] = (),
-                      samples: int = stats.SAMPLES, seed: int = stats.SEED) -> list[TaskCurves]:
-  """Per task: each arm's kept checkpoints (of every budget) with nested bootstrap intervals
-  (one example draw per id set, so checkpoints and arms are paired)."""
-  grouped: dict[tuple[str, str, str], dict[tuple[str, int, int], list[Any]]] = {}
-  for s in scores:
-    grouped.setdefault(stats.group_key(s), {}).setdefault((s.arm, s.budget, s.step), []).append(s)
-  out = []
-  for _, cells in sorted(grouped.items()):
-    runs = {cell: stats.runs_of(ss) for cell, ss in cells.items()}
-    names = {cell: f'{cell[0]}@{cell[1]}@{cell[2]}' for cell in cells}
-    reps = stats.replicates({names[c]: r for c, r in runs.items()}, samples, seed)
-    arms: dict[str, list[Point]] = {}
-    for cell, ss in cells.items():
-      low, high = stats.interval(reps[names[cell]])
-      arms.setdefault(cell[0], []).append(Point(
-          float(np.mean([s.fraction for s in ss])), cell[2], cell[1],
-          float(np.mean([s.tokens for s in ss])), float(np.mean([s.flops for s in ss])),
-          stats.point(runs[cell]), low, high, reps[names[cell]]))
-    first = next(iter(cells.values()))[0]
-    out.append(TaskCurves(label(first), first.metric, {
-        arm: sorted(arms[arm], key=lambda p: (p.flops, p.step))
-        for arm in stats.order_arms(arms, arm_order)}))
-  return out
-
-
-def curve_table(curves: Sequence[TaskCurves]) -> list[str]:
+def curve_table(groups: Sequence[stats.GroupStats]) -> list[str]:
   lines = ['| task | arm | fraction | step | tokens | FLOPs | score [95% CI] |',
            '|---|---|---|---|---|---|---|']
-  for task in curves:
-    for arm, points in task.arms.items():
-      lines += [f'| {task.label} | {arm} | {p.fraction:g} | {p.step} | {fmt(p.tokens)} | '
+  for g in groups:
+    for arm, points in g.checkpoints.items():
+      lines += [f'| {label(g)} | {arm} | {p.fraction:g} | {p.step} | {fmt(p.tokens)} | '
                 f'{fmt(p.flops)} | {_ci(p)} |' for p in points]
   return lines
 
 
-def _curve(points: Sequence[Point]) -> scaling.Curve:
+def _curve(points: Sequence[stats.Checkpoint]) -> scaling.Curve:
   return scaling.Curve(np.asarray([p.flops for p in points]),
                        np.asarray([p.mean for p in points]),
                        np.stack([p.replicates for p in points]))
 
 
-def downstream_scaling(curves: Sequence[TaskCurves]) -> list[str]:
+def downstream_scaling(groups: Sequence[stats.GroupStats]) -> list[str]:
   """Log-linear fits per arm and the compute multiplier between the best final arm and each
   other arm, both ways."""
   fits, multipliers = [], []
-  for task in curves:
+  for g in groups:
     usable = {arm: _curve([p for p in points if p.flops > 0])
-              for arm, points in task.arms.items()
+              for arm, points in g.checkpoints.items()
               if not stats.is_control(arm) and len({p.flops for p in points if p.flops > 0}) > 1}
     for arm, curve in usable.items():
       fit = scaling.fit_log_linear(curve.flops, curve.means)
       low, high = scaling.slope_interval(curve)
-      fits.append(f'| {task.label} | {arm} | {fit.b:+.4f} [{low:+.4f}, {high:+.4f}] | '
+      fits.append(f'| {label(g)} | {arm} | {fit.b:+.4f} [{low:+.4f}, {high:+.4f}] | '
                   f'{fit.a:.4f} | {len(curve.flops)} | {fmt(float(curve.flops.max()))} |')
-    if len(usable) < 2 or not stats.higher_is_better(task.metric):
+    if len(usable) < 2 or not stats.higher_is_better(g.metric):
       continue  # "reaches a score" reads for scores that rise with compute
     best = max(usable, key=lambda arm: usable[arm].means[-1])
     for arm in usable:
@@ -219,7 +171,7 @@ def downstream_scaling(curves: Sequence[TaskCurves]) -> list[str]:
         else:
           high = '∞' if math.isinf(result.high) else f'{100 * result.high:.0f}%'
           text = f'{100 * result.ratio:.0f}% [{100 * result.low:.0f}%, {high}]'
-        multipliers.append(f'| {task.label} | {a} | {b} | {text} |')
+        multipliers.append(f'| {label(g)} | {a} | {b} | {text} |')
   lines: list[str] = []
   if fits:
     lines += ['Score against FLOPs per arm, fitted as s = a + b log10(FLOPs) over its kept '
@@ -326,10 +278,9 @@ def sections(scores: Sequence[Any], runs: Sequence[Mapping[str, Any]], plot_path
 
   head: list[str] = []
   plotted = False
-  curves: list[TaskCurves] = []
-  if scores:
+  groups = stats.analyse(scores, arm_order=arm_order) if scores else []
+  if groups:
     final = stats.final_scores(scores)
-    groups = stats.analyse(final, arm_order=arm_order)
     head += ['## Downstream test scores (mean and 95% interval)', ''] + headline_table(
         groups, final)
     head += ['', stats.coverage(groups) + ' ' + seeds_line(groups) + ' Each arm\'s last '
@@ -355,14 +306,13 @@ def sections(scores: Sequence[Any], runs: Sequence[Mapping[str, Any]], plot_path
                'over their number; with one pretraining seed, its fine-tuning seeds). A '
                'difference smaller than the MDE would usually go unseen: a null result here '
                'reads "no difference this large", not "the same".', ''] + mde
-    curves = checkpoint_curves(scores, arm_order)
     if plot_path:
-      plotted = plots.plot_downstream(plot_path, {c.label: c.arms for c in curves})
+      plotted = plots.plot_downstream(plot_path, {label(g): g.checkpoints for g in groups})
     head += ['', '## Downstream score against pretraining FLOPs', '']
     if plotted:
       head += [f'![downstream vs FLOPs]({os.path.basename(plot_path)})', '']
-    head += curve_table(curves)
-  scaling_lines = downstream_scaling(curves)
+    head += curve_table(groups)
+  scaling_lines = downstream_scaling(groups)
   loss = loss_scaling(runs)
   if loss:
     scaling_lines += ([''] if scaling_lines else []) + loss

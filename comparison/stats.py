@@ -120,9 +120,10 @@ def point(runs: Sequence[Run]) -> float:
   return float(np.mean([np.mean(v) for v in by_seed.values()]))
 
 
-def replicates(arms: Mapping[str, Sequence[Run]], samples: int = SAMPLES,
-               seed: int = SEED) -> dict[str, np.ndarray]:
-  """Bootstrap replicates (samples,) of every arm's nested mean (module docstring)."""
+def replicates(arms: Mapping[Any, Sequence[Run]], samples: int = SAMPLES,
+               seed: int = SEED) -> dict[Any, np.ndarray]:
+  """Bootstrap replicates (samples,) of every arm's nested mean (module docstring); the keys
+  may be arms or (arm, budget, step) checkpoints, drawn in the mapping's order."""
   rng = np.random.default_rng(seed)
   draws: dict[tuple[str, ...], np.ndarray] = {}
   for runs in arms.values():
@@ -202,6 +203,20 @@ class Detectable:
   seeds_known: bool  # False when every arm has a single run (seed variance not measured)
 
 
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+  """One checkpoint of an arm in a group: its cost and score with the 95% interval."""
+  fraction: float
+  step: int
+  budget: int
+  tokens: float
+  flops: float
+  mean: float
+  low: float
+  high: float
+  replicates: np.ndarray
+
+
 @dataclasses.dataclass
 class GroupStats:
   task: str
@@ -212,6 +227,7 @@ class GroupStats:
   differences: list[Difference]
   ranks: dict[str, float]
   detectable: Detectable | None
+  checkpoints: dict[str, list[Checkpoint]]  # arm -> every checkpoint, in increasing FLOPs
 
 
 def _paired(a: Sequence[Run], b: Sequence[Run]) -> bool:
@@ -301,32 +317,53 @@ def order_arms(arms: Iterable[str], arm_order: Sequence[str] = ()) -> list[str]:
 
 def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
             arm_order: Sequence[str] = ()) -> list[GroupStats]:
-  """Per (task, kind, strategy): estimates, differences, ranks and MDE of `scores` (one
-  checkpoint per arm: pass `final_scores(...)` for the headline)."""
-  groups: dict[tuple[str, str, str], dict[str, list[Any]]] = {}
+  """Per (task, kind, strategy): every checkpoint's estimate, and at each arm's last
+  checkpoint of its largest budget the estimates, differences, ranks and MDE. One set of
+  replicates serves every checkpoint, so a checkpoint's interval is the same wherever shown."""
+  groups: dict[tuple[str, str, str], list[Any]] = {}
   for s in scores:
-    groups.setdefault(group_key(s), {}).setdefault(s.arm, []).append(s)
+    groups.setdefault(group_key(s), []).append(s)
   out = []
-  for (task, kind, strategy), by_arm in sorted(groups.items()):
-    metrics = {s.metric for ss in by_arm.values() for s in ss}
+  for (task, kind, strategy), mine in sorted(groups.items()):
+    metrics = {s.metric for s in mine}
     if len(metrics) != 1:
       raise ValueError(f'{task} ({strategy}): scores in several metrics {sorted(metrics)}; '
                        'one main metric per task.')
     (metric,) = metrics
-    arms = {arm: runs_of(by_arm[arm]) for arm in order_arms(by_arm, arm_order)}
-    reps = replicates(arms, samples, seed)
+    final = {(s.arm, s.budget, s.step) for s in final_scores(mine)}
+    by_cell: dict[tuple[str, int, int], list[Any]] = {}
+    for s in mine:
+      by_cell.setdefault((s.arm, s.budget, s.step), []).append(s)
+    order = order_arms({cell[0] for cell in by_cell}, arm_order)
+    cells = sorted(by_cell, key=lambda cell: (order.index(cell[0]), cell[1], cell[2]))
+    runs = {cell: runs_of(by_cell[cell]) for cell in cells}
+    reps = replicates(runs, samples, seed)
+    checkpoints: dict[str, list[Checkpoint]] = {}
+    for cell in cells:
+      low, high = interval(reps[cell])
+      ss = by_cell[cell]
+      checkpoints.setdefault(cell[0], []).append(Checkpoint(
+          float(np.mean([s.fraction for s in ss])), cell[2], cell[1],
+          float(np.mean([s.tokens for s in ss])), float(np.mean([s.flops for s in ss])),
+          point(runs[cell]), low, high, reps[cell]))
+    last = {cell[0]: cell for cell in cells if cell in final}
+    arms = {arm: runs[last[arm]] for arm in order}
     estimates = {}
-    for arm, runs in arms.items():
-      low, high = interval(reps[arm])
+    for arm, arm_runs in arms.items():
+      low, high = interval(reps[last[arm]])
       by_seed: dict[int, int] = {}
-      for run in runs:
+      for run in arm_runs:
         by_seed[run.pretrain_seed] = by_seed.get(run.pretrain_seed, 0) + 1
-      estimates[arm] = Estimate(point(runs), low, high,
-                                max(len(r.ids) if r.examples else 0 for r in runs),
+      estimates[arm] = Estimate(point(arm_runs), low, high,
+                                max(len(r.ids) if r.examples else 0 for r in arm_runs),
                                 len(by_seed), min(by_seed.values()))
     pretrained = {a: e.mean for a, e in estimates.items() if not is_control(a)}
-    out.append(GroupStats(task, kind, strategy, metric, estimates, pairwise(arms, reps),
-                          ranks(pretrained, higher_is_better(metric)), detectable(arms)))
+    final_reps = {arm: reps[last[arm]] for arm in order}
+    out.append(GroupStats(
+        task, kind, strategy, metric, estimates, pairwise(arms, final_reps),
+        ranks(pretrained, higher_is_better(metric)), detectable(arms),
+        {arm: sorted(points, key=lambda p: (p.flops, p.step))
+         for arm, points in checkpoints.items()}))
   return out
 
 

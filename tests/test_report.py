@@ -200,6 +200,8 @@ def test_downstream_headline_opens_the_report(tmp_path):
   assert '## Smallest difference this study could detect' in text
   assert 'WARNING: mlm topic (full): the selected learning_rate sits at an edge' in text
   assert '| topic · full (accuracy) | clm | 0.25 | 10 | 1e+04 | 1.000e+10 |' in text
+  cell = clm_row.split(' | ')[1]  # the last checkpoint's interval is the headline's, exactly
+  assert f'| topic · full (accuracy) | clm | 1 | 30 | 3e+04 | 3.000e+10 | {cell} |' in text
   assert '![downstream vs FLOPs](downstream_vs_flops.png)' in text
   assert '| topic · full (accuracy) | mlm | clm |' in text  # a compute multiplier row
   assert '| clm | piqa | acc | 0.6100 | 0.011 | 1 | 30 |' in text
