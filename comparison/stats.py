@@ -16,10 +16,11 @@ Random draws, in this order from `numpy.random.default_rng(seed)`:
   1. per distinct id set (in order of first appearance: arms in order, runs by (pretraining
      seed, fine-tuning seed)): `rng.integers(n, size=(samples, n))`, the example indices into
      the sorted ids;
-  2. per arm, in order: `rng.integers(P, size=(samples, P))`, the drawn pretraining seeds
-     (sorted seeds' indices), then `rng.random((samples, P, F))` with F the largest number of
-     fine-tuning seeds of a pretraining seed: draw j of drawn seed p is its fine-tuning seed
-     floor(u * F_p) (only j < F_p are used).
+  2. per arm checkpoint (arms in order, then by budget and step): `rng.integers(P,
+     size=(samples, P))`, the drawn pretraining seeds (sorted seeds' indices), then
+     `rng.random((samples, P, F))` with F the largest number of fine-tuning seeds of a
+     pretraining seed: draw j of drawn seed p is its fine-tuning seed floor(u * F_p) (only
+     j < F_p are used).
 
 Minimum detectable difference (two-sided alpha = 0.05, power 0.8):
   MDE = (z_{0.975} + z_{0.8}) * SE_diff = 2.80 * SE_diff,

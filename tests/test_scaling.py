@@ -69,3 +69,20 @@ def test_multiplier_is_refused_past_twice_the_largest_checkpoint():
   assert result.ratio is None and math.isnan(result.low)
   assert 'past 2x its largest checkpoint (4e+09); not extrapolated' in result.reason
   assert scaling.multiplier('flat', 'a', curves).reason == 'its score does not rise with FLOPs'
+
+
+def test_report_fits_each_arms_validation_curve_from_a_quarter_of_the_run():
+  """Points before a quarter of the run (warm-up) are left out; the table shows the fit."""
+  from comparison import headline  # pylint: disable=import-outside-toplevel
+
+  steps = np.arange(10, 410, 10)
+  train = [{'step': int(s), 'flops': 1e9 * s} for s in steps]
+  evals = [{'step': int(s), 'clm_loss': float(2.0 + 300.0 * (1e9 * s) ** -0.25)} for s in steps]
+  evals[0]['clm_loss'] = 50.0  # before a quarter of the run: not fitted
+  run = {'arm': 'clm', 'config': {'objective': 'clm'}, 'train': train, 'evals': evals}
+  ((metric, flops, losses),) = headline.loss_points([run]).values()
+  assert metric == 'clm_loss' and len(flops) == 31 and min(flops) == 1e11
+  fit = scaling.fit_power_law(flops, losses)
+  assert (fit.E, fit.alpha) == pytest.approx((2.0, 0.25), rel=1e-3)
+  (row,) = [line for line in headline.loss_scaling([run]) if line.startswith('| clm |')]
+  assert row.startswith(f'| clm | clm_loss | {fit.E:.4g} | {fit.A:.4g} | {fit.alpha:.4f} [')
