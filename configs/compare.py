@@ -56,8 +56,11 @@ MODELS: dict[str, dict[str, Any]] = {
 ARCHITECTURE = dict(position='rotary', norm='pre', dropout=0.0, tie_embeddings=True,
                     lm_transform=False, head_dim=0, layer_norm_eps=1e-6, init_std=0.02)
 
-# Run shape and the shared training budget in non-padding input tokens. total_steps is only
-# the ceiling: arms with more padding need more steps to see the same tokens.
+# Run shape and the shared training budget in non-padding input tokens. A budget run plans its
+# steps from the budget (training/loop.py's planned_steps: the budget over the real tokens of
+# its first batches) and stops when its real tokens reach it, so total_steps is not read by it
+# at all (it is the length only of a run with budget.tokens=0); arms with more padding take
+# more steps to see the same tokens.
 RUNS: dict[str, dict[str, Any]] = {
     'tiny': dict(batch_size=16, seq_len=128, total_steps=600, learning_rate=1e-3,
                  warmup_steps=30, vocab_size=4000, eval_every=100, eval_steps=8, log_every=25,
@@ -73,6 +76,27 @@ OPTIMIZER = dict(b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.
                  end_learning_rate_ratio=0.1)
 BUDGET_FRACTIONS = (0.25, 0.5, 1.0)  # checkpoints kept for downstream-vs-compute plots
 DEFAULT_PRESET = 'tiny'
+
+# Downstream inside a comparison (tools/compare.py --downstream=TASK,...): every arm, seed and
+# kept checkpoint is fine-tuned with one recipe per strategy (configs/finetune.py keys), each
+# setting selected on the dev split and scored on test, beside the random-initialisation
+# control of each distinct architecture; --zero_shot=TASK,... scores label words without
+# training. The grids are wide enough that the selected setting is rarely at an edge (the
+# results file and the log name it when it is). The linear probe reads the mean of the frozen
+# backbone's final states with a plain AdamW head: enough epochs at a high rate to converge.
+DOWNSTREAM = dict(tasks=('stdlib_package',), strategy='full', zero_shot=(), control=True,
+                  fractions=BUDGET_FRACTIONS)
+RECIPES: dict[str, dict[str, Any]] = {
+    'full': dict(learning_rates=(1e-4, 3e-4, 1e-3), epochs=(3,), seeds=(0, 1, 2)),
+    'linear_probe': dict(learning_rates=(3e-3, 1e-2, 3e-2, 1e-1), epochs=(20,), seeds=(0, 1, 2),
+                         pooling='mean', head_dropout=0.0, weight_decay=0.0),
+}
+# Task sizes per preset: a CPU comparison fine-tunes on capped splits (the same for every arm).
+TASK_CAPS: dict[str, dict[str, int]] = {
+    'tiny': dict(max_train_examples=800, max_eval_examples=400),
+    'small': dict(max_train_examples=0, max_eval_examples=0),
+    'base': dict(max_train_examples=0, max_eval_examples=0),
+}
 
 
 def arm_names() -> list[str]:

@@ -20,12 +20,16 @@ def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.mode = 'finetune'  # finetune | prompt (zero/few-shot, causal) | instruct (causal)
   config.step = -1  # pretraining checkpoint step; -1 = the latest
+  # True: the run's architecture from a random initialisation (seeded by the run's seed), the
+  # no-pretraining control; written as step 0.
+  config.random_init = False
   config.task = ml_collections.ConfigDict(dict(name=task, **registry.defaults(task)))
   config.strategy = 'full'  # full | linear_probe | ffn_only | prompt_tuning | lora
   config.lora_rank = 8
   config.lora_alpha = 16.0
   config.prompt_length = 20  # soft-prompt vectors (prompt_tuning)
   config.pooling = ''  # '' = by objective: first token (bidirectional), last real token (causal); or mean
+  # (mean of the real tokens' final states: what a linear probe of a pretrained backbone reads best)
   config.seq_len = 0  # 0 = the checkpoint's learned positions (minus the soft prompt); else >= 3
   # (single text), 5 (pairs, QA), 4 (instruct): the layout's special tokens + 1 token per text
   config.batch_size = 32

@@ -1,7 +1,10 @@
 """Where downstream results live and what they hold (schema in docs/downstream.md):
-`<pretraining workdir>/downstream/<task>/<strategy>/results.json`, one file per task and
-strategy (prompting: strategy `prompt_<k>shot`; instruction tuning: task `instruct`), so the
-comparison report can read every run's scores beside its pretraining step and FLOPs.
+`<pretraining workdir>/downstream/<task>/<strategy>/step_<N>.json`, one file per task,
+strategy and pretraining checkpoint step N (prompting: strategy `prompt_<k>shot`; instruction
+tuning: task `instruct`; the random-initialisation control: step 0), with `results.json`
+beside them a copy of the latest one written. Fine-tuning files hold each seed's per-example
+test scores, so comparisons pair arms example by example. Files of schema
+`downstream-results/1` (results.json only, no per-example scores) are still read.
 """
 
 from __future__ import annotations
@@ -12,19 +15,24 @@ import json
 import os
 from typing import Any
 
-SCHEMA = 'downstream-results/1'
+SCHEMA = 'downstream-results/2'
+LATEST = 'results.json'
 
 
-def results_path(root: str, task: str, strategy: str) -> str:
-  """root/<task>/<strategy>/results.json, with '/' in TFDS names ('glue/sst2') as '_'."""
-  return os.path.join(root, task.replace('/', '_'), strategy, 'results.json')
+def results_path(root: str, task: str, strategy: str, step: int | None = None) -> str:
+  """root/<task>/<strategy>/results.json, or step_<step>.json given a checkpoint step, with
+  '/' in TFDS names ('glue/sst2') as '_'."""
+  name = LATEST if step is None else f'step_{int(step)}.json'
+  return os.path.join(root, task.replace('/', '_'), strategy, name)
 
 
-def pretraining_fields(pre) -> dict[str, Any]:
+def pretraining_fields(pre, no_pretraining: bool = False) -> dict[str, Any]:
+  """The checkpoint's run, step and compute; `no_pretraining`: the run's architecture from a
+  random initialisation (step 0, no FLOPs), the control every checkpoint is compared with."""
   objective = pre.objective if isinstance(pre.objective, str) else dict(pre.objective)
   return {'workdir': os.path.abspath(pre.workdir), 'objective': objective, 'step': pre.step,
           'flops_per_step': pre.flops_per_step, 'flops': pre.flops, 'params': pre.param_count,
-          'causal': pre.causal}
+          'causal': pre.causal, 'no_pretraining': no_pretraining}
 
 
 def hardware_fields() -> dict[str, Any]:
@@ -34,20 +42,34 @@ def hardware_fields() -> dict[str, Any]:
           'date': datetime.date.today().isoformat()}
 
 
-def write(path: str, record: dict[str, Any]) -> str:
-  """Writes `record` (with the schema tag first) atomically; returns the path."""
+def _write_json(path: str, record: dict[str, Any]) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   temporary = f'{path}.tmp'
   with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump({'schema': SCHEMA, **record}, f, indent=2)
+    json.dump(record, f, indent=2)
   os.replace(temporary, path)
+
+
+def write(path: str, record: dict[str, Any], step: int | None = None) -> str:
+  """Writes `record` (with the schema tag first) atomically to `path` (a results.json) and,
+  given the checkpoint `step`, to step_<step>.json beside it; returns `path`."""
+  record = {'schema': SCHEMA, **record}
+  if step is not None:
+    _write_json(os.path.join(os.path.dirname(path), f'step_{int(step)}.json'), record)
+  _write_json(path, record)
   return path
 
 
 def read_all(workdir: str) -> list[dict[str, Any]]:
-  """Every results.json under `<workdir>/downstream`, for the comparison report."""
+  """Every result under `<workdir>/downstream`: each step file, and a results.json only
+  where no step file is beside it (schema /1)."""
   records = []
-  for path in sorted(glob.glob(os.path.join(workdir, 'downstream', '*', '*', 'results.json'))):
-    with open(path, encoding='utf-8') as f:
-      records.append(json.load(f))
+  for folder in sorted(glob.glob(os.path.join(workdir, 'downstream', '*', '*'))):
+    paths = sorted(glob.glob(os.path.join(folder, 'step_*.json')),
+                   key=lambda p: int(os.path.basename(p)[5:-5]))
+    if not paths and os.path.exists(os.path.join(folder, LATEST)):
+      paths = [os.path.join(folder, LATEST)]
+    for path in paths:
+      with open(path, encoding='utf-8') as f:
+        records.append(json.load(f))
   return records

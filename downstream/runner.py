@@ -93,6 +93,8 @@ def check_config(config) -> None:
   if config.mode not in MODES:
     raise ValueError(f'config.mode must be one of {MODES}, got {config.mode!r}.')
   _strategy(config)
+  if not isinstance(config.get('random_init', False), bool):
+    raise ValueError(f'config.random_init must be True or False, got {config.random_init!r}.')
   if config.pooling and config.pooling not in heads.POOLINGS:
     raise ValueError(f'config.pooling must be one of {heads.POOLINGS} or "", got {config.pooling!r}.')
   _check_recipe(config)
@@ -218,7 +220,9 @@ def _seq_len(config, pre, strategy: strategies.Strategy, layout: str) -> int:
 
 
 def run(config, workdir: str, log: Callable[[str], None] = print) -> list[str]:
-  """Evaluates the pretraining run in `workdir`; returns the results.json paths written."""
+  """Evaluates the pretraining run in `workdir`; returns the results.json paths written (each
+  with its step_<N>.json beside it). config.random_init fine-tunes the run's architecture from
+  a random initialisation instead (the no-pretraining control, written as step 0)."""
   from downstream import pretrained  # pylint: disable=import-outside-toplevel
 
   check_config(config)
@@ -226,17 +230,51 @@ def run(config, workdir: str, log: Callable[[str], None] = print) -> list[str]:
   task = registry.build(config.task) if config.mode != 'instruct' else None
   if task is not None:
     check_task(config, task)
+  if config.get('random_init', False) and config.mode != 'finetune':
+    raise ValueError('config.random_init=True is the fine-tuning control: it needs '
+                     f'config.mode=finetune, got {config.mode!r}.')
   pre = pretrained.load(workdir, None if config.step < 0 else int(config.step),
                         tokenizer_path=config.tokenizer, model_overrides=dict(config.model))
+  control = bool(config.get('random_init', False))
+  if control:
+    pre = random_initialisation(pre, run_seed(workdir))
   seq_len = _seq_len(config, pre, strategy, layout_of(config.mode, task))
   root = config.output_dir or os.path.join(workdir, 'downstream')
-  log(f'{workdir} step {pre.step} | objective {pre.objective} | '
-      f'{"causal" if pre.causal else "bidirectional"} | seq_len {seq_len}')
+  log(f'{workdir} step {pre.step}{" (random initialisation)" if control else ""} | '
+      f'objective {pre.objective} | {"causal" if pre.causal else "bidirectional"} | '
+      f'seq_len {seq_len}')
   if config.mode == 'prompt':
     return _prompt(config, pre, task, seq_len, root, log)
   if config.mode == 'instruct':
     return [_instruct(config, pre, strategy, seq_len, root, log)]
   return [_finetune(config, pre, task, strategy, seq_len, root, log)]
+
+
+def run_seed(workdir: str) -> int:
+  """The pretraining run's seed (config.json), which seeds its random-initialisation control."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+    return int(json.load(f).get('seed', 0))
+
+
+def random_initialisation(pre, seed: int):
+  """`pre` with the parameters its model starts pretraining from (seed `seed`), at step 0."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from models.transformer import Transformer  # pylint: disable=import-outside-toplevel
+
+  def init(key):
+    inputs, _ = pre.prepare(key, pre.example_batch)
+    return nn.unbox(Transformer(pre.model_config).init({'params': key, 'dropout': key},
+                                                       inputs))['params']
+
+  params = jax.jit(init)(jax.random.key(seed))
+  if jax.tree.structure(params) != jax.tree.structure(pre.params):
+    raise ValueError(f'The model of {pre.workdir} initialises other parameters than its '
+                     'checkpoint holds: the random-initialisation control cannot stand for it.')
+  return dataclasses.replace(pre, params=jax.device_put(params, jax.local_devices()[0]), step=0)
 
 
 def _common(config, pre, seq_len: int) -> dict[str, Any]:
@@ -272,21 +310,125 @@ def _finetune(config, pre, task, strategy, seq_len: int, root: str, log) -> str:
   encoded = finetune.encode_task(task, pre.tokenizer, seq_len, pre.causal,
                                  doc_stride=int(config.doc_stride),
                                  max_query_tokens=int(config.max_query_tokens))
-  base = _recipe(config)
-  found = finetune.grid_search(model, strategy, pre.params, task, encoded,
-                               learning_rates=config.learning_rates, epochs=config.epochs,
-                               seeds=config.seeds, base=base,
-                               ordinary_ids=pre.tokenizer.vocab.ordinary_ids, log=log)
+  found = grid_search(model, strategy, pre.params, task, encoded,
+                      learning_rates=config.learning_rates, epochs=config.epochs,
+                      seeds=config.seeds, base=_recipe(config),
+                      ordinary_ids=pre.tokenizer.vocab.ordinary_ids, log=log)
+  edge = grid_edges(found['selected'], found['grid'])
   record = {'mode': 'finetune', 'task': task.name, 'task_kind': task.kind,
-            'strategy': strategy.name, **found,
+            'strategy': strategy.name, **found, 'grid_edge': list(edge),
             'examples': {split: len(examples) for split, examples in task.splits.items()},
             **_common(config, pre, seq_len)}
+  record['pretraining'] = results.pretraining_fields(pre, bool(config.get('random_init', False)))
   record['settings']['pooling'] = pooling
-  path = results.write(results.results_path(root, task.name, strategy.name), record)
-  dev = found['dev'][found['metric']]
-  log(f'{task.name} | {strategy.name} | dev {found["metric"]} {dev["mean"]:.4f} ± '
-      f'{dev["std"]:.4f} | {found["trained_params"]} trained parameters | {path}')
+  path = results.write(results.results_path(root, task.name, strategy.name), record,
+                       step=pre.step)
+  for name in edge:
+    log(f'WARNING: {task.name} | {strategy.name} | the selected {name}='
+        f'{found["selected"][name]:g} is at the edge of its grid '
+        f'{sorted({p[name] for p in found["grid"]})}: the best setting may lie outside it; '
+        f'widen config.{"learning_rates" if name == "learning_rate" else name}.')
+  metric = found['metric']
+  scores = [f'{split} {metric} {found[split][metric]["mean"]:.4f} ± '
+            f'{found[split][metric]["std"]:.4f}' for split in ('dev', 'test') if found[split]]
+  log(f'{task.name} | {strategy.name} | step {pre.step} | ' + ' | '.join(scores) +
+      f' | {found["trained_params"]} trained parameters | {path}')
   return path
+
+
+def grid_edges(selected: dict[str, Any], grid: Sequence[dict[str, Any]]) -> tuple[str, ...]:
+  """The selected hyper-parameters at the lowest or highest of several values tried."""
+  edges = []
+  for name, value in selected.items():
+    tried = sorted({point[name] for point in grid if name in point})
+    if len(tried) > 1 and value in (tried[0], tried[-1]):
+      edges.append(name)
+  return tuple(sorted(edges))
+
+
+def example_ids(examples: Sequence[dict[str, Any]], split: str) -> list[str]:
+  """Stable ids of a split's examples: their own 'id', else '<split>:<position>' (a task's
+  splits are deterministic for its settings, so every arm sees the same examples in order)."""
+  return [str(e['id']) if 'id' in e else f'{split}:{i}' for i, e in enumerate(examples)]
+
+
+def example_scores(task: Task, split, outputs, max_answer_tokens: int = 30) -> list[float]:
+  """Each example's part of the main metric: 1/0 correct (classification), exact match or
+  F1 (QA, as the main metric), squared error (regression, whose metrics are not means)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from downstream import encoding, metrics as metrics_lib  # pylint: disable=import-outside-toplevel
+
+  if task.kind == 'qa':
+    texts = encoding.decode_spans(outputs[..., 0], outputs[..., 1], split.windows,
+                                  [e['context'] for e in split.examples],
+                                  max_answer_tokens=max_answer_tokens)
+    rule = metrics_lib.answer_exact if task.main_metric == 'exact_match' else metrics_lib.answer_f1
+    return [max(rule(text, gold) for gold in ([a['text'] for a in e['answers']] or ['']))
+            for text, e in zip(texts, split.examples)]
+  labels = np.asarray(split.arrays['label'])
+  if task.kind == 'regression':
+    return [float(v) for v in (np.asarray(outputs, np.float64) - labels) ** 2]
+  return [float(v) for v in (np.asarray(outputs) == labels)]
+
+
+def grid_search(model, strategy, backbone, task: Task, encoded, *, learning_rates, epochs,
+                seeds, base, ordinary_ids, log) -> dict[str, Any]:
+  """downstream/finetune.py's grid search and selection (best mean dev score of the main
+  metric; a diverged point never), keeping each seed's per-example test scores of every
+  point, so the selected point's are written beside its test mean (`test_examples`)."""
+  from downstream import finetune  # pylint: disable=import-outside-toplevel
+
+  test = encoded.get('test')
+  predict_model = (dataclasses.replace(model, lora_scale=strategy.lora_scale)
+                   if strategy.name == 'lora' else model)
+  predict_fn = finetune.make_predict(predict_model) if test is not None else None
+  grid = []
+  for lr in learning_rates:
+    for epoch_count in epochs:
+      runs, per_example = [], {}
+      for seed in seeds:
+        settings = dataclasses.replace(base, learning_rate=float(lr), epochs=int(epoch_count),
+                                       seed=int(seed))
+        run = finetune.train_and_evaluate(
+            model, strategy, backbone, task, encoded, settings, ordinary_ids=ordinary_ids,
+            eval_splits=('validation', 'test') if test is not None else ('validation',),
+            keep_params=test is not None)
+        if test is not None:
+          outputs = finetune.predict(predict_fn, run.params, test.arrays,
+                                     min(settings.batch_size, encoded['train'].size))
+          per_example[str(int(seed))] = example_scores(task, test, outputs,
+                                                       settings.max_answer_tokens)
+          run.params = None
+        runs.append(run)
+        log(f'{task.name} | {strategy.name} | lr {lr:g} | epochs {epoch_count} | seed {seed} | '
+            + ' '.join(f'{k} {v:.4f}' for k, v in run.scores['validation'].items())
+            + f' | {run.examples_per_sec:.1f} examples/s')
+      point = {'learning_rate': float(lr), 'epochs': int(epoch_count),
+               'dev': finetune.summarize(runs, 'validation'),
+               'examples_per_sec': float(sum(r.examples_per_sec for r in runs) / len(runs)),
+               'steps': runs[0].steps}
+      if test is not None:
+        point['test'] = finetune.summarize(runs, 'test')
+      grid.append((point, runs, per_example))
+
+  def selection(item) -> float:
+    value = item[0]['dev'][task.main_metric]['mean']
+    return value if not math.isnan(value) else -math.inf
+
+  best, best_runs, best_examples = max(grid, key=selection)
+  found = {
+      'metric': task.main_metric,
+      'selected': {'learning_rate': best['learning_rate'], 'epochs': best['epochs']},
+      'dev': best['dev'], 'test': best.get('test'),
+      'grid': [point for point, _, _ in grid], 'seeds': [int(s) for s in seeds],
+      'trained_params': best_runs[0].trained_params,
+      'total_params': best_runs[0].total_params,
+      'examples_per_sec': best['examples_per_sec']}
+  if test is not None:
+    found['test_examples'] = {'ids': example_ids(test.examples, 'test'),
+                              'scores': best_examples}
+  return found
 
 
 def _prompt(config, pre, task, seq_len: int, root: str, log) -> list[str]:
@@ -311,7 +453,8 @@ def _prompt(config, pre, task, seq_len: int, root: str, log) -> list[str]:
               'template': task.template, 'label_words': list(task.label_words),
               'examples': {s: len(e) for s, e in task.splits.items()},
               **_common(config, pre, seq_len)}
-    paths.append(results.write(results.results_path(root, task.name, name), record))
+    paths.append(results.write(results.results_path(root, task.name, name), record,
+                               step=pre.step))
     main = summary[task.main_metric]
     log(f'{task.name} | {k}-shot | {split} {task.main_metric} {main["mean"]:.4f} ± '
         f'{main["std"]:.4f} | {paths[-1]}')
@@ -352,4 +495,5 @@ def _instruct(config, pre, strategy, seq_len: int, root: str, log) -> str:
             'examples_per_sec': best['examples_per_sec'],
             'examples': {'train': len(train), 'validation': len(validation)},
             **_common(config, pre, seq_len)}
-  return results.write(results.results_path(root, settings.name, strategy.name), record)
+  return results.write(results.results_path(root, settings.name, strategy.name), record,
+                       step=pre.step)

@@ -99,3 +99,66 @@ def test_arm_of_names_the_comparison_arms():
   assert results.arm_of({'objective': {'mlm': 1.0, 'sop': 1.0},
                          'data': {'format': 'sentence_order_pairs'}}) == 'mlm_sop'
   assert results.arm_of({'objective': 'electra', 'data': {}}) == 'electra'
+
+
+def test_plan_lists_each_kept_checkpoint_and_one_control_per_architecture(tmp_path):
+  from comparison import downstream
+
+  root = str(tmp_path)
+  clm = _run(root, 'clm', 'clm', 0)
+  nsp = _run(root, 'mlm_nsp', {'mlm': 1.0, 'nsp': 1.0}, 0, 'sentence_pairs')
+  sop = _run(root, 'mlm_sop', {'mlm': 1.0, 'sop': 1.0}, 0, 'sentence_order_pairs')
+  os.makedirs(os.path.join(clm, 'checkpoints', '9'))  # the budget's end, past the planned 8
+  settings = downstream.Settings(tasks=('toy',), zero_shot=('words',))
+  kinds = {clm: 'causal', nsp: 'pairs', sop: 'pairs'}
+  jobs, controls = downstream.plan([clm, nsp, sop], settings, architecture_of=kinds.get)
+  assert controls == {'clm': ['clm'], 'mlm_nsp': ['mlm_nsp', 'mlm_sop']}
+  found = [(os.path.basename(j.workdir), j.step, j.kind, j.control) for j in jobs]
+  assert found == [
+      ('clm', 0, 'finetune', True), ('clm', 2, 'finetune', False),
+      ('clm', 4, 'finetune', False), ('clm', 9, 'finetune', False),
+      ('clm', 2, 'zero_shot', False), ('clm', 4, 'zero_shot', False),
+      ('clm', 9, 'zero_shot', False),
+      ('mlm_nsp', 0, 'finetune', True), ('mlm_nsp', 2, 'finetune', False),
+      ('mlm_nsp', 4, 'finetune', False), ('mlm_nsp', 8, 'finetune', False),
+      ('mlm_nsp', 2, 'zero_shot', False), ('mlm_nsp', 4, 'zero_shot', False),
+      ('mlm_nsp', 8, 'zero_shot', False),
+      ('mlm_sop', 2, 'finetune', False), ('mlm_sop', 4, 'finetune', False),
+      ('mlm_sop', 8, 'finetune', False),
+      ('mlm_sop', 2, 'zero_shot', False), ('mlm_sop', 4, 'zero_shot', False),
+      ('mlm_sop', 8, 'zero_shot', False)]
+  assert jobs[0].path == os.path.join(clm, 'downstream', 'toy', 'full', 'step_0.json')
+  assert jobs[4].path == os.path.join(clm, 'zero_shot', 'words', 'step_2.json')
+
+
+def test_a_finished_score_is_never_run_again(tmp_path):
+  from comparison import downstream
+
+  clm = _run(str(tmp_path), 'clm', 'clm', 0)
+  settings = downstream.Settings(tasks=('toy',), control=False)
+  jobs, _ = downstream.plan([clm], settings, architecture_of=lambda w: 'one')
+  _finetune(clm, 2, (0.5, 0.5))  # step 2 was scored before the run was killed
+  ran = []
+  original = downstream.run_job
+  downstream.run_job = lambda job, settings, log: ran.append(job.step)
+  try:
+    assert downstream.run_all(jobs, settings, log=lambda line: None) == 2
+  finally:
+    downstream.run_job = original
+  assert ran == [4, 8]
+
+
+def test_finetune_config_takes_the_recipe_and_only_the_task_keys_it_has():
+  from comparison import downstream
+
+  settings = downstream.Settings(
+      tasks=('stdlib_package',), strategy='linear_probe',
+      recipe={'learning_rates': (0.01, 0.1), 'pooling': 'mean', 'task.max_train_examples': 50},
+      overrides=(('task.train_file', 'x.jsonl'), ('seeds', (0,))))
+  job = downstream.Job('w', 'clm', 0, 0, 'stdlib_package', 'finetune', 'linear_probe', True)
+  config = downstream.finetune_config(job, settings)
+  assert (config.strategy, config.step, config.random_init, config.pooling) == (
+      'linear_probe', -1, True, 'mean')
+  assert (config.learning_rates, config.seeds, config.task.max_train_examples) == (
+      (0.01, 0.1), (0,), 50)
+  assert 'train_file' not in config.task  # a setting of local files only

@@ -12,11 +12,24 @@ the whole comparison. --mode sweep writes <root>/sweep.py for tools/launch.py an
 command; run --mode local afterwards (where the workdirs are readable) to evaluate and report.
 `--config.key=value` overrides apply to every arm that has the key (shared settings such as
 the data source), so the arms stay controlled.
+
+  python tools/compare.py --root runs/compare --downstream stdlib_package \
+      [--downstream_strategy linear_probe] [--zero_shot TASK] [--finetune.task.max_train_examples=500]
+  python tools/compare.py --root runs/scaling --budgets 100000,200000,400000
+
+--downstream fine-tunes every arm, seed and kept checkpoint (25/50/100% of the budget) on each
+task with configs/compare.py's recipe for the strategy, beside the random-initialisation
+control of each distinct architecture (comparison/downstream.py); --zero_shot scores label
+words through downstream/zero_shot.py. A score already written is never computed again.
+`--finetune.key=value` sets a configs/finetune.py setting for every task that has it.
+--budgets trains every arm at each token budget (workdirs named by it). --mode downstream runs
+only the downstream jobs of the finished runs (after a sweep, where the workdirs are readable).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -31,6 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
+from comparison import downstream as downstream_lib  # pylint: disable=wrong-import-position
 from configs import compare  # pylint: disable=wrong-import-position
 from objectives import registry  # pylint: disable=wrong-import-position
 
@@ -74,16 +88,25 @@ def has_key(config, key: str) -> bool:
 
 
 def sweep_entries(arms: Sequence[str], seeds: Sequence[int], preset: str,
-                  overrides: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-  """One launch.py sweep entry per (arm, seed); shared overrides only where the arm has them."""
+                  overrides: Sequence[tuple[str, str]],
+                  budgets: Sequence[int] = ()) -> list[dict[str, Any]]:
+  """One launch.py sweep entry per (arm, seed[, budget]); shared overrides only where the arm
+  has them. Several budgets name each workdir by its budget (`budget.tokens` varies), so every
+  arm's runs at every budget coexist under one root."""
+  if budgets and any(key == 'budget.tokens' for key, _ in overrides):
+    raise ValueError('--budgets and --config.budget.tokens both set the budget: give one.')
   entries = []
   for arm in arms:
     config = compare.get_config(f'{arm}:{preset}')
     for key, _ in overrides:
       if not has_key(config, key):
         raise ValueError(f'--config.{key} names no setting of arm {arm}: fix its name.')
-    for seed in seeds:
-      entries.append({'config': f'{CONFIG_FILE}:{arm}:{preset}', 'seed': seed, **dict(overrides)})
+    for budget in budgets or (None,):
+      for seed in seeds:
+        entry = {'config': f'{CONFIG_FILE}:{arm}:{preset}', 'seed': seed, **dict(overrides)}
+        if budget is not None:
+          entry['budget.tokens'] = budget
+        entries.append(entry)
   return entries
 
 
@@ -139,6 +162,14 @@ def arm_and_seed(run) -> tuple[str, int]:
   return arm, int(seed)
 
 
+def run_budget(run) -> int:
+  """The token budget of a run: its override, else its preset's."""
+  budget = dict(run.overrides).get('budget.tokens')
+  if budget is None:
+    budget = compare.RUNS[run.config.split(':')[2]]['budget_tokens']
+  return int(float(budget))
+
+
 def train_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.Popen,
               stream=None) -> int:
   """Trains each run (resuming), printing the comparison progress; returns the first failure."""
@@ -174,17 +205,19 @@ def keep_earlier_workdirs(runs: Sequence[Any], root: str, stream=None) -> list[A
 
   if '://' in root or not os.path.isdir(root):
     return list(runs)
-  earlier: dict[tuple[str, int], list[str]] = {}
-  for folder, _, files in sorted(os.walk(root)):
+  earlier: dict[tuple[str, int, int], list[str]] = {}
+  for folder, subfolders, files in sorted(os.walk(root)):
+    subfolders[:] = [d for d in subfolders if d not in ('checkpoints', 'downstream', 'eval')]
     if 'config.json' in files:
       with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
         config = json.load(f)
-      key = (report.arm_of(config), int(config.get('seed', 0)))
+      key = (report.arm_of(config), int(config.get('seed', 0)),
+             int((config.get('budget') or {}).get('tokens', 0) or 0))
       earlier.setdefault(key, []).append(os.path.abspath(folder))
   kept = []
   for run in runs:
     arm, seed = arm_and_seed(run)
-    folders = earlier.get((arm, seed), [])
+    folders = earlier.get((arm, seed, run_budget(run)), [])
     if folders and os.path.abspath(run.workdir) not in folders:
       folder = folders[0]
       print(f'{arm} seed {seed}: going on in {folder}, where it was trained before.',
@@ -241,6 +274,96 @@ def write_sweep(root: str, entries: Sequence[dict[str, Any]]) -> str:
   return path
 
 
+def _literal(text: str) -> Any:
+  """A --finetune.key=value value as Python reads it ('(1e-3,)', '500', 'mean'), else text."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_finetune_overrides(extra: Sequence[str]) -> tuple[list[str], list[tuple[str, Any]]]:
+  """(the other arguments, [(key, value)] of every --finetune.key=value)."""
+  rest, found = [], []
+  for arg in extra:
+    match = re.fullmatch(r'--finetune\.([\w.]+)=(.*)', arg)
+    if match:
+      found.append((match.group(1), _literal(match.group(2))))
+    else:
+      rest.append(arg)
+  return rest, found
+
+
+def _names(text: str) -> tuple[str, ...]:
+  return tuple(name.strip() for name in text.split(',') if name.strip())
+
+
+def downstream_settings(args: argparse.Namespace, finetune_overrides: Sequence[tuple[str, Any]]
+                        ) -> downstream_lib.Settings:
+  """The downstream section of configs/compare.py with the command's flags applied; a task,
+  strategy or --finetune key that names nothing is a one-line error before anything runs."""
+  from configs import finetune  # pylint: disable=import-outside-toplevel
+
+  section = compare.DOWNSTREAM
+  tasks = _names(args.downstream) if args.downstream is not None else ()
+  zero_shot = _names(args.zero_shot) if args.zero_shot is not None else ()
+  strategy = args.downstream_strategy or section['strategy']
+  if strategy not in compare.RECIPES:
+    raise ValueError(f'--downstream_strategy={strategy} has no recipe in configs/compare.py '
+                     f'RECIPES: choose from {sorted(compare.RECIPES)}.')
+  fractions = tuple(float(f) for f in _names(args.downstream_fractions)) or tuple(
+      section['fractions'])
+  if any(f not in compare.BUDGET_FRACTIONS for f in fractions):
+    raise ValueError(f'--downstream_fractions={args.downstream_fractions}: the kept checkpoints '
+                     f'are at {compare.BUDGET_FRACTIONS} of the budget; choose among them.')
+  recipe = {**compare.TASK_CAPS[args.preset], **compare.RECIPES[strategy]}
+  recipe = {(f'task.{k}' if k.startswith('max_') else k): v for k, v in recipe.items()}
+  for task in (*tasks, *zero_shot):
+    config = finetune.get_config(task)  # an unknown task is a one-line error naming the tasks
+    for key, _ in finetune_overrides:
+      if not has_key(config, key) and not (key.startswith('task.') and any(
+          has_key(finetune.get_config(t), key) for t in (*tasks, *zero_shot))):
+        raise ValueError(f'--finetune.{key} names no setting of configs/finetune.py:{task}: '
+                         'fix its name.')
+  return downstream_lib.Settings(
+      tasks=tasks, strategy=strategy, zero_shot=zero_shot,
+      control=section['control'] and not args.no_control, recipe=recipe,
+      overrides=tuple(finetune_overrides), zero_shot_limit=args.zero_shot_limit,
+      fractions=fractions)
+
+
+def downstream_flags(args: argparse.Namespace) -> list[str]:
+  """The command's downstream flags, to repeat in the command that follows a sweep."""
+  flags = [f'--downstream={args.downstream}'] if args.downstream else []
+  flags += [f'--downstream_strategy={args.downstream_strategy}'] if args.downstream_strategy else []
+  flags += [f'--zero_shot={args.zero_shot}'] if args.zero_shot else []
+  flags += [f'--zero_shot_limit={args.zero_shot_limit}'] if args.zero_shot_limit else []
+  flags += [f'--downstream_fractions={args.downstream_fractions}'] if (
+      args.downstream_fractions) else []
+  flags += ['--no_control'] if args.no_control else []
+  return flags + [f'--finetune.{key}={value!r}' if not isinstance(value, str)
+                  else f'--finetune.{key}={value}' for key, value in args.finetune_overrides]
+
+
+def downstream_all(runs: Sequence[Any], root: str, settings: downstream_lib.Settings) -> int:
+  """Every downstream and zero-shot job of the finished runs; 2 on a one-line error."""
+  if not settings.tasks and not settings.zero_shot:
+    return 0
+  workdirs = [run.workdir for run in runs if os.path.isdir(run.workdir)]
+  try:
+    jobs, controls = downstream_lib.plan(workdirs, settings)
+    for arm, arms in controls.items():
+      shared = f' (shared by {", ".join(a for a in arms if a != arm)})' if len(arms) > 1 else ''
+      print(f'no_pretraining:{arm}: the random-initialisation control of {arm}\'s '
+            f'architecture{shared}', flush=True)
+    downstream_lib.write_controls(root, controls)
+    downstream_lib.run_all(jobs, settings, log=lambda line: print(line, flush=True))
+  except (ValueError, OSError, KeyError) as error:
+    print(f'compare.py: error: {str(error).splitlines()[0]}', file=sys.stderr)
+    return 2
+  return 0
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--root', required=True, help='Parent of the runs\' workdirs; the report '
@@ -249,10 +372,27 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str,
   parser.add_argument('--arms', default='', help='Comma-separated arms (default: every arm: '
                       'the defaults plus every registered objective).')
   parser.add_argument('--seeds', default='0,1', help='Comma-separated training seeds.')
-  parser.add_argument('--mode', choices=('local', 'sweep', 'report'), default='local',
-                      help='local: train, evaluate and report here; sweep: write a sweep for '
-                      'tools/launch.py; report: only write the report.')
+  parser.add_argument('--mode', choices=('local', 'sweep', 'downstream', 'report'),
+                      default='local', help='local: train, evaluate, score downstream and report '
+                      'here; sweep: write a sweep for tools/launch.py; downstream: only the '
+                      'downstream jobs of finished runs, then the report; report: only the report.')
+  parser.add_argument('--budgets', default='', help='Comma-separated token budgets: every arm '
+                      'and seed at each (default: the preset\'s budget, or --config.budget.tokens).')
+  parser.add_argument('--downstream', default=None, help='Comma-separated tasks to fine-tune '
+                      'every arm, seed and kept checkpoint on (configs/finetune.py presets).')
+  parser.add_argument('--downstream_strategy', default='', help='full (default) or linear_probe '
+                      '(recipes in configs/compare.py).')
+  parser.add_argument('--zero_shot', default=None, help='Comma-separated label-word tasks to '
+                      'score zero-shot (downstream/zero_shot.py).')
+  parser.add_argument('--zero_shot_limit', type=int, default=0,
+                      help='Score only the first N test examples zero-shot (0: all).')
+  parser.add_argument('--downstream_fractions', default='',
+                      help='Comma-separated budget fractions whose kept checkpoints are scored '
+                      '(default 0.25,0.5,1.0; 1.0 is the last checkpoint).')
+  parser.add_argument('--no_control', action='store_true',
+                      help='Leave out the random-initialisation control.')
   args, extra = parser.parse_known_args(argv)
+  extra, args.finetune_overrides = parse_finetune_overrides(extra)
   return args, parse_overrides(extra)
 
 
@@ -265,10 +405,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arm in arms:
       compare.get_arm(arm)
     seeds = [int(s) for s in args.seeds.split(',') if s.strip()]
+    budgets = [int(float(b)) for b in _names(args.budgets)]
+    if any(b <= 0 for b in budgets) or len(set(budgets)) < len(budgets):
+      raise ValueError(f'--budgets={args.budgets} must be distinct positive token counts.')
+    settings = downstream_settings(args, args.finetune_overrides)
     given_root = args.root  # the report is titled with the root as the caller wrote it
     if '://' not in args.root:  # the children may run elsewhere; the root is the caller's
       args.root = os.path.abspath(args.root)
-    entries = sweep_entries(arms, seeds, args.preset, overrides)
+    entries = sweep_entries(arms, seeds, args.preset, overrides,
+                            budgets if len(budgets) > 1 else ())
+    if len(budgets) == 1:
+      if any(key == 'budget.tokens' for key, _ in overrides):
+        raise ValueError('--budgets and --config.budget.tokens both set the budget: give one.')
+      entries = [{**entry, 'budget.tokens': budgets[0]} for entry in entries]
     runs = launch.expand(entries, args.root)
   except ValueError as error:
     print(f'compare.py: error: {str(error).splitlines()[0]}', file=sys.stderr)
@@ -276,13 +425,17 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.mode == 'sweep':
     path = write_sweep(args.root, entries)
     print(shlex.join(['python', 'tools/launch.py', '--sweep', path, '--workdir_root', args.root]))
-    print('# then: ' + shlex.join(['python', 'tools/compare.py', '--root', args.root, '--preset',
-                                   args.preset, '--arms', ','.join(arms), '--seeds', args.seeds])
-          + ' (evaluates and reports)')
+    follow = ['python', 'tools/compare.py', '--root', args.root, '--preset', args.preset,
+              '--arms', ','.join(arms), '--seeds', args.seeds]
+    follow += ['--budgets', args.budgets] if args.budgets else []
+    follow += downstream_flags(args)
+    print('# then: ' + shlex.join(follow) + ' (evaluates' + (
+        ', scores downstream' if settings.tasks or settings.zero_shot else '') + ' and reports)')
     return 0
-  if args.mode == 'local':
+  if args.mode in ('local', 'downstream'):
     runs = keep_earlier_workdirs(runs, args.root)
-    status = train_all(runs) or evaluate_all(runs)
+    status = train_all(runs) or evaluate_all(runs) if args.mode == 'local' else 0
+    status = status or downstream_all(runs, args.root, settings)
     if status:
       return status
   return report.main(['--root', given_root])
