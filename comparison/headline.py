@@ -217,7 +217,8 @@ def loss_scaling(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     fit = scaling.fit_power_law(flops, losses)
     low, high = scaling.exponent_interval(fit, flops, losses)
     rows.append(f'| {arm} | {metric} | {fit.E:.4g} | {fit.A:.4g} | {fit.alpha:.4f} '
-                f'[{low:.4f}, {high:.4f}] | {len(flops)} | {fmt(min(flops))} – {fmt(max(flops))} |')
+                f'[{low:.4f}, {high:.4f}] | {len(flops)} | '
+                f'{fmt(min(flops))} – {fmt(max(flops))} |')
   if not rows:
     return []
   return ['Held-out loss against training FLOPs per arm, L = E + A C^-alpha, fitted in log space '
@@ -260,7 +261,8 @@ def lm_eval_table(runs: Sequence[Mapping[str, Any]]) -> list[str]:
   cells: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
   for row in rows:
     cells.setdefault((row['arm'], row['task'], row['metric']), []).append(row)
-  lines = ['| arm | task | metric | value | stderr | seeds | steps |', '|---|---|---|---|---|---|---|']
+  lines = ['| arm | task | metric | value | stderr | seeds | steps |',
+           '|---|---|---|---|---|---|---|']
   for (arm, task, metric), mine in cells.items():
     value = float(np.mean([r['value'] for r in mine]))
     stderr = math.sqrt(np.mean([r['stderr'] ** 2 for r in mine]) / len(mine))

@@ -117,7 +117,9 @@ def _refine(x: np.ndarray, log_l: np.ndarray, start: tuple[float, float, float],
           bounds=([0.0, -np.inf, 0.0], [ceiling, np.inf, np.inf]), maxfev=5000)
   except (RuntimeError, ValueError):
     return start
-  sse = lambda p: float(((model(x, *p) - log_l) ** 2).sum())  # pylint: disable=unnecessary-lambda-assignment
+  def sse(p):
+    return float(((model(x, *p) - log_l) ** 2).sum())
+
   return tuple(float(p) for p in params) if sse(params) <= sse(start) else start
 
 

@@ -24,8 +24,9 @@ if REPO not in sys.path:
 # pylint: disable=wrong-import-position
 from comparison import headline, heldout, plots, results
 from comparison.controls import config_diff, uncontrolled, within_arm
-from comparison.runs import arm_of, check_distinct, evaluation_of, find_runs  # noqa: F401  (arm_of: tools/compare.py)
-from comparison.tables import fmt, read_csv, write_csv  # noqa: F401  (read_csv: callers)
+# arm_of and read_csv are read through this module by tools/compare.py and callers.
+from comparison.runs import arm_of, check_distinct, evaluation_of, find_runs  # noqa: F401
+from comparison.tables import fmt, read_csv, write_csv  # noqa: F401
 from configs import compare
 # pylint: enable=wrong-import-position
 
