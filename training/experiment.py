@@ -15,7 +15,6 @@ any) has been restored. `build_local` reads a finished run back from its workdir
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable
 
