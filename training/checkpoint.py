@@ -323,8 +323,16 @@ class Checkpointer:
       sums = checksums(self.directory / str(step))
       if not any(name.startswith('state') for name in sums):
         raise OSError(f'the checkpoint of step {step} holds no state files after writing')
-      self.manifests.mkdir(parents=True, exist_ok=True)
-      _write_atomically(self._manifest_path(step), json.dumps({'step': step, 'files': sums}))
+      try:
+        self.manifests.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self._manifest_path(step), json.dumps({'step': step, 'files': sums}))
+      except OSError as error:  # the checkpoint itself was read back whole: it stays
+        self.last_saved_step = step
+        raise CheckpointError(
+            f'Cannot write the checksums of the checkpoint {self.directory / str(step)} to '
+            f'{self._manifest_path(step)}: {_cause(error)}. Free disk space or fix the '
+            f'permissions of {self.manifests}; the checkpoint of step {step} is intact and '
+            'running again resumes from it.') from error
     self.last_saved_step = step
     self._prune(step)
 
@@ -472,6 +480,8 @@ class Checkpointer:
       self.manager.wait_until_finished()
       if step is not None:
         self._verify_saved(step)
+    except CheckpointError:
+      raise
     except Exception as error:  # pylint: disable=broad-exception-caught
       raise self._error(step, error) from error
 
@@ -495,9 +505,15 @@ def _restore_fields(path: epath.Path, target: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomically(path: epath.Path, text: str) -> None:
+  """Writes `path` whole by rename; a failed write (a full disk) leaves no partial file."""
   tmp = path.parent / (path.name + '.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path) if '://' not in str(path) else tmp.rename(path)
+  try:
+    tmp.write_text(text)
+    os.replace(tmp, path) if '://' not in str(path) else tmp.rename(path)
+  except OSError:
+    with contextlib.suppress(OSError):
+      tmp.unlink(missing_ok=True)
+    raise
 
 
 def _all_finite(tree: Any) -> bool:

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -88,14 +89,19 @@ def kept_steps(exp: Experiment, total_steps: int) -> list[int]:
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes a file whole (local: atomically by rename; gs://: one object write)."""
+  """Writes a file whole (local: atomically by rename; gs://: one object write); a failed
+  write (a full disk) is a one-line `WriteError` and leaves the old file as it was."""
   target = epath.Path(path)
-  if '://' in path:
-    target.write_text(text)
-    return
-  tmp = target.parent / (target.name + '.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, target)
+  tmp = target if '://' in path else target.parent / (target.name + '.tmp')
+  try:
+    tmp.write_text(text)
+    if tmp != target:
+      os.replace(tmp, target)
+  except OSError as error:
+    if tmp != target:
+      with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
+    raise metrics_lib.write_error(path, error, os.path.basename(path)) from error
 
 
 def write_json(path: str, value: Any) -> None:
@@ -125,8 +131,15 @@ def write_status(workdir: str, state: str, step: int | None = None, reason: str 
   'preempted', 'failed' with its one-line reason), for tools/status.py."""
   if jax.process_index() != 0 or not epath.Path(workdir).exists():
     return
-  write_json(os.path.join(workdir, 'status.json'),
-             {'state': state, 'step': step, 'reason': reason, 'time': time.time()})
+  path = os.path.join(workdir, 'status.json')
+  text = json.dumps({'state': state, 'step': step, 'reason': reason, 'time': time.time()},
+                    indent=2)
+  try:
+    write_text(path, text)
+  except metrics_lib.WriteError:
+    # A full disk refuses the temporary file, yet the status it replaces has room for this.
+    if '://' in path or not metrics_lib.overwrite_in_place(path, text):
+      raise
 
 
 class _Signals:
@@ -221,7 +234,9 @@ class Trainer:
       epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
       write_text(os.path.join(self.workdir, 'config.json'), self.config.to_json(indent=2))
       drop_records_after(os.path.join(self.workdir, 'metrics.jsonl'), self.step)
-    self.writer = metrics_lib.MetricWriter(self.workdir, enabled=self.primary)
+    self.writer = metrics_lib.MetricWriter(
+        self.workdir, enabled=self.primary,
+        extra=metrics_lib.extra_writers(self.config, self.workdir) if self.primary else ())
 
   def describe(self) -> None:
     """Writes run.json and prints the run's one-line summary."""
@@ -383,7 +398,10 @@ class Trainer:
         self._steps(signals)
     finally:
       signals.restore()
-      self.close()
+      # After a failure (e.g. a full disk), a second error while closing is not the one to
+      # report: the first says what went wrong.
+      with contextlib.suppress(Exception) if sys.exc_info()[1] else contextlib.nullcontext():
+        self.close()
     return {**{f'train_{k}': v for k, v in self.last_train.items()},
             **{f'eval_{k}': v for k, v in self.last_eval.items()}}
 

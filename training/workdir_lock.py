@@ -107,8 +107,13 @@ def workdir_lock(workdir: str, enabled: bool = True) -> Iterator[str | None]:
             os.link(aside, path)
         os.remove(aside)
       continue
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
-      json.dump(mine, f)
+    try:
+      with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        json.dump(mine, f)
+    except OSError:  # e.g. a full disk: leave no empty lock behind
+      with contextlib.suppress(OSError):
+        os.remove(path)
+      raise
     break
   else:
     raise WorkdirLocked(f'Could not take {path}: other runs keep taking it; use another --workdir.')
