@@ -147,12 +147,14 @@ def test_untracked_secrets_are_never_shipped(tmp_path):
                                                   'train.py']
 
 
-def test_install_credentials_stay_out_of_launch_json_and_logs(tmp_path, monkeypatch):
+def test_install_credentials_stay_out_of_launch_json_and_logs(tmp_path, monkeypatch, capsys):
   state = str(tmp_path / 'cloud')
   helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}})
   logs, root = tmp_path / 'logs', str(tmp_path / 'runs')
   assert launch.main(['--sweep', _one_run_sweep(tmp_path), '--workdir_root', root,
                       '--log_dir', str(logs), '--install', SECRET_INSTALL, *TPU]) == 0
+  assert capsys.readouterr().err.startswith(
+      'launch.py: warning: --install holds what looks like a credential;')
   with open(os.path.join(root, 'clm-tiny', 'launch.json'), encoding='utf-8') as f:
     text = f.read()
   assert 'SECRET' not in text
@@ -196,7 +198,9 @@ def test_a_line_break_in_an_sbatch_directive_is_refused(tmp_path, monkeypatch, c
   value = {'--partition': 'gpu', '--account': 'acct', '--qos': 'high',
            '--sbatch_flag': '--constraint=a100', '--script_dir': str(tmp_path / 'scripts'),
            '--workdir_root': str(tmp_path / 'runs')}[flag] + SLURM_INJECTION.format(marker=marker)
-  args = ['--sweep', _one_run_sweep(tmp_path), '--backend', 'slurm', flag, value]
+  # The job ends right after its #SBATCH lines; an injected line would have run before that.
+  args = ['--sweep', _one_run_sweep(tmp_path), '--backend', 'slurm', flag, value,
+          '--setup', 'exit 3']
   if flag != '--workdir_root':
     args += ['--workdir_root', str(tmp_path / 'runs')]
   assert launch.main(args) == 2

@@ -35,6 +35,7 @@ from tools.backends.base import Run, format_value, train_command  # pylint: disa
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME_CHARS = 120
 _UNSAFE = re.compile(r'[^A-Za-z0-9._=+-]')
+SHELL_FLAGS = ('install', 'gke_install', 'setup')  # shell run on the machines, as given
 
 
 def load_sweep(path: str) -> list[dict[str, Any]]:
@@ -284,6 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   if '://' not in args.workdir_root and os.path.abspath(os.getcwd()) != REPO:
     args.workdir_root = os.path.abspath(args.workdir_root)  # train.py runs in the repository
   backend = backends.get(args.backend)(args)
+  for flag in SHELL_FLAGS:
+    value = getattr(args, flag, '')
+    if value and private.redact(value) != value:
+      print(f'launch.py: warning: --{flag} holds what looks like a credential; launch.json and '
+            'logs mask it, but the job itself carries it (docs/security.md).', file=sys.stderr)
   try:
     runs = expand(load_sweep(args.sweep), args.workdir_root)
     runs = [run for run in runs if args.only in run.name]
