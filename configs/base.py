@@ -122,6 +122,12 @@ def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny
   # logging steps (no per-step host sync); skipped updates never touch the parameters.
   config.nonfinite = ml_collections.ConfigDict(dict(policy='skip', max_consecutive=10))
 
+  # Writers beside metrics.jsonl and TensorBoard. W&B (pip install wandb): the run is named
+  # after the workdir and grouped by its parent (a sweep's or comparison's root) unless `group`
+  # is set; WANDB_MODE=offline keeps it on disk under workdir/wandb.
+  config.logging = ml_collections.ConfigDict(dict(wandb=dict(
+      enabled=False, project='pretraining-objectives', entity='', group='')))
+
   names = [config.objective] if isinstance(config.objective, str) else list(config.objective)
   for name in names:
     config[name] = ml_collections.ConfigDict(registry.defaults(name))

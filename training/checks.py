@@ -19,7 +19,7 @@ from objectives import registry
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('total_steps', 'log_every', 'eval_every', 'eval_steps', 'checkpoint_every',
                      'keep_checkpoints', 'resume', 'pause_at_step', 'allow_config_change', 'mesh', 'data.data_dir',
-                     'data.prefetch', 'distributed', 'nonfinite', 'budget', 'eval_exact')
+                     'data.prefetch', 'distributed', 'nonfinite', 'budget', 'eval_exact', 'logging')
 
 
 def objective_names(objective: Any) -> list[str]:
@@ -169,6 +169,23 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   if config.model.position == 'rotary' and head_dim % 2:
     raise ValueError(f'rotary positions need an even head dimension, got {head_dim}: change '
                      'config.model.head_dim (or embed_dim / num_heads).')
+  check_logging(config.get('logging', {}))
+
+
+def check_logging(logging: Any) -> None:
+  """An enabled W&B writer needs the wandb package (not imported here) and a project."""
+  wandb = logging.get('wandb', {}) if logging else {}
+  if not wandb or not wandb.get('enabled', False):
+    return
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  if importlib.util.find_spec('wandb') is None:
+    raise ValueError("config.logging.wandb.enabled=True needs the wandb package: pip install "
+                     "'pretraining-objectives[wandb]' (or wandb), or set "
+                     'config.logging.wandb.enabled=False.')
+  if not isinstance(wandb.get('project'), str) or not wandb.get('project'):
+    raise ValueError('config.logging.wandb.project must name a W&B project, got '
+                     f'{wandb.get("project")!r}.')
 
 
 def check_batch(config: ml_collections.ConfigDict, data_parallel: int, process_count: int) -> None:
