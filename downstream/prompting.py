@@ -1,5 +1,7 @@
 """Zero- and few-shot classification without training, for causal checkpoints (GPT-3's way):
 each label word is scored by its log-likelihood after the prompt, and the most likely wins.
+The scores come from the likelihood layer's exact rule (downstream/likelihood.py); the
+zero-shot yardstick for every objective is downstream/zero_shot.py.
 
 The prompt is `k` demonstrations drawn from the train split, each the task's template filled
 with an example and followed by its label word, then the template filled with the example to
@@ -13,13 +15,13 @@ import random
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from downstream import likelihood
 from downstream import metrics as metrics_lib
 from downstream.tasks.base import Task
 from models.config import ModelConfig
-from models.transformer import ModelInputs, Transformer
+from models.transformer import ModelInputs
 
 
 def fill(template: str, example: dict[str, Any]) -> str:
@@ -43,7 +45,7 @@ def prompts(task: Task, examples: Sequence[dict[str, Any]], k: int, seed: int) -
   return texts
 
 
-def _word_ids(tokenizer, word: str) -> list[int]:
+def word_ids(tokenizer, word: str) -> list[int]:
   """A label word's pieces on their own: a leading space becomes SentencePiece's word-start
   marker (its dummy prefix)."""
   ids = tokenizer.encode(word[1:] if word.startswith(' ') else word)
@@ -52,7 +54,7 @@ def _word_ids(tokenizer, word: str) -> list[int]:
   return ids
 
 
-def _continuation_ids(context: list[int], joint: list[int], alone: list[int]) -> list[int]:
+def continuation_ids(context: list[int], joint: list[int], alone: list[int]) -> list[int]:
   """The word's pieces as they follow the context: the tail of the encoding of context + word
   (so ' yes' is '▁yes' and 'yes' after 'Answer:' carries no word-start marker, as in the
   demonstrations); the word on its own where a piece spans the boundary."""
@@ -70,14 +72,14 @@ def encode_choices(tokenizer, contexts: Sequence[str], words: Sequence[str], seq
   vocab = tokenizer.vocab
   context_ids = tokenizer.encode_batch(list(contexts))
   joint_ids = tokenizer.encode_batch([c + w for c in contexts for w in words])
-  alone = [_word_ids(tokenizer, w) for w in words]
+  alone = [word_ids(tokenizer, w) for w in words]
   rows = len(contexts) * len(words)
   arrays = {name: np.zeros((rows, seq_len), np.int32)
             for name in ('tokens', 'positions', 'segment_ids', 'targets')}
   arrays['weights'] = np.zeros((rows, seq_len), np.float32)
   row = 0
   for c, context in enumerate(context_ids):
-    pieces = [_continuation_ids(context, joint_ids[c * len(words) + j], alone[j])
+    pieces = [continuation_ids(context, joint_ids[c * len(words) + j], alone[j])
               for j in range(len(words))]
     longest = max(len(word) for word in pieces)
     if longest + 2 > seq_len:
@@ -96,19 +98,16 @@ def encode_choices(tokenizer, contexts: Sequence[str], words: Sequence[str], seq
 
 
 def make_scorer(model_config: ModelConfig):
-  """(params, batch) -> (sum of the weighted targets' log-probabilities, their count) per row."""
-  model = Transformer(model_config)
+  """(params, batch) -> (sum of the weighted targets' log-probabilities, their count) per row,
+  by the likelihood layer's scores of ModelInputs.labels (training's token_nll)."""
 
   @jax.jit
   def scorer(params, batch):
     inputs = ModelInputs(tokens=batch['tokens'], positions=batch['positions'],
-                         segment_ids=batch['segment_ids'],
-                         token_types=jnp.zeros_like(batch['tokens'])
-                         if model_config.num_token_types else None, causal=True)
-    logits = model.apply({'params': params}, inputs).logits
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    picked = jnp.take_along_axis(log_probs, batch['targets'][..., None], axis=-1)[..., 0]
-    return (picked * batch['weights']).sum(axis=1), batch['weights'].sum(axis=1)
+                         segment_ids=batch['segment_ids'], causal=True)
+    total, _, count = likelihood.label_scores(model_config, params, inputs, batch['targets'],
+                                              batch['weights'])
+    return total, count
 
   return scorer
 
