@@ -181,7 +181,7 @@ class WandbWriter:
     thread.join(max(0.0, deadline - time.monotonic()))
     if thread.is_alive():
       self._stopped.set()
-      self._warn(f'W&B did not finish within {self.CLOSE_SECONDS:.0f} s; what it has not sent '
+      self._warn(f'W&B did not finish within {self.CLOSE_SECONDS:g} s; what it has not sent '
                  f'is in {self.init_args["dir"]}/wandb (send it with `wandb sync`).')
 
   def _log_all(self) -> None:
