@@ -42,7 +42,7 @@ Array = jax.Array
 DEFAULTS = dict(
     noise_density=0.15,  # fraction of the real tokens corrupted (T5, UL2 R: 0.15; X: 0.5)
     mean_span_length=3.0,  # mean noise span length (T5, UL2 R: 3; X: 32 or 64)
-    sequential=False,  # one span at the end (UL2's S-denoiser)
+    sequential=False,  # one span at the end (not UL2's S-denoiser: that is prefix_lm)
 )
 
 
