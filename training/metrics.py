@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -143,7 +143,8 @@ class WandbWriter:
   CLOSE_SECONDS = 10.0  # how long closing waits for W&B to take the last records and finish
 
   def __init__(self, workdir: str, settings: Mapping[str, Any], run_config: Mapping[str, Any],
-               warn=None):
+               warn: Callable[[str], None] | None = None):
+    """`warn` prints a one-line warning (default: to stderr)."""
     self._warn_line = warn or (lambda line: print(line, file=sys.stderr, flush=True))
     root = os.path.abspath(workdir)
     self.run_id = _wandb_run_id(root)
