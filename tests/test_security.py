@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import os
+import random
 import shlex
 import shutil
 import stat
@@ -316,3 +317,62 @@ def test_host_pipeline_shards_default_to_a_new_private_folder():
   done = subprocess.run([sys.executable, '-c', code], cwd=helpers.REPO, capture_output=True,
                         text=True, check=False, timeout=120)
   assert done.stdout.split('\n')[0] == "True True True ('x', False)", done.stderr[-2000:]
+
+
+HOSTILE = [';', '$(', ')', '`', "'", '"', '\n', '\r\n', '\u2028', '\u2029', '\x85', '*', '?',
+           '[', ']', '{', '}', '~', '!', '#', '&', '|', '<', '>', '\\', ' ', '\t', '--', '%j',
+           '\U0001F600', 'é', 'a', 'Z', '0', '.', '/', '=', ':', '-', '\x1b', '\x07']
+
+
+def _fuzzed_values(count: int) -> list[str]:
+  rng = random.Random(0)
+  return [''.join(rng.choice(HOSTILE) for _ in range(rng.randrange(1, 12)))
+          for _ in range(count)]
+
+
+def _train_command(backend_name: str, run) -> str:
+  """The shell text each backend runs train.py with (its interpreter is `python3`)."""
+  import yaml  # pylint: disable=import-outside-toplevel
+
+  flags = {'gke': ['--image', 'i', '--tpu_accelerator', 't', '--topology', '2x2x1'],
+           'tpu_vm': ['--zone', 'z', '--accelerator_type', 'v4-8'],
+           'slurm': ['--slurm_python', 'python3']}[backend_name]
+  args = launch.parse_args(['--sweep', 's', '--workdir_root', 'gs://b/r', '--backend',
+                            backend_name, *flags])
+  backend = backends.get(backend_name)(args)
+  if backend_name == 'gke':
+    documents = list(yaml.safe_load_all(backend.manifest_text(run)))
+    assert documents == [backend.manifest(run)]  # one document, the one built
+    script = documents[0]['spec']['replicatedJobs'][0]['template']['spec']['template'][
+        'spec']['containers'][0]['command'][2]
+    return script[script.index('\npython3 train.py') + 1:
+                  script.index(' > "${TMPDIR:-/tmp}/train.log" 2>&1 &\npid=$!')]
+  if backend_name == 'tpu_vm':
+    script = backend.remote_script(run)
+    return script.split(' && export PRETRAINING_OBJECTIVES_DISTRIBUTED=1 && ', 1)[1]
+  script = backend.script(run)
+  return script[script.index('\nTRAIN=(') + 1:script.index(')\nLOG=') + 1] + '; "${TRAIN[@]}"'
+
+
+@pytest.mark.parametrize('backend_name', ['gke', 'tpu_vm', 'slurm'])
+def test_300_fuzzed_values_reach_train_py_byte_for_byte(tmp_path, backend_name):
+  """Each backend's shell hands train.py exactly the values and runs nothing of them; on GKE
+  the manifest reads back as the one document the launcher built."""
+  values = _fuzzed_values(300)
+  run = launch.Run('r', 'configs/clm.py:tiny',
+                   tuple((f'k{i}', value) for i, value in enumerate(values)), 'gs://b/r')
+  train = _train_command(backend_name, run)
+  assert 'python3 train.py --config configs/clm.py:tiny ' in train
+  (tmp_path / 'bin').mkdir()
+  (tmp_path / 'bin' / 'python3').write_text(
+      f'#!{sys.executable}\nimport json, sys\n'
+      f'open({str(tmp_path / "argv.json")!r}, "w").write(json.dumps(sys.argv[1:]))\n')
+  (tmp_path / 'bin' / 'python3').chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
+  done = subprocess.run(['bash', '-c', train], cwd=tmp_path, env=env, capture_output=True,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(tmp_path / 'argv.json', encoding='utf-8') as f:
+    argv = json.load(f)
+  assert argv[5:] == [f'--config.k{i}={value}' for i, value in enumerate(values)]
+  assert sorted(os.listdir(tmp_path)) == ['argv.json', 'bin']  # nothing else ran
