@@ -83,16 +83,41 @@ def checkpoint_steps(workdir: str, fractions: Sequence[float] = (0.25, 0.5, 1.0)
   return [step for step in early if step < last] + ([last] if 1.0 in wanted else [])
 
 
+# Model settings of parts only pretraining runs (the query stream, the NSP/SOP pooler head):
+# fine-tuning never calls them, so arms that differ only there fine-tune the same network.
+PRETRAINING_ONLY = ('two_stream', 'num_sentence_classes')
+
+
+def finished(workdir: str) -> bool:
+  """Whether the run has trained to its end: status.json says done (a run still training has
+  early checkpoints but not its last one). Runs from before status.json count as finished."""
+  path = os.path.join(workdir, 'status.json')
+  if not os.path.exists(path):
+    return os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  with open(path, encoding='utf-8') as f:
+    return json.load(f).get('state') == 'done'
+
+
 def architecture(workdir: str) -> str:
-  """What a randomly initialised model of the run is: its model settings and attention kind."""
+  """What a randomly initialised model of the run fine-tunes as: its model settings (but the
+  pretraining-only parts) and its attention kind."""
   from downstream import pretrained  # pylint: disable=import-outside-toplevel
   from training import experiment  # pylint: disable=import-outside-toplevel
 
+  cache = os.path.join(workdir, 'downstream', 'architecture.json')
+  if os.path.exists(cache):  # tracing the objective takes a while; the answer never changes
+    with open(cache, encoding='utf-8') as f:
+      return f.read()
   with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    model = json.load(f).get('model', {})
+    model = {key: value for key, value in json.load(f).get('model', {}).items()
+             if key not in PRETRAINING_ONLY}
   exp = experiment.build_local(workdir)
   causal = pretrained.is_causal(exp.objective.prepare, exp.example_batch())
-  return json.dumps({'model': model, 'causal': causal}, sort_keys=True)
+  text = json.dumps({'model': model, 'causal': causal}, sort_keys=True)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  with open(cache, 'w', encoding='utf-8') as f:
+    f.write(text)
+  return text
 
 
 def plan(workdirs: Sequence[str], settings: Settings,
@@ -100,7 +125,7 @@ def plan(workdirs: Sequence[str], settings: Settings,
   """Every job of the finished runs in `workdirs`, and which arms each control stands for
   (control arm -> the arms sharing its architecture: one control per architecture)."""
   jobs: list[Job] = []
-  runs = [(w, results_lib.run_info(w)) for w in workdirs]
+  runs = [(w, results_lib.run_info(w)) for w in workdirs if finished(w)]
   kinds: dict[str, str] = {}  # arm -> its architecture
   for workdir, info in runs:
     if settings.control and settings.tasks and info.arm not in kinds:
@@ -110,17 +135,17 @@ def plan(workdirs: Sequence[str], settings: Settings,
   for arm, kind in kinds.items():
     representative.setdefault(kind, arm)
     controls.setdefault(representative[kind], []).append(arm)
-  for workdir, info in runs:
-    steps = checkpoint_steps(workdir, settings.fractions)
-    if not steps:
-      continue
-    for task in settings.tasks:
-      if info.arm in controls:
+  steps = {workdir: checkpoint_steps(workdir, settings.fractions) for workdir, _ in runs}
+  for task in settings.tasks:  # one task's table fills before the next task's
+    for workdir, info in runs:
+      if steps[workdir] and info.arm in controls:
         jobs.append(Job(workdir, info.arm, info.seed, 0, task, FINETUNE, settings.strategy, True))
       jobs += [Job(workdir, info.arm, info.seed, step, task, FINETUNE, settings.strategy)
-               for step in steps]
-    for task in settings.zero_shot:
-      jobs += [Job(workdir, info.arm, info.seed, step, task, ZERO_SHOT, '') for step in steps]
+               for step in steps[workdir]]
+  for task in settings.zero_shot:
+    for workdir, info in runs:
+      jobs += [Job(workdir, info.arm, info.seed, step, task, ZERO_SHOT, '')
+               for step in steps[workdir]]
   return jobs, controls
 
 
