@@ -26,6 +26,10 @@ def data_config(vocab_size: int) -> ml_collections.ConfigDict:
       # Training batches read and put on the device this many steps ahead, in a background
       # thread (training/prefetch.py); 0 reads each in the training thread. Same batches.
       prefetch=2,
+      # Host cores that read and tokenize text on the fly: 1 does it in the reading thread;
+      # N > 1 reads and encodes the next documents in a background thread on N - 1
+      # SentencePiece threads while batches are packed. Same batches and positions for any N.
+      workers=1,
   )
   for key, value in {**sources.defaults(), **formats.defaults()}.items():
     values.setdefault(key, value)

@@ -13,7 +13,7 @@ import numpy as np
 
 from data import formats, reader as reader_lib, sources
 from data.sources import pretokenized
-from data.tokens import EncodedDocuments, tokenizer_fingerprint
+from data.tokens import AheadEncodedDocuments, EncodedDocuments, tokenizer_fingerprint
 
 
 class ExampleIterator(Protocol):
@@ -61,11 +61,18 @@ def _same_file(first: str | None, second: str) -> bool:
     return False
 
 
-def tokenized_view(documents: Any, tokenizer: Any) -> Any:
+def tokenized_view(documents: Any, tokenizer: Any, workers: int = 1,
+                   unit: str = 'document') -> Any:
   """Documents as the formats read them: stored ids (pretokenized) or text encoded on the fly.
 
-  Stored ids made by another tokenizer than the run's are a one-line error.
+  With `workers` > 1 text is read and encoded ahead in a background thread, `unit` (the
+  format's: whole documents or their sentences) at a time, on `workers - 1` SentencePiece
+  threads; the ids are the same. Stored ids made by another tokenizer than the run's are a
+  one-line error.
   """
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    raise ValueError(f'config.data.workers must be a positive integer (host cores the on-the-fly '
+                     f'tokenizer may use), got {workers!r}.')
   if hasattr(documents, 'document') and hasattr(documents, 'sentences'):
     made_by = documents.fingerprint()['tokenizer']
     if made_by != tokenizer_fingerprint(tokenizer.encode):
@@ -77,6 +84,10 @@ def tokenized_view(documents: Any, tokenizer: Any) -> Any:
                        f'({tokenizer.path}): {fix}.')
     return documents
   batch = getattr(tokenizer, 'encode_batch', None)
+  if workers > 1 and batch is not None:
+    return AheadEncodedDocuments(documents, tokenizer.encode,
+                                 lambda texts, threads: batch(texts, num_threads=threads),
+                                 workers=workers, unit=unit, chunk=reader_lib.PREFETCH_DOCUMENTS)
   # One thread, so encoding never takes cores from the training step. Batching saves little
   # once records are read in batches (about 25 us per document either way, BENCHMARKS.md).
   encode_batch = (lambda texts: batch(texts, num_threads=1)) if batch is not None else None
@@ -95,7 +106,7 @@ def make_iterator(config, data_format: str, split: str, tokenizer, documents, *,
   reader.ExactPassIterator).
   """
   fmt = formats.get(data_format)(tokenizer.vocab, config.seq_len, config.data)
-  view = tokenized_view(documents, tokenizer)
+  view = tokenized_view(documents, tokenizer, config.data.get('workers', 1), fmt.unit)
   name = f'The {split} split ({getattr(documents, "name", "documents")})'
   if exact_pass:
     return reader_lib.ExactPassIterator(

@@ -160,7 +160,9 @@ class ExampleIterator:
   def _pull(self) -> None:
     """Reads one more document into the builder, or ends a pass."""
     if getattr(self.documents, 'wants_prefetch', lambda: False)():
-      self.documents.prefetch(self.reader.upcoming(PREFETCH_DOCUMENTS))
+      # A view that works ahead (data/tokens.py, config.data.workers > 1) takes more windows.
+      windows = getattr(self.documents, 'prefetch_chunks', 1)
+      self.documents.prefetch(self.reader.upcoming(PREFETCH_DOCUMENTS * windows))
     index = self.reader.next()
     if index is not None:
       self.builder.add(index, self.documents, self.reader)

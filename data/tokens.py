@@ -6,11 +6,17 @@ time costs several times more CPU per record) and encoded in one call where the 
 `encode_batch`; any other document (NSP's random next segment) is read on its own. The
 pretokenized source (data/sources/pretokenized.py) gives the same view from stored ids. Both
 carry a `fingerprint()` of corpus and tokenizer, which the reader saves with its position.
+`AheadEncodedDocuments` (config.data.workers > 1) reads and tokenizes the next windows of
+documents in a background thread while the batching thread packs; SentencePiece releases the
+GIL while it encodes. Ids are a function of the document index alone, so the batches, and
+what a saved position restores, do not depend on the worker count.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -119,3 +125,76 @@ class EncodedDocuments:
     samples = [self.texts[i] for i in sample_indices(len(self.texts), 4)]
     return {'corpus': corpus_fingerprint(self.texts), 'documents': len(self.texts),
             'tokenizer': tokenizer_fingerprint(self._encode, samples)}
+
+
+class AheadEncodedDocuments(EncodedDocuments):
+  """Documents read and tokenized `prefetch_chunks - 1` windows ahead in a background thread.
+
+  The reader asks for `prefetch_chunks` windows of `chunk` upcoming indices at a time: the
+  first is waited for (it was usually submitted one window earlier), the rest are submitted.
+  A window's texts are read in one call and encoded in one `encode_batch` call on
+  `workers - 1` SentencePiece threads, per document (unit 'document') or every sentence of
+  the window (unit 'sentences'). Reads of the underlying documents are serialised by a lock.
+  """
+
+  prefetch_chunks = 2
+
+  def __init__(self, documents: Sequence[str], encode: Callable[[str], Sequence[int]],
+               encode_batch: Callable[[list[str], int], list[Sequence[int]]], *,
+               workers: int, unit: str, chunk: int):
+    super().__init__(documents, encode, None)
+    if unit not in ('document', 'sentences'):
+      raise ValueError(f'Unknown document unit {unit!r}: document or sentences.')
+    self._encode_threads = max(workers - 1, 1)
+    self._encode_window = encode_batch
+    self._unit = unit
+    self._chunk = chunk
+    self._lock = threading.Lock()
+    self._sentences_ahead: dict[int, list[np.ndarray]] = {}
+    self._futures: dict[tuple[int, ...], concurrent.futures.Future] = {}
+    self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='tokenize')
+
+  def _text(self, index: int) -> str:
+    with self._lock:
+      return self.texts[index]
+
+  def _window(self, indices: tuple[int, ...]) -> dict[int, Any]:
+    """{index: ids} (or {index: [sentence ids]}) of one window, read and encoded at once."""
+    with self._lock:
+      texts = (self._read(list(indices)) if self._read is not None
+               else [self.texts[i] for i in indices])
+    if self._unit == 'document':
+      encoded = self._encode_window(list(texts), self._encode_threads)
+      return {i: np.asarray(ids, np.int32) for i, ids in zip(indices, encoded)}
+    split = [split_sentences(text) for text in texts]
+    encoded = iter(self._encode_window([s for doc in split for s in doc], self._encode_threads))
+    return {i: [np.asarray(next(encoded), np.int32) for _ in doc] for i, doc in zip(indices, split)}
+
+  def document(self, index: int) -> np.ndarray:
+    ids = self._ids_ahead.pop(index, None)
+    return np.asarray(self._encode(self._text(index)), np.int32) if ids is None else ids
+
+  def sentences(self, index: int) -> Sequence[np.ndarray]:
+    ids = self._sentences_ahead.pop(index, None)
+    return EncodedSentences(split_sentences(self._text(index)), self._encode) if ids is None else ids
+
+  def wants_prefetch(self) -> bool:
+    return not self._ids_ahead and not self._sentences_ahead
+
+  def prefetch(self, indices: Sequence[int]) -> None:
+    windows = [tuple(int(i) for i in indices[start:start + self._chunk])
+               for start in range(0, len(indices), self._chunk)]
+    if not windows:
+      return
+    future = self._futures.pop(windows[0], None)
+    # Windows no longer ahead (a new epoch, a restored position) are dropped unread.
+    self._futures = {key: value for key, value in self._futures.items() if key in windows[1:]}
+    for window in windows[1:]:
+      if window not in self._futures:
+        self._futures[window] = self._executor.submit(self._window, window)
+    ahead = self._window(windows[0]) if future is None else future.result()
+    (self._ids_ahead if self._unit == 'document' else self._sentences_ahead).update(ahead)
+
+  def fingerprint(self) -> dict[str, Any]:
+    with self._lock:
+      return super().fingerprint()

@@ -19,7 +19,7 @@ from objectives import registry
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('total_steps', 'log_every', 'eval_every', 'eval_steps', 'checkpoint_every',
                      'keep_checkpoints', 'resume', 'pause_at_step', 'allow_config_change', 'mesh', 'data.data_dir',
-                     'data.prefetch', 'distributed', 'nonfinite', 'budget', 'eval_exact', 'logging')
+                     'data.prefetch', 'data.workers', 'distributed', 'nonfinite', 'budget', 'eval_exact', 'logging')
 
 
 def objective_names(objective: Any) -> list[str]:
@@ -89,6 +89,7 @@ RANGES: dict[str, tuple[str, tuple[float, bool] | None, tuple[float, bool] | Non
     'data.tokenizer_max_chars': (_INT, (0, False), None),
     'data.short_seq_prob': (_FLOAT, (0, True), (1, True)),
     'data.prefetch': (_INT, (0, True), None),
+    'data.workers': (_INT, (1, True), None),
     'distributed.num_processes': (_INT, (0, True), None),
     'distributed.process_id': (_INT, (-1, True), None),
     'nonfinite.max_consecutive': (_INT, (1, True), None),
