@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from comparison import results
 
 
@@ -109,26 +111,29 @@ def test_plan_lists_each_kept_checkpoint_and_one_control_per_architecture(tmp_pa
   nsp = _run(root, 'mlm_nsp', {'mlm': 1.0, 'nsp': 1.0}, 0, 'sentence_pairs')
   sop = _run(root, 'mlm_sop', {'mlm': 1.0, 'sop': 1.0}, 0, 'sentence_order_pairs')
   os.makedirs(os.path.join(clm, 'checkpoints', '9'))  # the budget's end, past the planned 8
+  running = _run(root, 'plm', 'plm', 0)  # still training: nothing of it is scored yet
+  _write(os.path.join(running, 'status.json'), {'state': 'running', 'step': 4})
+  _write(os.path.join(nsp, 'status.json'), {'state': 'done', 'step': 8})
   settings = downstream.Settings(tasks=('toy',), zero_shot=('words',))
   kinds = {clm: 'causal', nsp: 'pairs', sop: 'pairs'}
-  jobs, controls = downstream.plan([clm, nsp, sop], settings, architecture_of=kinds.get)
+  jobs, controls = downstream.plan([clm, nsp, sop, running], settings, architecture_of=kinds.get)
   assert controls == {'clm': ['clm'], 'mlm_nsp': ['mlm_nsp', 'mlm_sop']}
   found = [(os.path.basename(j.workdir), j.step, j.kind, j.control) for j in jobs]
   assert found == [
       ('clm', 0, 'finetune', True), ('clm', 2, 'finetune', False),
       ('clm', 4, 'finetune', False), ('clm', 9, 'finetune', False),
-      ('clm', 2, 'zero_shot', False), ('clm', 4, 'zero_shot', False),
-      ('clm', 9, 'zero_shot', False),
       ('mlm_nsp', 0, 'finetune', True), ('mlm_nsp', 2, 'finetune', False),
       ('mlm_nsp', 4, 'finetune', False), ('mlm_nsp', 8, 'finetune', False),
-      ('mlm_nsp', 2, 'zero_shot', False), ('mlm_nsp', 4, 'zero_shot', False),
-      ('mlm_nsp', 8, 'zero_shot', False),
       ('mlm_sop', 2, 'finetune', False), ('mlm_sop', 4, 'finetune', False),
       ('mlm_sop', 8, 'finetune', False),
+      ('clm', 2, 'zero_shot', False), ('clm', 4, 'zero_shot', False),
+      ('clm', 9, 'zero_shot', False),
+      ('mlm_nsp', 2, 'zero_shot', False), ('mlm_nsp', 4, 'zero_shot', False),
+      ('mlm_nsp', 8, 'zero_shot', False),
       ('mlm_sop', 2, 'zero_shot', False), ('mlm_sop', 4, 'zero_shot', False),
       ('mlm_sop', 8, 'zero_shot', False)]
   assert jobs[0].path == os.path.join(clm, 'downstream', 'toy', 'full', 'step_0.json')
-  assert jobs[4].path == os.path.join(clm, 'zero_shot', 'words', 'step_2.json')
+  assert jobs[11].path == os.path.join(clm, 'zero_shot', 'words', 'step_2.json')
 
 
 def test_a_finished_score_is_never_run_again(tmp_path):
@@ -162,3 +167,64 @@ def test_finetune_config_takes_the_recipe_and_only_the_task_keys_it_has():
   assert (config.learning_rates, config.seeds, config.task.max_train_examples) == (
       (0.01, 0.1), (0,), 50)
   assert 'train_file' not in config.task  # a setting of local files only
+
+
+def _topic_files(folder) -> dict[str, str]:
+  """A two-topic task any checkpoint can learn from words: animals vs numbers."""
+  words = {'animal': 'cat dog horse cow sheep goat bird fish'.split(),
+           'number': 'one two three four five six seven eight'.split()}
+  paths = {}
+  for split, count in (('train', 48), ('dev', 16), ('test', 16)):
+    path = os.path.join(str(folder), f'{split}.jsonl')
+    with open(path, 'w', encoding='utf-8') as f:
+      for i in range(count):
+        label = 'animal' if i % 2 else 'number'
+        text = ' '.join(words[label][(i * 3 + k) % 8] for k in range(6))
+        f.write(json.dumps({'text': text, 'label': label}) + '\n')
+    paths[split] = path
+  return paths
+
+
+@pytest.mark.slow
+def test_comparison_with_downstream_writes_the_headline_table(tmp_path, monkeypatch,
+                                                               shared_cache):
+  """Two arms trained for a few steps, fine-tuned on a tiny task beside their controls and
+  reported: report.md opens with the arm x task table, controls included; a second run of the
+  same command recomputes nothing."""
+  from tests import helpers
+  from tools import compare as compare_tool
+
+  monkeypatch.setenv(helpers.TEST_CACHE_ENV, shared_cache)
+  monkeypatch.setenv('XLA_FLAGS', helpers.FAST_COMPILE_FLAGS)  # train.py on one CPU device
+  files = _topic_files(tmp_path)
+  root = str(tmp_path / 'cmp')
+  command = [
+      '--root', root, '--arms', 'clm,mlm', '--seeds', '0', '--budgets', '1024',
+      '--config.batch_size=4', '--config.seq_len=32', '--config.model.num_layers=1',
+      '--config.model.embed_dim=32', '--config.model.mlp_dim=64', '--config.model.max_len=32',
+      '--config.data.builtin_max_files=120', '--config.data.vocab_size=600',
+      f'--config.data.data_dir={os.path.join(shared_cache, "tfds")}', '--config.eval_steps=0',
+      '--config.log_every=4', '--downstream', 'local', '--downstream_fractions=1.0',
+      f'--finetune.task.train_file={files["train"]}',
+      f'--finetune.task.validation_file={files["dev"]}',
+      f'--finetune.task.test_file={files["test"]}', '--finetune.learning_rates=(1e-2,)',
+      '--finetune.epochs=(2,)', '--finetune.seeds=(0,)', '--finetune.seq_len=16',
+      '--finetune.batch_size=16']
+  assert compare_tool.main(command) == 0
+  scores = results.collect(root)
+  assert sorted(s.arm for s in scores) == ['clm', 'mlm', 'no_pretraining:clm',
+                                           'no_pretraining:mlm']
+  for score in scores:
+    assert len(score.example_ids) == 16 and score.budget == 1024
+    assert score.score == sum(score.example_scores) / 16
+  with open(os.path.join(root, 'report.md'), encoding='utf-8') as f:
+    report = f.read()
+  table = report[report.index('## Downstream test scores'):]
+  assert '| clm |' in table and '| no_pretraining:mlm |' in table
+  written = {s.arm: os.path.getmtime(os.path.join(root, s.arm.split(':')[-1], 'downstream',
+                                                  'local', 'full', f'step_{s.step}.json'))
+             for s in scores}
+  assert compare_tool.main([*command, '--mode', 'downstream']) == 0
+  assert written == {s.arm: os.path.getmtime(os.path.join(
+      root, s.arm.split(':')[-1], 'downstream', 'local', 'full', f'step_{s.step}.json'))
+                     for s in results.collect(root)}
