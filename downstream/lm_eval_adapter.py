@@ -7,7 +7,7 @@ tokenized with the run's own tokenizer: a continuation's pieces are those it has
 context (the tail of the encoding of context + continuation), and every request starts with
 the run's document start ([bos]), which also conditions a continuation with empty context.
 `loglikelihood_rolling` scores a text in disjoint windows of the run's sequence length, each
-conditioned on the token before it (the harness's own window rule). `generate_until` decodes
+conditioned on the tokens before it that fit (the harness's own window rule). `generate_until` decodes
 with the key/value cache (models/decode.py) greedily or with the request's temperature,
 top_k and top_p, and refuses runs that were not trained left to right.
 """
@@ -66,7 +66,7 @@ class PretrainedLM(LM):
   def rolling_windows(self, text: str) -> list[tuple[list[int], list[int]]]:
     """(context ids, scored ids) windows covering every token of `text` exactly once."""
     ids = self.tokenizer.encode(text)
-    width = self.scorer.seq_len - self.scorer.overhead() + 1
+    width = self.scorer.seq_len - self.scorer.overhead() - 1  # + the one context token
     windows = lm_utils.get_rolling_token_windows(token_list=ids, prefix_token=NO_TOKEN,
                                                  max_seq_len=width, context_len=1)
     return [([t for t in context if t != NO_TOKEN], list(scored))
