@@ -50,9 +50,9 @@ def test_new_objectives_count_their_target_logits_and_electra_its_generator():
   assert counts['prefix_lm'] == body + seq_len * logit_flops  # logits everywhere, like CLM
   assert counts['deshuffle'] == body + 64 * logit_flops  # the 64 target positions only
   span, span_cfg = objectives['span_corruption']
-  # 15% noise at mean span 3 over the 115 window tokens used: at most 17 noise tokens, 6
+  # 15% noise at mean span 3 over the 114 window tokens used (the input ends with EOS): at most 17 noise tokens, 6
   # sentinels and the final EOS are predicted, over a vocabulary grown by those 6 sentinels.
-  assert (span.raw_len, span.max_target_len, span_cfg.vocab_size) == (115, 24, 1006)
+  assert (span.raw_len, span.max_target_len, span_cfg.vocab_size) == (114, 24, 1006)
   assert counts['span_corruption'] == (flops.train_flops_per_sequence(span_cfg, seq_len, 0)
                                        + 24 * 3 * 2 * cfg.embed_dim * 1006)
   # ELECTRA: the discriminator computes no vocabulary logits; the generator (width 16, one

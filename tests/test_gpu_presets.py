@@ -27,7 +27,7 @@ from training import state as state_lib
 SHIPPED = [('clm', 'tiny'), ('clm', 'gpt2_small'), ('mlm', 'tiny'), ('mlm', 'base'),
            ('bert', 'tiny'), ('bert', 'sop_tiny'), ('bert', 'bert_base'), ('plm', 'tiny'),
            ('plm', 'xlnet_base'), ('prefix_lm', 'tiny'), ('prefix_lm', 'base'),
-           ('span_corruption', 'ul2_s:base'), ('deshuffle', 'base'), ('electra', 'base')]
+           ('span_corruption', 't5:base'), ('deshuffle', 'base'), ('electra', 'base')]
 COMPARE_ARMS = ['clm', 'mlm', 'mlm_pairs', 'mlm_nsp', 'mlm_sop', 'plm']
 
 
