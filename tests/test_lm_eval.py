@@ -6,6 +6,7 @@ and a --limit run is reproducible."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -58,6 +59,17 @@ def _model(tokenizer, objective: str, **overrides):
                                       pretrained=pretrained)
 
 
+@functools.lru_cache(maxsize=None)
+def _forward(config: ModelConfig):
+  return jax.jit(lambda params, inputs: Transformer(config).apply({'params': params}, inputs))
+
+
+def _padded(ids) -> dict:
+  """A one-row batch of `ids` padded to SEQ_LEN (one compilation for every hand pass)."""
+  pad = lambda values: jnp.asarray([list(values) + [0] * (SEQ_LEN - len(ids))], jnp.int32)
+  return {'tokens': pad(ids), 'positions': pad(range(len(ids))), 'segment_ids': pad([1] * len(ids))}
+
+
 def _requests(kind, arguments):
   return [Instance(request_type=kind, doc={}, arguments=args, idx=0) for args in arguments]
 
@@ -71,7 +83,6 @@ def test_loglikelihood_equals_the_objectives_token_nll(tokenizer):
   after [bos] + context; trailing context spaces move to the continuation."""
   lm = _model(tokenizer, 'clm')
   results = lm.loglikelihood(_requests('loglikelihood', PAIRS))
-  model = Transformer(lm.scorer.model_config)
   for (context, continuation), (logprob, _) in zip(PAIRS, results):
     spaces = len(context) - len(context.rstrip())
     context, continuation = context.rstrip(), context[len(context.rstrip()):] + continuation
@@ -79,10 +90,9 @@ def test_loglikelihood_equals_the_objectives_token_nll(tokenizer):
     context_ids = tokenizer.encode(context) if context else []
     ids = [tokenizer.vocab.bos_id] + tokenizer.encode(context + continuation)
     assert ids[:1 + len(context_ids)] == [tokenizer.vocab.bos_id] + context_ids
-    batch = {'tokens': jnp.asarray([ids]), 'positions': jnp.arange(len(ids))[None],
-             'segment_ids': jnp.ones((1, len(ids)), jnp.int32)}
+    batch = _padded(ids)
     inputs, _ = clm.CausalLM(loss_chunk=8).prepare(None, batch, base.base_inputs(batch))
-    nll = np.asarray(model.apply({'params': lm.scorer.params}, inputs).token_nll[0])
+    nll = np.asarray(_forward(lm.scorer.model_config)(lm.scorer.params, inputs).token_nll[0])
     expected = -nll[len(context_ids):len(ids) - 1].sum()
     np.testing.assert_allclose(logprob, expected, rtol=1e-5, atol=1e-5)
 
@@ -93,14 +103,13 @@ def test_pseudo_log_likelihood_equals_a_loop_of_masked_passes(tokenizer):
   (logprob, greedy), = lm.loglikelihood(_requests('loglikelihood', [PAIRS[0]]))
   context_ids, continuation_ids = lm.encode_pair(*PAIRS[0])
   ids = [vocab.bos_id, *context_ids, *continuation_ids, vocab.eos_id]
-  model = Transformer(lm.scorer.model_config)
   total, all_argmax = 0.0, True
   for t in range(len(continuation_ids)):
     at = 1 + len(context_ids) + t
-    masked = jnp.asarray([ids[:at] + [vocab.mask_id] + ids[at + 1:]])
-    logits = model.apply({'params': lm.scorer.params}, ModelInputs(
-        tokens=masked, positions=jnp.arange(len(ids))[None],
-        segment_ids=jnp.ones_like(masked))).logits[0, at]
+    batch = _padded(ids[:at] + [vocab.mask_id] + ids[at + 1:])
+    logits = _forward(lm.scorer.model_config)(lm.scorer.params, ModelInputs(
+        tokens=batch['tokens'], positions=batch['positions'],
+        segment_ids=batch['segment_ids'])).logits[0, at]
     total += float(jax.nn.log_softmax(logits)[ids[at]])
     all_argmax &= int(jnp.argmax(logits)) == ids[at]
   np.testing.assert_allclose(logprob, total, rtol=1e-5, atol=1e-5)
@@ -196,11 +205,11 @@ def test_harness_run_on_local_tasks_is_reproducible(tokenizer, tmp_path, monkeyp
   questions = [json.loads(line) for line in open(tasks / 'gen.jsonl', encoding='utf-8')]
   outputs = lm.generate_until(_requests('generate_until', [
       (q['question'], {'until': ['\n'], 'max_gen_toks': 6}) for q in questions]))
-  for question, output in zip(questions, outputs):
-    prompt = [vocab.bos_id] + tokenizer.encode(question['question'])
-    new = decode.generate(lm.scorer.model_config, lm.scorer.params, [prompt], jax.random.key(0),
-                          max_new_tokens=6, eos_id=vocab.eos_id,
-                          suppress_ids=lm_eval_adapter.generation.suppressed_ids(vocab))[0]
+  prompts = [[vocab.bos_id] + tokenizer.encode(q['question']) for q in questions]
+  generated = decode.generate(lm.scorer.model_config, lm.scorer.params, prompts,
+                              jax.random.key(0), max_new_tokens=6, eos_id=vocab.eos_id,
+                              suppress_ids=lm_eval_adapter.generation.suppressed_ids(vocab))
+  for prompt, new, output in zip(prompts, generated, outputs):
     assert output == tokenizer.decode(prompt + new)[len(tokenizer.decode(prompt)):].split('\n')[0]
   assert results['results']['toy_gen']['exact_match,none'] == pytest.approx(
       np.mean([o == q['answer'] for o, q in zip(outputs, questions)]))
