@@ -5,25 +5,26 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from comparison.runs import objective_names
+from configs import base as config_base
+from objectives.registry import objective_names
 
 # Keys that may differ between runs of one comparison without breaking its control.
 RUN_KEYS = ('seed', 'resume', 'allow_config_change', 'pause_at_step', 'distributed', 'mesh',
             'data.data_dir')
 
 
-def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}; lists become tuples so values compare and hash."""
-  if isinstance(tree, Mapping):
-    out: dict[str, Any] = {}
-    for key in tree:
-      out.update(flatten(tree[key], f'{prefix}{key}.'))
-    if not out and prefix:
-      out[prefix[:-1]] = '{}'
-    return out
-  if isinstance(tree, list):
-    tree = tuple(tuple(v) if isinstance(v, list) else v for v in tree)
-  return {prefix[:-1]: tree}
+def flatten(tree: Any) -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1} (configs/base.py); lists become tuples and empty sections
+  '{}' so values compare and hash."""
+
+  def hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+      return '{}'
+    if isinstance(value, list):
+      return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+    return value
+
+  return {key: hashable(value) for key, value in config_base.flatten(tree).items()}
 
 
 def model_features(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import numpy as np
 
 from comparison import scaling
 from comparison import stats
-from comparison.runs import at_step, objective_names
+from comparison.runs import at_step
 from comparison.tables import fmt
+from objectives.registry import objective_names
 
 LM_EVAL_FILE = re.compile(r'^results_step(\d+)\.json$')
 LOSS_FIT_MIN_POINTS = 5  # three parameters and two degrees of freedom

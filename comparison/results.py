@@ -19,6 +19,8 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
+from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE
+
 NO_PRETRAINING = 'no_pretraining'
 _STEP_FILE = re.compile(r'^step_(\d+)\.json$')
 
@@ -77,7 +79,7 @@ def workdirs(root: str) -> list[str]:
   for folder, subfolders, files in os.walk(root):
     subfolders[:] = sorted(d for d in subfolders if d not in ('checkpoints', 'downstream',
                                                               'zero_shot', 'eval', 'lm_eval'))
-    if 'config.json' in files:
+    if CONFIG_FILE in files:
       found.append(folder)
   return sorted(found)
 
@@ -110,7 +112,7 @@ class RunInfo:
     if states:
       return int(sum(int((_read_json(p) or {}).get('tokens', 0)) for p in states))
     points = {}
-    path = os.path.join(self.workdir, 'metrics.jsonl')
+    path = os.path.join(self.workdir, METRICS_FILE)
     if os.path.exists(path):
       with open(path, encoding='utf-8') as f:
         for line in f:
@@ -133,8 +135,8 @@ class RunInfo:
 
 
 def run_info(workdir: str) -> RunInfo:
-  config = _read_json(os.path.join(workdir, 'config.json')) or {}
-  run = _read_json(os.path.join(workdir, 'run.json')) or {}
+  config = _read_json(os.path.join(workdir, CONFIG_FILE)) or {}
+  run = _read_json(os.path.join(workdir, RUN_FILE)) or {}
   budget = config.get('budget') or {}
   checkpoints = os.path.join(workdir, 'checkpoints')
   steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()] if os.path.isdir(

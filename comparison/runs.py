@@ -11,12 +11,9 @@ import numpy as np
 
 from comparison.results import arm_of
 from configs import compare
+from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE
 
 EVAL_DIR = 'eval'
-
-
-def objective_names(objective: Any) -> list[str]:
-  return [objective] if isinstance(objective, str) else list(objective)
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -42,8 +39,8 @@ def read_json(path: str) -> Any:
 
 def load_run(workdir: str) -> dict[str, Any]:
   """Everything the report needs of one run's workdir."""
-  config = read_json(os.path.join(workdir, 'config.json'))
-  records = read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+  config = read_json(os.path.join(workdir, CONFIG_FILE))
+  records = read_jsonl(os.path.join(workdir, METRICS_FILE))
   train = [r for r in records if r.get('split') == 'train']
   evals = [r for r in records if r.get('split') == 'eval']
   final = read_json(os.path.join(workdir, EVAL_DIR, 'validation.json'))
@@ -51,14 +48,14 @@ def load_run(workdir: str) -> dict[str, Any]:
   return dict(workdir=workdir, name=os.path.basename(os.path.normpath(workdir)), config=config,
               arm=arm_of(config), seed=int(config.get('seed', 0)), train=train, evals=evals,
               final=final, examples_path=examples_path if os.path.exists(examples_path) else None,
-              run_info=read_json(os.path.join(workdir, 'run.json')) or {})
+              run_info=read_json(os.path.join(workdir, RUN_FILE)) or {})
 
 
 def find_runs(root: str) -> list[dict[str, Any]]:
   """Every run (a directory with config.json) under root, sorted by arm then seed."""
   runs = []
   for folder, _, files in os.walk(root):
-    if 'config.json' in files and os.path.exists(os.path.join(folder, 'metrics.jsonl')):
+    if CONFIG_FILE in files and os.path.exists(os.path.join(folder, METRICS_FILE)):
       runs.append(load_run(folder))
   order = {name: index for index, name in enumerate(compare.ARMS)}
   return sorted(runs, key=lambda r: (order.get(r['arm'], len(order)), r['arm'], r['seed']))

@@ -15,10 +15,9 @@ import jax.numpy as jnp
 
 from objectives import base
 from objectives.registry import register
+from objectives.sections import SECTIONS
 
-DEFAULTS = dict(
-    loss_chunk=0,  # > 0: positions per chunk of the fused logits + cross-entropy; 0: all at once
-)
+DEFAULTS = SECTIONS['clm']  # config.clm: objectives/sections.py
 
 
 @dataclasses.dataclass(frozen=True)

@@ -35,17 +35,11 @@ from models.config import ModelConfig
 from models.transformer import ModelInputs, Transformer
 from objectives import base, mlm
 from objectives.registry import register
+from objectives.sections import SECTIONS
 
 Array = jax.Array
 
-DEFAULTS = dict(
-    mask_rate=0.15,  # fraction of real tokens the generator predicts (0.25 for ELECTRA-Large)
-    max_predictions=0,  # per sequence; 0: ceil(seq_len * mask_rate)
-    generator_fraction=0.25,  # generator width / discriminator width (paper: 1/4 to 1/2 best)
-    generator_weight=1.0,
-    discriminator_weight=50.0,  # the paper's lambda
-    temperature=1.0,  # of the generator's sampling softmax
-)
+DEFAULTS = SECTIONS['electra']  # config.electra: objectives/sections.py
 MASK_TOKEN_RATE = 0.85  # ELECTRA's pretrain_helpers.mask: the other 15% stay unchanged
 
 

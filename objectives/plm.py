@@ -38,14 +38,11 @@ from data.vocab import Vocab
 from models.transformer import ModelInputs, ModelOutputs
 from objectives import base
 from objectives.registry import register
+from objectives.sections import SECTIONS
 
 Array = jax.Array
 
-DEFAULTS = dict(
-    k=6,  # partial prediction: predict about 1/k of the tokens (XLNet's K)
-    num_predict=0,  # targets per sequence; 0: round(seq_len / k)
-    max_span=5,  # longest span (XLNet's max_gram)
-)
+DEFAULTS = SECTIONS['plm']  # config.plm: objectives/sections.py
 
 
 def span_length_probs(max_span: int) -> np.ndarray:

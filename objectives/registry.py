@@ -4,36 +4,43 @@ A factory takes the objective's settings (`config.<name>`, possibly empty), the
 vocabulary and the sequence length, validates them (one-line errors, before any
 compilation) and returns an objective.
 
-Config files need only the names and default settings, so `names()` and `defaults()` read
-them from the modules' source (the `@register(...)` call and a literal `defaults`) without
-importing the modules, and so without importing jax: a config loads in milliseconds.
+Config files need only the names and default settings, which objectives/sections.py holds
+apart from the objectives (they import jax), so a config loads in milliseconds; the modules
+are imported (data/discovery.py) only to build an objective.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import importlib
-import os
-import pkgutil
 from typing import Any, Callable, Mapping
+
+from data import discovery
+from objectives.sections import SECTIONS
 
 _FACTORIES: dict[str, Callable[..., Any]] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def register(name: str, defaults: Mapping[str, Any] | None = None):
-  """Decorator: `@register('mlm', defaults={...}) def make(settings, *, vocab, seq_len)`.
+  """Decorator: `@register('mlm', defaults=SECTIONS['mlm']) def make(settings, *, vocab, seq_len)`.
 
-  `defaults` become the config section `config.<name>`, so every setting can be
-  overridden from the command line (`--config.mlm.mask_rate=0.2`).
+  An objective of objectives/ takes its defaults from its section in objectives/sections.py,
+  which becomes `config.<name>`, so every setting can be overridden from the command line
+  (`--config.mlm.mask_rate=0.2`); one registered elsewhere (a test's) gives them here.
   """
 
   def wrap(factory):
     if name in _FACTORIES and _FACTORIES[name] is not factory:
       raise ValueError(f'Objective {name!r} is registered twice.')
+    declared = SECTIONS.get(name)
+    if declared is None and factory.__module__.startswith('objectives.'):
+      raise ValueError(f'Objective {name!r} ({factory.__module__}) has no section in '
+                       f'objectives/sections.py: add SECTIONS[{name!r}] (its settings, {{}} '
+                       'if none).')
+    if declared is not None and defaults is not None and dict(defaults) != declared:
+      raise ValueError(f'Objective {name!r} registers defaults other than its section in '
+                       'objectives/sections.py: register it with defaults=SECTIONS[name].')
     _FACTORIES[name] = factory
-    _DEFAULTS[name] = dict(defaults or {})
+    _DEFAULTS[name] = dict(declared if declared is not None else defaults or {})
     return factory
 
   return wrap
@@ -43,59 +50,28 @@ def defaults(name: str) -> dict[str, Any]:
   """The default settings of objective `name` (its config section), read without jax."""
   if name in _DEFAULTS:
     return dict(_DEFAULTS[name])
-  declared = _declared()
-  if name in declared and declared[name] is not None:
-    return dict(declared[name])
-  get_factory(name)  # not declared literally (or unknown): import to find out
+  if name in SECTIONS:
+    return dict(SECTIONS[name])
+  get_factory(name)  # unknown here: an error listing the known objectives
   return dict(_DEFAULTS[name])
 
 
-def _literal(node: ast.AST, constants: Mapping[str, ast.AST]) -> Any:
-  """A literal expression's value; a module constant name or `dict(k=v)` are followed."""
-  if isinstance(node, ast.Name) and node.id in constants:
-    return _literal(constants[node.id], constants)
-  if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'dict'
-      and not node.args):
-    return {kw.arg: _literal(kw.value, constants) for kw in node.keywords}
-  return ast.literal_eval(node)
-
-
-@functools.lru_cache(maxsize=None)
-def _declared() -> dict[str, dict[str, Any] | None]:
-  """name -> defaults (None: not a literal) of every `@register(...)` in objectives/*.py."""
-  folder = os.path.dirname(os.path.abspath(__file__))
-  found: dict[str, dict[str, Any] | None] = {}
-  for file in sorted(os.listdir(folder)):
-    if not file.endswith('.py') or file in ('base.py', 'registry.py', '__init__.py'):
-      continue
-    with open(os.path.join(folder, file), encoding='utf-8') as f:
-      tree = ast.parse(f.read(), file)
-    constants = {target.id: node.value for node in tree.body if isinstance(node, ast.Assign)
-                 for target in node.targets if isinstance(target, ast.Name)}
-    for node in ast.walk(tree):
-      if not (isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'register'
-              and node.args and isinstance(node.args[0], ast.Constant)):
-        continue
-      given = node.args[1] if len(node.args) > 1 else next(
-          (kw.value for kw in node.keywords if kw.arg == 'defaults'), None)
-      try:
-        found[node.args[0].value] = {} if given is None else dict(_literal(given, constants))
-      except (ValueError, TypeError, SyntaxError):
-        found[node.args[0].value] = None
-  return found
+def objective_names(objective: Any) -> list[str]:
+  """The names `config.objective` lists: a name, or the keys of a mapping name -> weight."""
+  if isinstance(objective, str):
+    return [objective]
+  if hasattr(objective, 'keys'):  # a dict (from config.json) or a ConfigDict
+    return list(objective.keys())
+  raise ValueError(f'config.objective must be a name or a dict name -> weight, got {objective!r}.')
 
 
 def declared_names() -> list[str]:
-  """The registered names, read from the source without importing the objectives."""
-  return sorted(set(_declared()) | set(_FACTORIES))
+  """The objectives with a config section, and any registered elsewhere; imports no jax."""
+  return sorted(set(SECTIONS) | set(_FACTORIES))
 
 
 def _import_all() -> None:
-  import objectives  # pylint: disable=import-outside-toplevel
-
-  for module in pkgutil.iter_modules(objectives.__path__):
-    if module.name not in ('base', 'registry'):
-      importlib.import_module(f'objectives.{module.name}')
+  discovery.import_modules('objectives', skip=('base', 'registry', 'sections'))
 
 
 def names() -> list[str]:

@@ -36,14 +36,11 @@ from models.transformer import ModelInputs
 from objectives import base
 from objectives.prefix_lm import adopt, join
 from objectives.registry import register
+from objectives.sections import SECTIONS
 
 Array = jax.Array
 
-DEFAULTS = dict(
-    noise_density=0.15,  # fraction of the real tokens corrupted (T5, UL2 R: 0.15; X: 0.5)
-    mean_span_length=3.0,  # mean noise span length (T5, UL2 R: 3; X: 32 or 64)
-    sequential=False,  # one span at the end (not UL2's S-denoiser: that is prefix_lm)
-)
+DEFAULTS = SECTIONS['span_corruption']  # config.span_corruption: objectives/sections.py
 
 
 def span_counts(n: Any, noise_density: float, mean_span_length: float,

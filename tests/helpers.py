@@ -151,3 +151,38 @@ def corrupt(path):
       data[i] ^= 0xFF
     f.seek(0)
     f.write(data)
+
+
+def packed_iterator(documents, tokenize: Callable[[str], list[int]], vocab, *, seq_len: int,
+                    local_batch_size: int, process_index: int = 0, process_count: int = 1,
+                    seed: int = 0, shuffle: bool = True, repeat: bool = True,
+                    attend_across_documents: bool = False):
+  """Batches of packed windows of `documents` (data/formats/packed.py over data/reader.py)."""
+  from data.formats.packed import Packed  # pylint: disable=import-outside-toplevel
+  from data.reader import ExampleIterator  # pylint: disable=import-outside-toplevel
+  from data.tokens import EncodedDocuments  # pylint: disable=import-outside-toplevel
+
+  fmt = Packed(vocab, seq_len, {'attend_across_documents': attend_across_documents})
+  return ExampleIterator(fmt, EncodedDocuments(documents, tokenize),
+                         local_batch_size=local_batch_size, process_index=process_index,
+                         process_count=process_count, seed=seed, shuffle=shuffle, repeat=repeat)
+
+
+def pair_iterator(documents, tokenize: Callable[[str], list[int]], vocab, *, seq_len: int,
+                  local_batch_size: int, process_index: int = 0, process_count: int = 1,
+                  seed: int = 0, shuffle: bool = True, repeat: bool = True,
+                  short_seq_prob: float = 0.1, sentence_order: bool = False,
+                  name: str = 'the training documents'):
+  """Batches of sentence pairs (or sentence-order pairs) of `documents`
+  (data/formats/pairs.py over data/reader.py)."""
+  # pylint: disable-next=import-outside-toplevel
+  from data.formats.pairs import SentenceOrderPairs, SentencePairs
+  from data.reader import ExampleIterator  # pylint: disable=import-outside-toplevel
+  from data.tokens import EncodedDocuments  # pylint: disable=import-outside-toplevel
+
+  fmt = (SentenceOrderPairs if sentence_order else SentencePairs)(
+      vocab, seq_len, {'short_seq_prob': short_seq_prob})
+  return ExampleIterator(fmt, EncodedDocuments(documents, tokenize),
+                         local_batch_size=local_batch_size, process_index=process_index,
+                         process_count=process_count, seed=seed, shuffle=shuffle, repeat=repeat,
+                         name=name)

@@ -47,7 +47,7 @@ def reference_run(tmp_path_factory, cache: str) -> tuple[str, str, list[str]]:
   if not os.path.exists(os.path.join(workdir, 'done')):
     os.makedirs(root, exist_ok=True)
     documents = char_corpus(corpus)
-    from tools.backends import base  # pylint: disable=import-outside-toplevel
+    from launching import base  # pylint: disable=import-outside-toplevel
 
     entry = tiny_run(corpus)
     run = base.Run('reference', entry.pop('config'), tuple(entry.items()), workdir)

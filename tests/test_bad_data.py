@@ -14,8 +14,8 @@ import pytest
 
 import train
 from configs import bert
-from data import corpora, packing, tokenizer as tokenizer_lib
-from tests.helpers import read_metrics, small_run_config
+from data import sources, tokenizer as tokenizer_lib
+from tests.helpers import packed_iterator, read_metrics, small_run_config
 
 WORDS = ('river stone cloud garden window paper silver market letter engine forest bridge '
          'candle winter number travel orange quiet simple yellow').split()
@@ -97,17 +97,17 @@ def test_bad_documents_are_counted_and_logged(tmp_path, shared_cache, corpus, ca
 def test_stored_documents_are_clean_and_long_ones_are_packed_whole(tmp_path, shared_cache,
                                                                    corpus):
   config = bert_config(shared_cache, corpus)
-  documents = corpora.load_documents(config.data, 'train')
+  documents = sources.load_documents(config.data, 'train')
   texts = list(documents)
   assert documents.cleaning == TRAIN_CLEANING and len(texts) == 14
-  validation = corpora.load_documents(config.data, 'validation')
+  validation = sources.load_documents(config.data, 'validation')
   assert validation.cleaning == {'documents': 4, 'skipped_empty': 1}
   assert not any(c in text for text in texts for c in '\x00\x01\x07\x1b\x0c\ud800')
   assert sum(text.count('\ufffd') for text in texts) == 5
   assert 'escape here.\nThe form feed broke the line.' in ''.join(texts)
   tokenizer = tokenizer_lib.load_or_train(config.data, str(tmp_path), texts)
-  iterator = packing.PackedIterator(documents, tokenizer.encode, tokenizer.vocab, seq_len=64,
-                                    local_batch_size=4, shuffle=False, repeat=False)
+  iterator = packed_iterator(documents, tokenizer.encode, tokenizer.vocab, seq_len=64,
+                             local_batch_size=4, shuffle=False, repeat=False)
   batches = list(iterator)
   tokens = np.concatenate([b['tokens'][b['segment_ids'] > 0] for b in batches]).tolist()
   vocab = tokenizer.vocab

@@ -11,12 +11,14 @@ import types
 import numpy as np
 import pytest
 
+from comparison import controls
 from configs import compare
 from data import pipeline
 from data import tokenizer as tokenizer_lib
+from launching import sweep as sweep_lib
 from tools import compare as compare_tool
-from tools import launch
 from tools import report
+from training.metrics import format_duration
 
 from tests.helpers import TEST_CACHE_ENV, read_metrics, small_run_config
 
@@ -72,8 +74,8 @@ def test_config_diff_is_only_objective_fields_and_required_features():
   names = compare.arm_names()
   assert names[:6] == ['clm', 'mlm', 'mlm_pairs', 'mlm_nsp', 'mlm_sop', 'plm']
   configs = {arm: json.loads(compare.get_config(f'{arm}:tiny').to_json()) for arm in names}
-  diff = report.config_diff(configs)
-  assert report.uncontrolled(diff, configs) == []
+  diff = controls.config_diff(configs)
+  assert controls.uncontrolled(diff, configs) == []
   assert {'objective', 'data.format', 'model.num_token_types', 'model.two_stream',
           'model.num_sentence_classes'} <= set(diff)
   assert diff['data.format']['mlm'] == 'packed'
@@ -81,7 +83,7 @@ def test_config_diff_is_only_objective_fields_and_required_features():
   assert diff['model.two_stream']['plm'] is True
   # A shared setting changed in one arm is caught.
   configs['mlm']['optimizer']['learning_rate'] = 1.0
-  assert report.uncontrolled(report.config_diff(configs), configs) == [
+  assert controls.uncontrolled(controls.config_diff(configs), configs) == [
       'optimizer.learning_rate']
 
 
@@ -141,7 +143,7 @@ def test_progress_line_counts_start_up_and_wall_time_per_step():
   assert first.endswith('comparison left ~4m55s')
   now[0] = 190.0  # 40 steps in 60 s of wall time (evaluations, checkpoints): 1.5 s a step
   line = progress.line(0, 'clm', 1, 'step 50/100 | loss 5.0 | 500 ms/step', 50, 100)
-  assert line.endswith(f'comparison left ~{compare_tool.format_duration(50 * 1.5 + 30 + 2 * (60 + 150))}')
+  assert line.endswith(f'comparison left ~{format_duration(50 * 1.5 + 30 + 2 * (60 + 150))}')
 
 
 def test_children_run_where_the_caller_is_and_earlier_workdirs_are_kept(tmp_path, monkeypatch):
@@ -160,7 +162,7 @@ def test_children_run_where_the_caller_is_and_earlier_workdirs_are_kept(tmp_path
   (earlier / 'config.json').write_text(config.to_json())
   args, overrides = compare_tool.parse_args(['--root', 'cmp', '--arms', 'clm', '--seeds', '0,1',
                                              '--config.data.train_files=books/*.txt'])
-  runs = launch.expand(compare_tool.sweep_entries(
+  runs = sweep_lib.expand(compare_tool.sweep_entries(
       ['clm'], [0, 1], 'tiny', overrides), os.path.abspath(args.root))
   assert [os.path.basename(r.workdir) for r in runs] == ['seed=0', 'seed=1']
   runs = compare_tool.keep_earlier_workdirs(runs, os.path.abspath('cmp'))
@@ -181,8 +183,8 @@ def test_budgets_name_each_workdir_and_downstream_flags_are_checked(tmp_path, ca
   assert code == 0
   out = capsys.readouterr().out
   assert "--downstream=stdlib_package '--finetune.seeds=(0,)'" in out
-  entries = launch.load_sweep(os.path.join(root, 'sweep.py'))
-  runs = launch.expand(entries, root)
+  entries = sweep_lib.load_sweep(os.path.join(root, 'sweep.py'))
+  runs = sweep_lib.expand(entries, root)
   assert [os.path.basename(r.workdir) for r in runs] == [
       'clm_tokens=1000', 'clm_tokens=2000', 'mlm_tokens=1000', 'mlm_tokens=2000']
   assert [compare_tool.run_budget(r) for r in runs] == [1000, 2000, 1000, 2000]

@@ -10,7 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from data import corpora, packing, tokenizer
+from data import sources, tokenizer
+from data.cache import CACHE_ENV
+from data.sources.builtin import stdlib_files
 from data.vocab import toy_vocab
 from tests import helpers
 
@@ -29,7 +31,7 @@ def make_config(tmp_path, **overrides) -> ml_collections.ConfigDict:
 
 @pytest.fixture(autouse=True)
 def cache_env(tmp_path, monkeypatch):
-  monkeypatch.setenv(corpora.CACHE_ENV, str(tmp_path / 'cache'))
+  monkeypatch.setenv(CACHE_ENV, str(tmp_path / 'cache'))
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +39,7 @@ def builtin(tmp_path_factory):
   """The builtin corpus of a few stdlib files: (config, train, validation)."""
   root = tmp_path_factory.mktemp('builtin')
   config = make_config(root)
-  return config, corpora.load_documents(config, 'train'), corpora.load_documents(config, 'validation')
+  return config, sources.load_documents(config, 'train'), sources.load_documents(config, 'validation')
 
 
 @pytest.fixture(scope='module')
@@ -46,7 +48,7 @@ def trained(builtin, tmp_path_factory):
   config, train, _ = builtin
   workdir = tmp_path_factory.mktemp('workdir')
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(corpora.CACHE_ENV, str(workdir.parent / 'trained_cache'))
+    patch.setenv(CACHE_ENV, str(workdir.parent / 'trained_cache'))
     return config, workdir, tokenizer.load_or_train(config, str(workdir), train)
 
 
@@ -68,23 +70,23 @@ def test_builtin_corpus_splits_are_non_empty_and_disjoint(builtin):
 def test_builtin_corpus_is_deterministic_and_cached(builtin, tmp_path):
   config, train, validation = builtin
   other = make_config(tmp_path)  # Another data_dir: a second, independent build.
-  assert list(corpora.load_documents(other, 'train')) == list(train)
-  assert list(corpora.load_documents(other, 'validation')) == list(validation)
+  assert list(sources.load_documents(other, 'train')) == list(train)
+  assert list(sources.load_documents(other, 'validation')) == list(validation)
   dataset_dir = tmp_path / 'tfds' / 'stdlib_docstrings'
   before = {p: p.stat().st_mtime_ns for p in dataset_dir.rglob('*.array_record*')}
   start = time.perf_counter()
-  assert len(corpora.load_documents(other, 'train')) == len(train)
+  assert len(sources.load_documents(other, 'train')) == len(train)
   assert time.perf_counter() - start < 2.0
   assert before and before == {p: p.stat().st_mtime_ns for p in dataset_dir.rglob('*.array_record*')}
 
 
 def test_stdlib_files_skip_tests_and_site_packages():
-  files = corpora.stdlib_files()
+  files = stdlib_files()
   assert len(files) > 300
   for path in files:
     parts = set(path.split(os.sep))
     assert not parts & {'site-packages', 'test', 'tests', 'idlelib', 'lib2to3'}
-  assert corpora.stdlib_files(5) == files[:5]
+  assert stdlib_files(5) == files[:5]
 
 
 def test_local_text_reads_both_formats_and_carves_validation(tmp_path):
@@ -94,30 +96,30 @@ def test_local_text_reads_both_formats_and_carves_validation(tmp_path):
       '\n'.join(json.dumps({'text': t, 'id': i}) for i, t in enumerate(texts[40:])) + '\n')
   config = make_config(tmp_path, source='text',
                        train_files=f'{tmp_path}/*.txt, {tmp_path}/*.jsonl')
-  train = list(corpora.load_documents(config, 'train'))
-  validation = list(corpora.load_documents(config, 'validation'))
+  train = list(sources.load_documents(config, 'train'))
+  validation = list(sources.load_documents(config, 'validation'))
   assert sorted(train + validation) == sorted(texts)
   assert validation and not set(train) & set(validation)
   # A validation file given explicitly is held out of a train glob that matches it too.
   config.validation_files = str(tmp_path / 'b.jsonl')
-  assert sorted(corpora.load_documents(config, 'train')) == sorted(texts[:40])
-  assert sorted(corpora.load_documents(config, 'validation')) == sorted(texts[40:])
+  assert sorted(sources.load_documents(config, 'train')) == sorted(texts[:40])
+  assert sorted(sources.load_documents(config, 'validation')) == sorted(texts[40:])
 
 
 def test_local_text_errors_name_the_setting(tmp_path):
   config = make_config(tmp_path, source='text', train_files=str(tmp_path / 'missing*.txt'))
   with pytest.raises(FileNotFoundError, match='config.data.train_files'):
-    corpora.load_documents(config, 'train')
+    sources.load_documents(config, 'train')
   (tmp_path / 'c.jsonl').write_text('{"body": "no text field"}\n{"body": "again"}\n')
   config.train_files = str(tmp_path / 'c.jsonl')
   with pytest.raises(Exception, match='config.data.text_field'):
-    corpora.load_documents(config, 'train')
+    sources.load_documents(config, 'train')
 
 
 def test_unknown_tfds_name_is_a_one_line_error(tmp_path):
   config = make_config(tmp_path, source='tfds', tfds_name='no_such_dataset/1.0.0')
   with pytest.raises(ValueError) as error:
-    corpora.load_documents(config, 'train')
+    sources.load_documents(config, 'train')
   message = str(error.value)
   assert '\n' not in message
   assert 'config.data.tfds_name' in message and 'tfds.list_builders()' in message
@@ -126,9 +128,9 @@ def test_unknown_tfds_name_is_a_one_line_error(tmp_path):
 
 def test_bad_source_and_split_are_errors(tmp_path):
   with pytest.raises(ValueError, match='config.data.source'):
-    corpora.load_documents(make_config(tmp_path, source='web'), 'train')
+    sources.load_documents(make_config(tmp_path, source='web'), 'train')
   with pytest.raises(ValueError, match='split'):
-    corpora.load_documents(make_config(tmp_path), 'test')
+    sources.load_documents(make_config(tmp_path), 'test')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,10 +214,10 @@ def toy_documents(count: int = 37) -> list[str]:
           for i in range(count)]
 
 
-def packed(documents, **kwargs) -> packing.PackedIterator:
+def packed(documents, **kwargs):
   settings = dict(seq_len=16, local_batch_size=3, seed=1, shuffle=True, repeat=False)
   settings.update(kwargs)
-  return packing.PackedIterator(documents, toy_tokenize, VOCAB, **settings)
+  return helpers.packed_iterator(documents, toy_tokenize, VOCAB, **settings)
 
 
 def encoded(text: str) -> list[int]:
@@ -278,7 +280,7 @@ def test_shards_partition_documents():
   seen = []
   for index in range(3):
     texts = []
-    iterator = packing.PackedIterator(
+    iterator = helpers.packed_iterator(
         documents, lambda text, texts=texts: texts.append(text) or toy_tokenize(text), VOCAB,
         seq_len=16, local_batch_size=2, process_index=index, process_count=3, repeat=False)
     list(iterator)
@@ -336,8 +338,8 @@ def test_packing_errors():
 def test_packing_real_corpus(builtin, trained):
   _, train, _ = builtin
   _, _, tok = trained
-  iterator = packing.PackedIterator(train, tok.encode, tok.vocab, seq_len=128, local_batch_size=4,
-                                    seed=0, shuffle=True, repeat=True)
+  iterator = helpers.packed_iterator(train, tok.encode, tok.vocab, seq_len=128,
+                                     local_batch_size=4, seed=0, shuffle=True, repeat=True)
   rows = [(tokens, segments) for _ in range(5) for tokens, segments in
           zip(*(lambda b: (b['tokens'], b['segment_ids']))(next(iterator)))]
   starts = [tokens[segments == 2] for tokens, segments in rows if (segments == 2).any()]

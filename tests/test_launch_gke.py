@@ -13,8 +13,9 @@ import time
 import yaml
 
 from tests import launch_helpers as helpers
+from launching import record, sweep as sweep_lib
+from launching.backends import gke
 from tools import launch
-from tools.backends import gke, record
 
 GKE = ['--backend', 'gke', '--image', 'us-docker.pkg.dev/p/r/po:1', '--tpu_accelerator',
        'tpu-v5p-slice', '--topology', '4x4x4', '--num_slices', '2', '--gke_spot']
@@ -76,7 +77,7 @@ def test_apply_through_kubectl_and_record_a_refusal(tmp_path, monkeypatch, capsy
   # and with the check lifted the launch writes its records under a local root instead.
   assert launch.main(args[:3] + [root] + args[4:]) == 2
   assert 'gs://' in capsys.readouterr().err
-  monkeypatch.setattr('tools.backends.gke.Gke.check', lambda self, runs: None)
+  monkeypatch.setattr('launching.backends.gke.Gke.check', lambda self, runs: None)
   assert launch.main(args[:3] + [root] + args[4:]) == 0
   applied = helpers.calls(state, 'kubectl')
   assert [c['args'] for c in applied] == [['--context=ctx', 'apply', '-f', '-']] * 3
@@ -98,8 +99,8 @@ def test_the_pod_script_records_a_failure_only_from_the_first_pod(tmp_path, monk
   train.py refuses it (exit 2, nothing retried) and only pod 0 of slice 0 writes launch.json."""
   state = str(tmp_path / 'cloud')
   helpers.use_fakes(monkeypatch, state, script={})
-  monkeypatch.setattr('tools.backends.gke.Gke.check', lambda self, runs: None)
-  monkeypatch.setattr('tools.launch.check_keys', lambda runs: None)  # train.py refuses it here
+  monkeypatch.setattr('launching.backends.gke.Gke.check', lambda self, runs: None)
+  monkeypatch.setattr('launching.sweep.check_keys', lambda runs: None)  # train.py refuses it here
   entries = [{'config': 'configs/nope.py', 'seed': 1}]
   root = str(tmp_path / 'runs')
   args = ['--sweep', helpers.write_sweep(str(tmp_path / 'sweep.py'), entries), '--workdir_root',
@@ -134,7 +135,7 @@ def test_the_pod_script_passes_sigterm_to_train_py_and_keeps_every_argument(tmp_
                                    [{'config': 'configs/bert.py:tiny', **tricky}])
   args = launch.parse_args(['--sweep', sweep_file, '--workdir_root', root, *GKE,
                             '--image_repo_dir', helpers.REPO])
-  (run,) = launch.expand(launch.load_sweep(sweep_file), root)
+  (run,) = sweep_lib.expand(sweep_lib.load_sweep(sweep_file), root)
   backend = gke.Gke(args)
   pod = yaml.safe_load(backend.manifest_text(run))['spec']['replicatedJobs'][0]['template'][
       'spec']['template']['spec']
@@ -147,7 +148,7 @@ def test_the_pod_script_passes_sigterm_to_train_py_and_keeps_every_argument(tmp_
   marks = tmp_path / 'marks'
   (bin_dir / 'python3').write_text(f"""#!{sys.executable}
 import json, os, signal, sys, time
-if sys.argv[1] != 'train.py':  # python3 -m tools.backends.mark ...
+if sys.argv[1] != 'train.py':  # python3 -m launching.mark ...
   os.execv({sys.executable!r}, [{sys.executable!r}] + sys.argv[1:])
 def saved(*_):
   open({str(marks)!r} + '.saved', 'w').close()

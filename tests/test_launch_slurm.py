@@ -19,7 +19,7 @@ import numpy as np
 from tests import launch_helpers as helpers
 from tests.helpers import read_metrics
 from tools import launch
-from tools.backends import record
+from launching import record
 
 
 def free_slurm_job_id() -> int:

@@ -15,8 +15,9 @@ import pytest
 
 from tests import launch_helpers as helpers
 from tests.helpers import read_metrics
+from launching import record, sweep as sweep_lib
+from launching.backends import tpu_vm
 from tools import launch, status
-from tools.backends import record, tpu_vm
 
 TPU = ['--backend', 'tpu_vm', '--zone', 'us-central2-b', '--accelerator_type', 'v4-8', '--spot',
        '--poll_seconds', '0.2', '--mounted_workdir_root']
@@ -142,7 +143,7 @@ def test_dry_run_prints_every_gcloud_command(capsys, tmp_path):
 def test_a_checkout_too_big_to_ship_is_refused_before_any_slice(tmp_path, monkeypatch, capsys):
   state = str(tmp_path / 'cloud')
   helpers.use_fakes(monkeypatch, state, script={})
-  monkeypatch.setattr('tools.backends.tpu_vm.MAX_ARCHIVE_BYTES', 1000)
+  monkeypatch.setattr('launching.backends.tpu_vm.MAX_ARCHIVE_BYTES', 1000)
   assert launch.main(['--sweep', seeds_sweep(tmp_path, 1), '--workdir_root',
                       str(tmp_path / 'runs'), *TPU]) == 2
   error = capsys.readouterr().err
@@ -153,7 +154,7 @@ def test_a_checkout_too_big_to_ship_is_refused_before_any_slice(tmp_path, monkey
 def test_launches_in_one_second_never_share_slice_names(monkeypatch):
   monkeypatch.setattr('time.time', lambda: 2_000_000_000.0)
   args = launch.parse_args(['--sweep', 's.py', '--workdir_root', 'gs://b/r', *TPU])
-  run = launch.expand([{'config': 'configs/clm.py:tiny'}], 'gs://b/r')[0]
+  run = sweep_lib.expand([{'config': 'configs/clm.py:tiny'}], 'gs://b/r')[0]
   names = {tpu_vm.TpuVm(args).slice_name(run, 1) for _ in range(20)}
   assert len(names) == 20
   assert all(re.fullmatch(r'po-[0-9a-z]{6}-0-1', name) for name in names)
@@ -163,7 +164,7 @@ def test_a_slice_name_taken_already_is_left_alone(tmp_path, monkeypatch, capsys)
   """Another launcher's slice with the name this one asks for is never deleted."""
   state = str(tmp_path / 'cloud')
   helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'}})
-  monkeypatch.setattr('tools.backends.tpu_vm.secrets.randbelow', lambda n: 7)
+  monkeypatch.setattr('launching.backends.tpu_vm.secrets.randbelow', lambda n: 7)
   theirs = 'po-000007-0-1'
   assert subprocess.run(['gcloud', 'compute', 'tpus', 'queued-resources', 'create', theirs,
                          f'--node-id={theirs}', '--zone=us-central2-b'], check=False,

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data.pairs import SentencePairIterator
 from data.vocab import toy_vocab
 from models.config import ModelConfig
 from models.transformer import ModelOutputs, Transformer
 from objectives import base, registry
+from tests.helpers import pair_iterator
 
 VOCAB = toy_vocab(64)
 
@@ -80,8 +80,8 @@ def _documents(num_docs=40, seed=0):
 def test_bert_end_to_end_forward_loss_and_gradient(objective_name, sentence_order):
   seq_len = 32
   documents, tokenize = _documents()
-  iterator = SentencePairIterator(documents, tokenize, VOCAB, seq_len, 8, 0, 1, seed=0,
-                                  shuffle=True, repeat=True, sentence_order=sentence_order)
+  iterator = pair_iterator(documents, tokenize, VOCAB, seq_len=seq_len, local_batch_size=8,
+                           seed=0, shuffle=True, repeat=True, sentence_order=sentence_order)
   batch = {key: jnp.asarray(value) for key, value in next(iterator).items()}
   objective = _build({'mlm': 1.0, objective_name: 1.0}, seq_len)
   overrides = objective.model_overrides()
@@ -122,8 +122,8 @@ def test_pooler_head_fits_the_labels_of_real_pairs():
 
   seq_len = 32
   documents, tokenize = _documents()
-  iterator = SentencePairIterator(documents, tokenize, VOCAB, seq_len, 16, 0, 1, seed=1,
-                                  shuffle=True, repeat=True)
+  iterator = pair_iterator(documents, tokenize, VOCAB, seq_len=seq_len, local_batch_size=16,
+                           seed=1, shuffle=True, repeat=True)
   batch = {key: jnp.asarray(value) for key, value in next(iterator).items()}
   labels = np.asarray(batch['next_sentence_label'])
   assert 0 < labels.sum() < len(labels)  # both classes are present

@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 
-from data import pairs
 from data.vocab import Vocab
 from tests import helpers
 
@@ -39,7 +38,7 @@ def _iterator(documents, tokenize, vocab, **kwargs):
   settings = dict(seq_len=64, local_batch_size=16, process_index=0, process_count=1, seed=0,
                   shuffle=True, repeat=False)
   settings.update(kwargs)
-  return pairs.SentencePairIterator(documents, tokenize, vocab, **settings)
+  return helpers.pair_iterator(documents, tokenize, vocab, **settings)
 
 
 def _segments(example_tokens, token_types, vocab):

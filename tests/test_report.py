@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from comparison import heldout, tables
+from comparison import runs as runs_lib
 from configs import compare
 from tools import report
 from training import evaluation
@@ -69,7 +70,7 @@ def test_report_lists_every_run_and_reads_back(tmp_path):
     assert f'| {arm} | 2 |' in text  # the summary row: two seeds
     for seed in SEEDS:
       assert f'| {arm} | {seed} | {arm}_seed={seed} |' in text
-  rows = report.read_csv(os.path.join(root, 'results.csv'))
+  rows = tables.read_csv(os.path.join(root, 'results.csv'))
   assert len(rows) == len(expected)
   for row in rows:
     metrics = expected[(row['arm'], row['seed'])]
@@ -126,7 +127,7 @@ def test_a_seed_trained_twice_is_refused(tmp_path):
 def test_mean_and_std_over_seeds_in_the_table(tmp_path):
   root = str(tmp_path / 'compare')
   values = {seed: _make_run(root, 'clm', seed)['clm_bits_per_byte'] for seed in SEEDS}
-  rows = report.write_csv(str(tmp_path / 'r.csv'), report.find_runs(root))
+  rows = tables.write_csv(str(tmp_path / 'r.csv'), runs_lib.find_runs(root))
   table = '\n'.join(heldout.family_tables(rows))
   mean, std = np.mean(list(values.values())), np.std(list(values.values()), ddof=1)
   assert f'| clm | clm | {tables.fmt(float(mean))} ± {tables.fmt(float(std))} |' in table
@@ -266,7 +267,7 @@ def test_nan_missing_and_single_seed_cells(tmp_path):
   del metrics['clm_bits_per_byte']
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(metrics, f)
-  rows = report.write_csv(str(tmp_path / 'r.csv'), report.find_runs(root))
+  rows = tables.write_csv(str(tmp_path / 'r.csv'), runs_lib.find_runs(root))
   table = '\n'.join(heldout.family_tables(rows))
   clm_row = next(line for line in table.splitlines() if line.startswith('| clm |'))
   bpb = [r['clm_bits_per_byte'] for r in rows if r['arm'] == 'clm' and 'clm_bits_per_byte' in r]

@@ -15,11 +15,11 @@ import sys
 
 import pytest
 
+from comparison import tables
+from launching import backends, code_archive, record, sweep as sweep_lib
 from tests import launch_helpers as helpers
-from tools import backends
 from tools import compare as compare_tool
 from tools import launch, report, status
-from tools.backends import code_archive, record
 
 
 def test_compare_sweep_command_is_shell_quoted_and_sweep_keeps_non_bmp(tmp_path, capsys):
@@ -41,7 +41,7 @@ def test_results_csv_cells_never_start_a_formula(tmp_path):
   names = ['=HYPERLINK("http://x")', '+1', '-1+2', '@SUM(A1)', '\tx', '\rx', 'clm']
   runs = [{'arm': name, 'seed': 0, 'name': name, 'final': {'step': 3, 'loss': -1.5},
            'evals': [], 'train': [], 'run_info': {}} for name in names]
-  report.write_csv(str(tmp_path / 'results.csv'), runs)
+  tables.write_csv(str(tmp_path / 'results.csv'), runs)
   with open(tmp_path / 'results.csv', newline='', encoding='utf-8') as f:
     rows = list(csv.DictReader(f))
   assert [r['arm'] for r in rows] == ["'" + n for n in names[:-1]] + ['clm']
@@ -179,7 +179,7 @@ def test_gke_and_slurm_records_mask_credentials_and_scripts_are_private(tmp_path
     assert 'SECRET' not in f.read()
   args = launch.parse_args(['--sweep', 's', '--workdir_root', 'gs://b/s', '--backend', 'gke',
                             '--gke_install', SECRET_INSTALL])
-  run = launch.expand([{'config': 'configs/clm.py:tiny'}], 'gs://b/s')[0]
+  run = sweep_lib.expand([{'config': 'configs/clm.py:tiny'}], 'gs://b/s')[0]
   saved: list[dict] = []  # what would go to gs://b/s/clm-tiny/launch.json
   monkeypatch.setattr(record, 'read', lambda workdir: None)
   monkeypatch.setattr(record, 'write', lambda workdir, data: saved.append(dict(data)))
@@ -359,7 +359,7 @@ def test_300_fuzzed_values_reach_train_py_byte_for_byte(tmp_path, backend_name):
   """Each backend's shell hands train.py exactly the values and runs nothing of them; on GKE
   the manifest reads back as the one document the launcher built."""
   values = _fuzzed_values(300)
-  run = launch.Run('r', 'configs/clm.py:tiny',
+  run = sweep_lib.Run('r', 'configs/clm.py:tiny',
                    tuple((f'k{i}', value) for i, value in enumerate(values)), 'gs://b/r')
   train = _train_command(backend_name, run)
   assert 'python3 train.py --config configs/clm.py:tiny ' in train

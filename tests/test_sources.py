@@ -1,15 +1,19 @@
 """Sources and tokenizer settings: WikiText-style document splits, user symbols, line breaks
 as word starts, SentencePiece errors in one line, and no reuse of a failed run's tokenizer.
-Also the sentence-pair fidelity to BERT's builder: no document loses its last sentence."""
+Also the sentence-pair fidelity to BERT's builder: no document loses its last sentence, and
+the one discovery rule of the registries (every module of a plugin folder but its helpers)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from data import formats, pipeline, reader as reader_lib
+from data import discovery, formats, pipeline, reader as reader_lib
 from data import tokenizer as tokenizer_lib
 from data.config import data_config
 from data.tokens import EncodedDocuments
@@ -209,3 +213,38 @@ def test_held_out_documents_follow_their_text_not_their_path_or_position(tmp_pat
   assert held_out(tmp_path / 'elsewhere', paragraphs) == first
   opening = 'A new opening paragraph. It is first.'
   assert held_out(tmp_path / 'inserted', [opening] + paragraphs) - {opening} == first
+
+
+def test_discovery_imports_every_module_of_the_folder_but_the_skipped(tmp_path, monkeypatch):
+  package = tmp_path / 'plugins_under_test'
+  package.mkdir()
+  (package / '__init__.py').write_text('FOUND = []\n')
+  for name in ('alpha', 'beta', 'helper'):
+    (package / f'{name}.py').write_text(
+        f'import plugins_under_test\nplugins_under_test.FOUND.append({name!r})\n')
+  (package / 'nested').mkdir()
+  (package / 'nested' / '__init__.py').write_text('raise ImportError("a subpackage is no plugin")\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  assert discovery.import_modules('plugins_under_test', skip=('helper',)) == ['alpha', 'beta']
+  assert discovery.import_modules('plugins_under_test', skip=('helper',)) == ['alpha', 'beta']
+  assert sys.modules['plugins_under_test'].FOUND == ['alpha', 'beta']  # each imported once
+  for name in ('plugins_under_test', 'plugins_under_test.alpha', 'plugins_under_test.beta'):
+    monkeypatch.delitem(sys.modules, name)
+
+
+def test_every_plugin_file_is_found_and_configs_load_without_tfds_or_jax():
+  code = ('import json, sys; from configs import bert, clm; bert.get_config(); clm.get_config(); '
+          'from data import formats, sources; from downstream.tasks import registry as tasks; '
+          'from launching import backends; '
+          'print(json.dumps([sources.names(), formats.names(), backends.names(), tasks.names(), '
+          '"tensorflow_datasets" in sys.modules, "jax" in sys.modules]))')
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True, text=True,
+                          check=True)
+  found_sources, found_formats, found_backends, found_tasks, tfds_loaded, jax_loaded = (
+      json.loads(result.stdout))
+  assert found_sources == ['builtin', 'pretokenized', 'text', 'tfds']
+  assert found_formats == ['document_chunks', 'packed', 'sentence_order_pairs', 'sentence_pairs']
+  assert found_backends == ['gke', 'local', 'slurm', 'tpu_vm']
+  assert len(found_tasks) == 13 and {'local', 'glue/sst2', 'stdlib_qa'} <= set(found_tasks)
+  assert not tfds_loaded and not jax_loaded

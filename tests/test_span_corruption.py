@@ -250,13 +250,14 @@ def test_trains_through_train_py_with_a_falling_loss(runs_root, shared_cache):
 def test_new_objectives_appear_in_the_comparison_report(runs_root, shared_cache, tmp_path):
   """The four new objectives' runs (made by their own tests when run in the same session)
   are rows of the report tools/report.py builds, with their last eval loss."""
+  from comparison import tables  # pylint: disable=import-outside-toplevel
   from tools import report  # pylint: disable=import-outside-toplevel
 
   specs = {'prefix_lm': 'prefix_lm:tiny', 'span_corruption': 'span_corruption:t5',
            'deshuffle': 'deshuffle:tiny', 'electra': 'electra:tiny'}
   workdirs = {name: trained_run(runs_root, spec, shared_cache) for name, spec in specs.items()}
   written = report.write_report(runs_root, str(tmp_path / 'report'))
-  rows = {row['arm']: row for row in report.read_csv(str(tmp_path / 'report' / 'results.csv'))}
+  rows = {row['arm']: row for row in tables.read_csv(str(tmp_path / 'report' / 'results.csv'))}
   text = open(written['report'], encoding='utf-8').read()
   for name, workdir in workdirs.items():
     assert f'| {name} |' in text

@@ -6,7 +6,7 @@ import json
 import os
 
 from tools import status
-from tools.backends import record
+from launching import record
 
 NOW = 2_000_000_000.0
 

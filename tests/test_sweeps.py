@@ -13,8 +13,8 @@ import time
 import pytest
 
 from configs.sweeps import objectives, product, zip_
+from launching import record, sweep as sweep_lib
 from tools import launch
-from tools.backends import record
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = os.path.join(REPO, 'configs', 'sweeps', 'objectives.py')
@@ -30,7 +30,7 @@ def test_product_and_zip():
 
 
 def test_objectives_sweep_names_runs_from_the_keys_that_vary():
-  runs = launch.expand(objectives.get_sweep(), 'runs/sweep')
+  runs = sweep_lib.expand(objectives.get_sweep(), 'runs/sweep')
   assert len(runs) == 3 * 2 * 2
   assert {run.config for run in runs} == {'configs/clm.py:tiny', 'configs/mlm.py:tiny',
                                           'configs/plm.py:tiny'}
@@ -41,57 +41,57 @@ def test_objectives_sweep_names_runs_from_the_keys_that_vary():
                              ('optimizer.learning_rate', 0.001))
   assert first.workdir == os.path.join('runs/sweep', first.name)
   assert len({run.name for run in runs}) == len(runs)
-  assert [run.name for run in launch.expand(objectives.get_sweep(), 'r')] == \
+  assert [run.name for run in sweep_lib.expand(objectives.get_sweep(), 'r')] == \
       [run.name for run in runs]  # deterministic
-  assert all(launch.MAX_NAME_CHARS >= len(run.name) for run in runs)
+  assert all(sweep_lib.MAX_NAME_CHARS >= len(run.name) for run in runs)
 
 
 def test_names_leave_out_what_every_run_shares():
-  files = launch.expand(product(config=['configs/clm.py:tiny'], **{
+  files = sweep_lib.expand(product(config=['configs/clm.py:tiny'], **{
       'data.source': ['text'], 'data.validation_files': ['/data/valid.txt'],
       'data.train_files': ['/data/wikitext-2/train.txt', '/data/wikitext-103/train.txt']}), 'r')
   assert [run.name for run in files] == ['train_files=wikitext-2', 'train_files=wikitext-103']
   assert files[1].overrides[-1] == ('data.train_files', '/data/wikitext-103/train.txt')
   # Two varying keys with one last part keep their full names; a dict value stays readable.
-  clash = launch.run_names([{'config': 'c.py', 'a.seed': 1, 'b.seed': 2},
+  clash = sweep_lib.run_names([{'config': 'c.py', 'a.seed': 1, 'b.seed': 2},
                             {'config': 'c.py', 'a.seed': 3, 'b.seed': 4}])
   assert clash == ['a.seed=1_b.seed=2', 'a.seed=3_b.seed=4']
-  mixed = launch.run_names([{'config': 'configs/compare.py:mlm_nsp:tiny', 'objective': {
+  mixed = sweep_lib.run_names([{'config': 'configs/compare.py:mlm_nsp:tiny', 'objective': {
       'mlm': 1.0, 'nsp': 1.0}}, {'config': 'configs/compare.py:clm:tiny', 'objective': 'clm'}])
   assert mixed == ['mlm_nsp_objective=mlm1.0+nsp1.0', 'clm_objective=clm']
-  assert launch.run_names([{'config': 'configs/clm.py:tiny'}]) == ['clm-tiny']
+  assert sweep_lib.run_names([{'config': 'configs/clm.py:tiny'}]) == ['clm-tiny']
 
 
 def test_run_names_are_filesystem_safe_bounded_and_unique():
-  names = launch.run_names([{'config': 'c.py', 'data.train_files': '/a b/*.txt'},
+  names = sweep_lib.run_names([{'config': 'c.py', 'data.train_files': '/a b/*.txt'},
                             {'config': 'c.py', 'data.train_files': '/a b/?.txt'}])
   assert names == ['train_files=-.txt'] * 2  # '/a b/' is common; '*' and '?' are unsafe
-  runs = launch.expand([{'config': 'c.py', 'data.train_files': '/a b/*.txt'},
+  runs = sweep_lib.expand([{'config': 'c.py', 'data.train_files': '/a b/*.txt'},
                         {'config': 'c.py', 'data.train_files': '/a b/?.txt'}], 'r')
   assert len({run.name for run in runs}) == 2
-  long = launch.run_names([{'config': 'configs/clm.py', **{f'k{i}': 'v' * 20 for i in range(10)}},
+  long = sweep_lib.run_names([{'config': 'configs/clm.py', **{f'k{i}': 'v' * 20 for i in range(10)}},
                            {'config': 'configs/clm.py', **{f'k{i}': 'w' * 20 for i in range(10)}}])
-  assert all(len(name) == launch.MAX_NAME_CHARS for name in long) and long[0] != long[1]
+  assert all(len(name) == sweep_lib.MAX_NAME_CHARS for name in long) and long[0] != long[1]
   with pytest.raises(ValueError, match='same run'):
-    launch.expand([{'config': 'configs/clm.py'}] * 2, 'r')
+    sweep_lib.expand([{'config': 'configs/clm.py'}] * 2, 'r')
   with pytest.raises(ValueError, match='config'):
-    launch.expand([{'seed': 1}], 'r')
+    sweep_lib.expand([{'seed': 1}], 'r')
 
 
 def test_gcs_workdirs_join_with_slashes():
-  runs = launch.expand([{'config': 'configs/mlm.py:tiny', 'seed': 3},
+  runs = sweep_lib.expand([{'config': 'configs/mlm.py:tiny', 'seed': 3},
                         {'config': 'configs/mlm.py:tiny', 'seed': 4}], 'gs://bucket/sweep/')
   assert runs[0].workdir == 'gs://bucket/sweep/seed=3'
 
 
 def test_comparison_sweep_takes_a_preset_and_names_runs_arm_and_seed():
-  runs = launch.expand(launch.load_sweep('configs/sweeps/compare.py:small'), 'r')
+  runs = sweep_lib.expand(sweep_lib.load_sweep('configs/sweeps/compare.py:small'), 'r')
   assert [run.name for run in runs[:4]] == ['clm_seed=0', 'clm_seed=1', 'clm_seed=2', 'mlm_seed=0']
   assert runs[0].config == 'configs/compare.py:clm:small' and runs[0].overrides == (('seed', 0),)
   assert {run.name.rsplit('_seed=', 1)[0] for run in runs} >= {'clm', 'mlm', 'mlm_pairs',
                                                                'mlm_nsp', 'mlm_sop', 'plm'}
   with pytest.raises(ValueError, match='choose a preset'):
-    launch.load_sweep('configs/sweeps/compare.py:huge')
+    sweep_lib.load_sweep('configs/sweeps/compare.py:huge')
 
 
 def test_local_dry_run_prints_train_commands(capsys):
@@ -171,7 +171,7 @@ def test_local_backend_requeues_preempted_runs_and_records_failures(tmp_path):
   # runs: batch_size is the same in every run, so it is not in the names.
   sweep.write_text('def get_sweep():\n  return [{"config": "configs/clm.py:tiny", "seed": s, '
                    '"batch_size": 4} for s in (1, 2)]\n')
-  assert [run.name for run in launch.expand(launch.load_sweep(str(sweep)), root)] == \
+  assert [run.name for run in sweep_lib.expand(sweep_lib.load_sweep(str(sweep)), root)] == \
       ['seed=1', 'seed=2']
   assert launch.main(args) == 2
   assert calls['seed=1'] == int((tmp_path / 'runs' / 'seed=1' / 'calls').read_text())
@@ -232,7 +232,7 @@ def test_bad_sweeps_are_one_line_before_anything_runs(tmp_path, capsys):
   # A comparison arm (a config file with dataclasses) loads, and its keys are checked too.
   assert launch.main(['--sweep', 'configs/sweeps/compare.py', '--workdir_root', root,
                       '--dry_run']) == 0
-  assert len(capsys.readouterr().out.splitlines()) == len(launch.load_sweep(
+  assert len(capsys.readouterr().out.splitlines()) == len(sweep_lib.load_sweep(
       'configs/sweeps/compare.py'))
   empty = tmp_path / 'empty.py'
   empty.write_text('SWEEP = []\n')

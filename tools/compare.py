@@ -55,13 +55,6 @@ _MS_PER_STEP = re.compile(r'(\d+) ms/step')
 ARM_KEYS = ('objective', 'data.format')
 
 
-def format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  hours, rest = divmod(seconds, 3600)
-  minutes, secs = divmod(rest, 60)
-  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
-
-
 def parse_overrides(extra: Sequence[str]) -> list[tuple[str, str]]:
   """['--config.a.b=1'] -> [('a.b', '1')]; anything else is a one-line error."""
   overrides = []
@@ -153,6 +146,9 @@ class ComparisonProgress:
       per_step = max(per_step, (now - self.first[0]) / (step - self.first[1]))
     left = (total - step) * per_step + self.startup  # this run, and its final evaluation
     left += (len(self.runs) - index - 1) * (2 * self.startup + total * per_step)
+    # The training progress line's format (imported here: it brings jax).
+    from training.metrics import format_duration  # pylint: disable=import-outside-toplevel
+
     return f'{prefix} | comparison left ~{format_duration(left)}'
 
 
@@ -201,17 +197,18 @@ def keep_earlier_workdirs(runs: Sequence[Any], root: str, stream=None) -> list[A
   """Runs whose arm and seed were trained under `root` before, in a workdir named otherwise,
   go on in that workdir. Names follow what varies (`DIR/clm` alone, `DIR/clm_seed=0` beside
   seed 1), so widening a comparison would otherwise train a seed again in a new workdir."""
-  from tools import report  # pylint: disable=import-outside-toplevel
+  from comparison.results import arm_of  # pylint: disable=import-outside-toplevel
+  from training.workdir import CONFIG_FILE  # pylint: disable=import-outside-toplevel
 
   if '://' in root or not os.path.isdir(root):
     return list(runs)
   earlier: dict[tuple[str, int, int], list[str]] = {}
   for folder, subfolders, files in sorted(os.walk(root)):
     subfolders[:] = [d for d in subfolders if d not in ('checkpoints', 'downstream', 'eval')]
-    if 'config.json' in files:
-      with open(os.path.join(folder, 'config.json'), encoding='utf-8') as f:
+    if CONFIG_FILE in files:
+      with open(os.path.join(folder, CONFIG_FILE), encoding='utf-8') as f:
         config = json.load(f)
-      key = (report.arm_of(config), int(config.get('seed', 0)),
+      key = (arm_of(config), int(config.get('seed', 0)),
              int((config.get('budget') or {}).get('tokens', 0) or 0))
       earlier.setdefault(key, []).append(os.path.abspath(folder))
   kept = []
@@ -397,7 +394,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  from tools import launch, report  # pylint: disable=import-outside-toplevel
+  from launching import sweep as sweep_lib  # pylint: disable=import-outside-toplevel
+  from tools import report  # pylint: disable=import-outside-toplevel
 
   try:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
@@ -418,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       if any(key == 'budget.tokens' for key, _ in overrides):
         raise ValueError('--budgets and --config.budget.tokens both set the budget: give one.')
       entries = [{**entry, 'budget.tokens': budgets[0]} for entry in entries]
-    runs = launch.expand(entries, args.root)
+    runs = sweep_lib.expand(entries, args.root)
   except ValueError as error:
     print(f'compare.py: error: {str(error).splitlines()[0]}', file=sys.stderr)
     return 2

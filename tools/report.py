@@ -24,9 +24,8 @@ if REPO not in sys.path:
 # pylint: disable=wrong-import-position
 from comparison import headline, heldout, plots, results
 from comparison.controls import config_diff, uncontrolled, within_arm
-# arm_of and read_csv are read through this module by tools/compare.py and callers.
-from comparison.runs import arm_of, check_distinct, evaluation_of, find_runs  # noqa: F401
-from comparison.tables import fmt, read_csv, write_csv  # noqa: F401
+from comparison.runs import check_distinct, evaluation_of, find_runs
+from comparison.tables import fmt, write_csv
 from configs import compare
 # pylint: enable=wrong-import-position
 

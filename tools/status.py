@@ -25,7 +25,7 @@ from typing import Any, Sequence
 if __package__ in (None, ''):  # run as a script: python tools/status.py
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.backends import record as record_lib  # pylint: disable=wrong-import-position
+from launching import record as record_lib  # pylint: disable=wrong-import-position
 from training.workdir import (  # pylint: disable=wrong-import-position
     CONFIG_FILE, METRICS_FILE, RUN_FILE, STATUS_FILE)
 

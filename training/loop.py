@@ -36,6 +36,7 @@ from training import checkpoint as checkpoint_lib
 from training import flops as flops_lib, mesh as mesh_lib, metrics as metrics_lib
 from training import optim, prefetch, state as state_lib, step as step_lib
 from training.experiment import Experiment
+from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE, STATUS_FILE
 
 PREEMPTED_EXIT_CODE = 143  # a process stopped by SIGTERM conventionally returns 128 + 15
 INTERRUPTED_EXIT_CODE = 130  # ... and by SIGINT (Ctrl-C) 128 + 2
@@ -131,7 +132,7 @@ def write_status(workdir: str, state: str, step: int | None = None, reason: str 
   'preempted', 'failed' with its one-line reason), for tools/status.py."""
   if jax.process_index() != 0 or not epath.Path(workdir).exists():
     return
-  path = os.path.join(workdir, 'status.json')
+  path = os.path.join(workdir, STATUS_FILE)
   text = json.dumps({'state': state, 'step': step, 'reason': reason, 'time': time.time()},
                     indent=2)
   try:
@@ -232,8 +233,8 @@ class Trainer:
       self.progress.message(f'Resumed from {self.workdir} at step {self.step}.')
     if self.primary:
       epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
-      write_text(os.path.join(self.workdir, 'config.json'), self.config.to_json(indent=2))
-      drop_records_after(os.path.join(self.workdir, 'metrics.jsonl'), self.step)
+      write_text(os.path.join(self.workdir, CONFIG_FILE), self.config.to_json(indent=2))
+      drop_records_after(os.path.join(self.workdir, METRICS_FILE), self.step)
     self.writer = metrics_lib.MetricWriter(
         self.workdir, enabled=self.primary,
         extra=metrics_lib.extra_writers(self.config, self.workdir) if self.primary else ())
@@ -245,7 +246,7 @@ class Trainer:
     peak = flops_lib.peak_flops_per_device()
     if not self.primary:
       return
-    write_json(os.path.join(self.workdir, 'run.json'), {
+    write_json(os.path.join(self.workdir, RUN_FILE), {
         'objective': config.objective if isinstance(config.objective, str)
                      else dict(config.objective),
         'data_format': exp.data_format, 'params': params,

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from objectives.base import metric_value
+from training.workdir import METRICS_FILE
 
 
 def reduce(metrics: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:
@@ -29,6 +30,7 @@ def reduce(metrics: Mapping[str, tuple[Any, Any]]) -> dict[str, float]:
 
 
 def format_duration(seconds: float) -> str:
+  """'1h05m' or '4m55s': the time left on the progress lines of a run and of a comparison."""
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)
@@ -53,7 +55,7 @@ class MetricWriter:
 
   def __init__(self, workdir: str, enabled: bool = True, extra: Sequence[Any] = ()):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS_FILE)
     self._tensorboard: EventFile | None = None
     self._extra = list(extra) if enabled else []
     if enabled:

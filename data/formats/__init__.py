@@ -1,4 +1,4 @@
-"""Data formats, one file each, found by name in `registry` (see data/formats/base.py)."""
+"""Data formats, one file each, found by name in `registry` (see data/formats/base.py); the
+first lookup imports every format module of the folder."""
 
-from data.formats import chunks, packed, pairs  # noqa: F401  (registers them)
 from data.formats.registry import defaults, get, names, register  # noqa: F401

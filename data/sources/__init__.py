@@ -1,10 +1,9 @@
 """Document sources, one file each, found by name in `registry` (see data/sources/registry.py).
 
-Importing this package registers every source; none imports tensorflow_datasets or JAX until
-it loads documents.
+The first lookup imports every source module of the folder; none imports tensorflow_datasets
+or JAX until it loads documents.
 """
 
-from data.sources import builtin, pretokenized, text, tfds  # noqa: F401  (registers them)
 from data.sources.registry import defaults, get, names, register  # noqa: F401
 
 

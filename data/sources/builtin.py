@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import os
-import sys
 import sysconfig
 import warnings
 from collections.abc import Iterator
@@ -65,77 +64,11 @@ def file_docstrings(path: str) -> Iterator[tuple[str, str]]:
   yield from visit(tree, '')
 
 
-def _builder_class():
-  """The tfds builder, defined on first use so registering this source imports no tfds."""
-  global _BUILDER
-  if _BUILDER is not None:
-    return _BUILDER
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  from data.cleaning import clean_text, split_stats  # pylint: disable=import-outside-toplevel
-  from data.sources import split as split_lib  # pylint: disable=import-outside-toplevel
-  from data.sources.store import TextBuilder  # pylint: disable=import-outside-toplevel
-
-  class StdlibDocstringsConfig(tfds.core.BuilderConfig):
-    """Which stdlib files to read and which docstrings to keep; the name keys the cache."""
-
-    def __init__(self, *, max_files: int = 0, min_doc_chars: int = 200):
-      python = f'py{sys.version_info.major}{sys.version_info.minor}'
-      files = f'files{max_files}' if max_files > 0 else 'allfiles'
-      super().__init__(name=f'{python}_{files}_min{min_doc_chars}',
-                       description='Docstrings of the standard library, one document each.')
-      self.max_files = max_files
-      self.min_doc_chars = min_doc_chars
-
-  class StdlibDocstrings(TextBuilder):
-    """Docstrings of the running interpreter's stdlib: an offline corpus of real English prose."""
-
-    VERSION = tfds.core.Version('1.1.0')
-    RELEASE_NOTES = {'1.0.0': 'Module, class and function docstrings, split 97/3 by hash.',
-                     '1.1.0': 'Control characters removed; cleaning counts in the metadata.'}
-    BUILDER_CONFIG_CLASS = StdlibDocstringsConfig
-    DESCRIPTION = 'Docstrings of the Python standard library, parsed with ast.'
-
-    def __init__(self, *, max_files: int = 0, min_doc_chars: int = 200, **kwargs):
-      super().__init__(config=StdlibDocstringsConfig(max_files=max_files,
-                                                     min_doc_chars=min_doc_chars), **kwargs)
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      config = self.builder_config
-      root = sysconfig.get_paths()['stdlib']
-      seen = set()
-
-      def documents() -> Iterator[tuple[str, str, dict[str, int]]]:
-        for path in stdlib_files(config.max_files):
-          relative = os.path.relpath(path, root)
-          for name, text in file_docstrings(path):
-            key = f'{relative}:{name}'
-            text, surrogates, controls = clean_text(text)
-            # Identical docstrings (re-exports, property setters) would leak across splits.
-            if len(text) >= config.min_doc_chars and key not in seen and text not in seen:
-              seen.update((key, text))
-              yield key, text, {'invalid_utf8': surrogates, 'control_chars': controls}
-
-      splits = split_lib.split_assigned(
-          documents(), split_lib.VALIDATION_FRACTION,
-          f'The stdlib corpus (config.data.builtin_max_files={config.max_files})',
-          'raise config.data.builtin_max_files or lower config.data.min_doc_chars')
-      self.info.metadata['cleaning'] = {name: split_stats(items) for name, items in splits.items()}
-      self._record_checksums(splits)
-      return {name: self._generate_examples(items) for name, items in splits.items()}
-
-  _BUILDER = StdlibDocstrings
-  return _BUILDER
-
-
-_BUILDER = None
-
-
 @register('builtin', defaults={'builtin_max_files': 0, 'min_doc_chars': 200, 'data_dir': ''})
 def load(data_config: ml_collections.ConfigDict, split: str):
   """Docstrings of the standard library: offline, about 2,100 train / 80 validation documents."""
-  from data.sources import store  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel  (they import tensorflow_datasets)
+  from data.sources import builders, store
 
   if data_config.builtin_max_files < 0 or data_config.min_doc_chars < 1:
     raise ValueError('config.data.builtin_max_files must be >= 0 and config.data.min_doc_chars '
@@ -143,9 +76,9 @@ def load(data_config: ml_collections.ConfigDict, split: str):
   if split == 'test':
     raise ValueError("The builtin source has no 'test' split; it has 'train' and 'validation'.")
   data_dir = store.data_dir_for(data_config)
-  builder = _builder_class()
   return store.build_and_load(
-      lambda: builder(data_dir=data_dir, max_files=data_config.builtin_max_files,
-                      min_doc_chars=data_config.min_doc_chars),
+      lambda: builders.StdlibDocstrings(data_dir=data_dir,
+                                        max_files=data_config.builtin_max_files,
+                                        min_doc_chars=data_config.min_doc_chars),
       data_dir, split, 'text', setting=f'The builtin {split} split',
       empty_fix='raise config.data.builtin_max_files')

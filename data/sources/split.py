@@ -10,6 +10,7 @@ VALIDATION_FRACTION = 0.03
 
 
 def hash_fraction(key: str) -> float:
+  """A stable number in [0, 1) from a string, for deterministic splits and choices."""
   digest = hashlib.sha256(key.encode('utf-8')).digest()
   return int.from_bytes(digest[:8], 'big') / 2**64
 

@@ -1,9 +1,10 @@
 """Corpora built once by a tfds builder into array_record files, and read back without TF.
 
-The builtin and local-text sources define builders on `TextBuilder`; the tfds source uses the
-registered ones. `build_and_load` builds under a file lock (concurrent processes build once)
-and returns the split as `DocumentSource` over a `RecordSource`. Importing this module imports
-tensorflow_datasets, so sources import it only when loading.
+The builtin and local-text sources' builders (data/sources/builders.py) derive from
+`TextBuilder`; the tfds source uses the registered ones. `build_and_load` builds under a file
+lock (concurrent processes build once) and returns the split as `DocumentSource` over a
+`RecordSource`. Importing this module imports tensorflow_datasets, so sources import it only
+when loading.
 """
 
 from __future__ import annotations

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import collections
 import glob
-import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import ml_collections
 
@@ -112,98 +111,13 @@ def read_local_documents(path: str, text_field: str = 'text',
         yield _LEADING_BLANK_LINES.sub('', text).rstrip(), repairs
 
 
-def _files(paths: Sequence[str]) -> str:
-  shown = ', '.join(paths[:3])
-  return shown + (f' and {len(paths) - 3} more' if len(paths) > 3 else '')
-
-
-def _builder_class():
-  """The tfds builder, defined on first use so registering this source imports no tfds."""
-  global _BUILDER
-  if _BUILDER is not None:
-    return _BUILDER
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-
-  from data.cleaning import split_stats, why_empty  # pylint: disable=import-outside-toplevel
-  from data.sources import split as split_lib  # pylint: disable=import-outside-toplevel
-  from data.sources.store import TextBuilder  # pylint: disable=import-outside-toplevel
-
-  class LocalTextConfig(tfds.core.BuilderConfig):
-    """A set of local files and how to cut them; the name is a hash of all of it."""
-
-    def __init__(self, *, train_files: Sequence[str], validation_files: Sequence[str],
-                 text_field: str = 'text', mode: str = 'blank_lines',
-                 heading: str = WIKITEXT_HEADING):
-      identity = [text_field] + [
-          [split, path, os.path.getsize(path), os.stat(path).st_mtime_ns]
-          for split, paths in (('train', train_files), ('validation', validation_files))
-          for path in paths]
-      if mode != 'blank_lines':  # the default keeps the names of caches built before modes
-        identity.append([mode, heading if mode == 'heading' else ''])
-      digest = hashlib.sha256(json.dumps(identity).encode('utf-8')).hexdigest()[:16]
-      super().__init__(name=f'files_{digest}', description='Local text files.')
-      self.train_files = list(train_files)
-      self.validation_files = list(validation_files)
-      self.text_field = text_field
-      self.mode = mode
-      self.heading = heading
-
-  class LocalText(TextBuilder):
-    """A user's local text or JSON-lines files as train/validation documents."""
-
-    VERSION = tfds.core.Version('1.2.0')
-    RELEASE_NOTES = {'1.0.0': 'Blank-line separated text and JSON lines.',
-                     '1.1.0': 'Invalid UTF-8 replaced, control characters removed, empty '
-                              'documents and malformed JSON lines skipped; all counted in the '
-                              'metadata.',
-                     '1.2.0': 'Held-out documents chosen by a hash of their text, not of their '
-                              'path and position; headings found in CRLF files too.'}
-    BUILDER_CONFIG_CLASS = LocalTextConfig
-    DESCRIPTION = 'Local text files, one document per paragraph, file, heading or JSON line.'
-
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      config = self.builder_config
-
-      def documents(paths: Sequence[str], skipped: collections.Counter) -> list:
-        return [(f'{path}:{index}', text, repairs) for path in paths
-                for index, (text, repairs) in enumerate(read_local_documents(
-                    path, config.text_field, skipped, mode=config.mode, heading=config.heading))]
-
-      skipped = {'train': collections.Counter(), 'validation': collections.Counter()}
-      train = documents(config.train_files, skipped['train'])
-      if not train:
-        raise ValueError(f'config.data.train_files ({_files(config.train_files)}) holds no '
-                         f'non-empty documents ({why_empty(skipped["train"])}): add text to the '
-                         'files or fix the glob.')
-      if config.validation_files:
-        splits = {'train': train,
-                  'validation': documents(config.validation_files, skipped['validation'])}
-      else:  # Skipped documents belong to no split; they are counted with train's.
-        # Held out by a hash of the text: the same corpus gets the same split wherever its
-        # files live and whatever is inserted before a document, and copies stay together.
-        splits = split_lib.split_assigned(
-            train, split_lib.VALIDATION_FRACTION, 'config.data.train_files',
-            'add documents, or give config.data.validation_files', by=lambda item: item[1])
-      self.info.metadata['cleaning'] = {name: split_stats(splits[name], skipped[name])
-                                        for name in splits}
-      self._record_checksums({name: items for name, items in splits.items() if items})
-      # tfds cannot write an empty split; the loader explains an absent validation split.
-      return {name: self._generate_examples(items) for name, items in splits.items() if items}
-
-  _BUILDER = (LocalText, LocalTextConfig)
-  return _BUILDER
-
-
-_BUILDER = None
-
-
 @register('text', defaults={'train_files': '', 'validation_files': '', 'text_field': 'text',
                             'text_documents': 'blank_lines', 'text_heading': WIKITEXT_HEADING,
                             'data_dir': ''})
 def load(data_config: ml_collections.ConfigDict, split: str):
   """Local files: comma-separated globs of text or JSON lines, one document per block or line."""
-  from data.sources import store  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel  (they import tensorflow_datasets)
+  from data.sources import builders, store
 
   if not data_config.train_files.strip():
     raise ValueError("config.data.train_files is empty; set comma-separated globs of text or "
@@ -230,13 +144,12 @@ def load(data_config: ml_collections.ConfigDict, split: str):
   if not train:
     raise ValueError('config.data.train_files matches only validation files; narrow '
                      'config.data.validation_files or widen config.data.train_files.')
-  builder, builder_config = _builder_class()
-  config = builder_config(train_files=train, validation_files=validation,
+  config = builders.LocalTextConfig(train_files=train, validation_files=validation,
                           text_field=data_config.text_field, mode=mode,
                           heading=heading)
   data_dir = store.data_dir_for(data_config)
   return store.build_and_load(
-      lambda: builder(data_dir=data_dir, config=config), data_dir, split, 'text',
+      lambda: builders.LocalText(data_dir=data_dir, config=config), data_dir, split, 'text',
       setting=(f'config.data.validation_files={data_config.validation_files!r}'
                if split == 'validation' else 'config.data.train_files'),
       empty_fix='add validation text, or set config.eval_steps=0 to train without evaluation')

@@ -9,10 +9,10 @@ Examples are plain dicts:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import numbers
 from typing import Any, Sequence
 
+from data.sources.split import hash_fraction
 from downstream import metrics as metrics_lib
 
 KINDS = ('classification', 'regression', 'qa')
@@ -64,11 +64,6 @@ class Task:
   @property
   def main_metric(self) -> str:
     return self.metrics[0]
-
-
-def hash_fraction(key: str) -> float:
-  """A stable number in [0, 1) from a string, for deterministic splits and choices."""
-  return int.from_bytes(hashlib.sha256(key.encode('utf-8')).digest()[:8], 'big') / 2**64
 
 
 def split_of(key: str, validation: float = 0.1, test: float = 0.1) -> str:

@@ -24,7 +24,8 @@ import random
 import re
 import sysconfig
 
-from data import corpora
+from data.cleaning import clean_text
+from data.sources.builtin import file_docstrings, stdlib_files
 from downstream.tasks import base
 from downstream.tasks.registry import register
 
@@ -36,10 +37,10 @@ def docstrings(max_files: int, min_doc_chars: int) -> tuple[tuple[str, str, str]
   """(module path relative to the stdlib, qualified name, docstring) of the parsed files."""
   root = sysconfig.get_paths()['stdlib']
   found = []
-  for path in corpora.stdlib_files(max_files):
+  for path in stdlib_files(max_files):
     relative = os.path.relpath(path, root)
-    for name, text in corpora.file_docstrings(path):
-      text, _, _ = corpora.clean_text(text)
+    for name, text in file_docstrings(path):
+      text, _, _ = clean_text(text)
       if len(text) >= min_doc_chars:
         found.append((relative, name, text))
   return tuple(found)

@@ -7,10 +7,9 @@ Settings every task accepts are in `COMMON`; a source adds its own with `default
 from __future__ import annotations
 
 import difflib
-import importlib
-import pkgutil
 from typing import Any, Callable, Mapping
 
+from data import discovery
 from downstream.tasks.base import Task
 
 COMMON = dict(
@@ -38,11 +37,7 @@ def register(name: str, defaults: Mapping[str, Any] | None = None):
 
 
 def _import_all() -> None:
-  import downstream.tasks as package  # pylint: disable=import-outside-toplevel
-
-  for module in pkgutil.iter_modules(package.__path__):
-    if module.name not in ('base', 'registry'):
-      importlib.import_module(f'downstream.tasks.{module.name}')
+  discovery.import_modules('downstream.tasks', skip=('base', 'registry'))
 
 
 def names() -> list[str]:

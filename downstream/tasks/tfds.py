@@ -41,9 +41,9 @@ def read_split(name: str, split: str, data_dir: str) -> list[dict[str, Any]]:
   """Records of a prepared TFDS split as dicts of numpy values."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
 
-  from data import corpora  # pylint: disable=import-outside-toplevel
+  from data.cache import cache_root  # pylint: disable=import-outside-toplevel
 
-  directory = data_dir or os.path.join(corpora.cache_root(), 'tfds')
+  directory = data_dir or os.path.join(cache_root(), 'tfds')
   try:
     builder = tfds.builder(name, data_dir=directory)
   except Exception as error:  # pylint: disable=broad-exception-caught

@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Iterable, Sequence, TextIO
 
-from tools.backends import record as record_lib
+from launching import record as record_lib
 
 PREEMPTED_EXIT_CODE = 143  # train.py after SIGTERM: checkpoint saved, run again to resume
 SETUP_ERROR_EXIT_CODE = 2  # train.py's one-line bad-input error: running again cannot help
@@ -150,7 +150,7 @@ class Attempts:
 
 
 class Backend(abc.ABC):
-  """A place to run a sweep. Subclasses register with `@tools.backends.register(name)`."""
+  """A place to run a sweep. Subclasses register with `@launching.backends.register(name)`."""
 
   name = ''
 

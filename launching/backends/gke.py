@@ -18,8 +18,8 @@ import shlex
 import subprocess
 from typing import Any, Sequence
 
-from tools import backends
-from tools.backends import base, record as record_lib
+from launching import backends
+from launching import base, record as record_lib
 
 _TOPOLOGY = re.compile(r'^\d+(x\d+){1,2}$')
 _LOG = '"${TMPDIR:-/tmp}/train.log"'  # the attempt's output, for a failure's one-line reason
@@ -86,7 +86,7 @@ class Gke(base.Backend):
       lines.append(f'{self.args.gke_install} || exit $?')
     return '\n'.join(lines + [
         'first() { [ "${JOB_COMPLETION_INDEX:-0}" = 0 ] && [ "${SLICE_INDEX:-0}" = 0 ]; }',
-        f'mark() {{ if first; then python3 -m tools.backends.mark {workdir} "$@" || true; fi; }}',
+        f'mark() {{ if first; then python3 -m launching.mark {workdir} "$@" || true; fi; }}',
         f'mark running --detail "JobSet {self.jobset_name(run)}, restart ${{RESTART_ATTEMPT:-0}}"',
         # bash is the container's PID 1: the pod's SIGTERM reaches it alone, and PID 1 ignores
         # a signal it has no handler for. Forward it so that train.py saves and exits 143.

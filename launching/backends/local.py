@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Sequence
 
-from tools import backends
-from tools.backends import base, private, record as record_lib
+from launching import backends
+from launching import base, private, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOG_DIR = 'launch_logs'

@@ -1,18 +1,18 @@
-"""Where a sweep's runs go: one module per backend, found by name through this registry.
+"""Where a sweep's runs go: one module per backend in this folder, found by name here.
 
-  from tools import backends
+  from launching import backends
   backend_class = backends.get('tpu_vm')
 
-A backend module defines a `base.Backend` subclass and decorates it with `@register('name')`.
+A backend module defines a `launching.base.Backend` subclass and decorates it with
+`@register('name')`; every module of the folder is imported on the first lookup
+(data/discovery.py).
 """
 
 from __future__ import annotations
 
-import importlib
+from data import discovery
+from launching.base import Backend
 
-from tools.backends.base import Backend
-
-_MODULES = ('local', 'tpu_vm', 'gke', 'slurm')  # imported on first lookup
 _REGISTRY: dict[str, type[Backend]] = {}
 
 
@@ -30,8 +30,7 @@ def register(name: str):
 
 
 def _load_all() -> None:
-  for module in _MODULES:
-    importlib.import_module(f'tools.backends.{module}')
+  discovery.import_modules('launching.backends')
 
 
 def names() -> list[str]:

@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Sequence, TextIO
 
-from tools import backends
-from tools.backends import base, code_archive, private, record as record_lib
+from launching import backends
+from launching import base, code_archive, private, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REMOTE_ARCHIVE = 'pretraining-objectives.tar.gz'  # in the worker's home directory

@@ -1,13 +1,13 @@
 """Updates a run's launch.json from inside a job, where the launcher is not (sbatch scripts).
 
-  python -m tools.backends.mark WORKDIR running|done|requeued|failed [--exit_code N] [--log F]
+  python -m launching.mark WORKDIR running|done|requeued|failed [--exit_code N] [--log F]
 """
 
 from __future__ import annotations
 
 import argparse
 
-from tools.backends import base, record as record_lib
+from launching import base, record as record_lib
 
 
 def mark(workdir: str, event: str, exit_code: int | None = None, log: str = '',

@@ -17,8 +17,8 @@ import shlex
 import subprocess
 from typing import Sequence
 
-from tools import backends
-from tools.backends import base, private, record as record_lib
+from launching import backends
+from launching import base, private, record as record_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _NAMES = re.compile(r'[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*')  # partition, account, qos lists
@@ -123,7 +123,7 @@ class Slurm(base.Backend):
     python = shlex.quote(self.args.slurm_python)
     return [
         f'LOG={log}',
-        f'mark() {{ {python} -m tools.backends.mark "$WORKDIR" "$@" || true; }}',
+        f'mark() {{ {python} -m launching.mark "$WORKDIR" "$@" || true; }}',
         f'mark running --detail "slurm job {job_id}, restart ${{SLURM_RESTART_COUNT:-0}}"',
         'srun --kill-on-bad-exit=1 "${TRAIN[@]}"',
         'code=$?',
