@@ -8,13 +8,15 @@ content stream. The model itself knows nothing about objectives.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from models import attention as attention_lib
-from models import masks
+from models import heads, masks
 from models.config import ModelConfig
 from models.sbo import SpanBoundaryHead
 
@@ -298,8 +300,39 @@ def _gather(x: Array, index: Array) -> Array:
   return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
+class _Streams(NamedTuple):
+  """What enters the first layer: the content stream `x` [B, T, D] (soft prompts first) at
+  `positions`, the query stream (or None) at `query_positions`, each one's AttentionPattern
+  over the keys, the number of prompt vectors, and with a cache its keys' segment ids."""
+
+  x: Array
+  positions: Array
+  content_pattern: attention_lib.AttentionPattern
+  query: Array | None
+  query_positions: Array | None
+  query_pattern: attention_lib.AttentionPattern | None
+  num_prompt: int
+  key_segments: Array | None
+
+
+def _write_cache(cache: KVCache, layer_caches: Any, key_segments: Array, length: int) -> KVCache:
+  """The cache with every layer's `length` new (key, value) entries written at cache.index in
+  one in-place update."""
+  start = (0, 0, cache.index, 0, 0)
+  return KVCache(key=jax.lax.dynamic_update_slice(cache.key, layer_caches[0], start),
+                 value=jax.lax.dynamic_update_slice(cache.value, layer_caches[1], start),
+                 segment_ids=key_segments, index=cache.index + length)
+
+
 class Transformer(nn.Module):
-  """Token/position/type embeddings, a stack of blocks, tied LM head, optional pooler head."""
+  """Token/position/type embeddings, a stack of blocks, the tied LM head, and the output heads
+  objectives attach (models/heads.py).
+
+  `__call__` reads top to bottom in four parts, each a method: `_embed` (the input vectors),
+  `_attention` (who sees whom: the content pattern, soft prompts, XLNet's query stream),
+  `_layers` (the blocks, scanned or unrolled, with the key/value cache) and `_outputs`
+  (logits, chunked label scores, the span-boundary and sentence heads).
+  """
 
   config: ModelConfig
 
@@ -319,7 +352,34 @@ class Transformer(nn.Module):
     carry the updated cache (see KVCache and models/decode.py).
     """
     cfg = self.config
-    deterministic = not train
+    embed, position_embed = self._embedding_tables()
+    if input_embeddings is not None:
+      x = input_embeddings.astype(cfg.compute_dtype)
+    else:
+      x = self._embed(inputs, embed, position_embed, token_embeddings)
+      if embeddings_only:
+        return ModelOutputs(hidden=x)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=not train)
+    stream = self._attention(inputs, x, cache, position_embed)
+    hidden, query, layer_caches = self._layers(stream, cache, train)
+    new_cache = None
+    if cache is not None:
+      new_cache = _write_cache(cache, layer_caches, stream.key_segments,
+                               inputs.segment_ids.shape[1])
+    if stream.num_prompt:
+      hidden = hidden[:, stream.num_prompt:]
+    if cfg.norm == 'pre':
+      final_norm = _layer_norm(cfg, 'final_norm')
+      hidden = final_norm(hidden)
+      if query is not None:
+        query = final_norm(query)
+    return self._outputs(inputs, hidden, query, embed, new_cache)
+
+  # --- embed
+
+  def _embedding_tables(self) -> tuple[nn.Embed, nn.Embed | None]:
+    """The token table (also the tied output projection) and the learned position table."""
+    cfg = self.config
     embed = nn.Embed(
         cfg.vocab_size, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
         embedding_init=nn.with_logical_partitioning(_dense_init(cfg), ('vocab', 'embed')),
@@ -330,35 +390,48 @@ class Transformer(nn.Module):
           cfg.max_len, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
           embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
           name='position_embed')
-    if input_embeddings is not None:
-      x = input_embeddings.astype(cfg.compute_dtype)
-    else:
-      x = (embed(inputs.tokens) if token_embeddings is None
-           else token_embeddings.astype(cfg.compute_dtype))
-      position_term = self._position_term(inputs.positions, position_embed)
-      if position_term is not None:
-        x = x + position_term
-      if cfg.num_token_types:
-        # Inputs without token types (packed windows, a switched objective) are all type 0,
-        # as BERT types a single segment.
-        token_types = inputs.token_types
-        if token_types is None:
-          token_types = jnp.zeros_like(inputs.tokens)
-        x = x + nn.Embed(
-            cfg.num_token_types, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-            embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
-            name='token_type_embed')(token_types)
-      if cfg.norm == 'post':
-        x = _layer_norm(cfg, 'embed_norm')(x)
-      if embeddings_only:
-        return ModelOutputs(hidden=x)
-    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    return embed, position_embed
 
+  def _embed(self, inputs: ModelInputs, embed: nn.Embed, position_embed: nn.Embed | None,
+             token_embeddings: Array | None) -> Array:
+    """Token + position + token-type embeddings, normed for a post-LN model: [B, T, D]."""
+    cfg = self.config
+    x = (embed(inputs.tokens) if token_embeddings is None
+         else token_embeddings.astype(cfg.compute_dtype))
+    position_term = self._position_term(inputs.positions, position_embed)
+    if position_term is not None:
+      x = x + position_term
+    if cfg.num_token_types:
+      # Inputs without token types (packed windows, a switched objective) are all type 0,
+      # as BERT types a single segment.
+      token_types = inputs.token_types
+      if token_types is None:
+        token_types = jnp.zeros_like(inputs.tokens)
+      x = x + nn.Embed(
+          cfg.num_token_types, cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+          embedding_init=nn.with_logical_partitioning(_dense_init(cfg), (None, 'embed')),
+          name='token_type_embed')(token_types)
+    if cfg.norm == 'post':
+      x = _layer_norm(cfg, 'embed_norm')(x)
+    return x
+
+  # --- attention pattern
+
+  def _attention(self, inputs: ModelInputs, x: Array, cache: KVCache | None,
+                 position_embed: nn.Embed | None) -> '_Streams':
+    """The streams entering the first layer and what each may attend to.
+
+    The content pattern comes from the lengths (one segment per row), a dense mask over
+    segments and the attention order, or the cache's written slots; soft prompts are
+    prepended to the content; a permutation LM adds the query stream (`_query_stream`).
+    """
+    cfg = self.config
     segments = inputs.segment_ids
     positions = inputs.positions
     order = inputs.attn_order
     if inputs.causal:
       order = masks.causal_order(segments)
+    key_segments = None
     if cache is None and inputs.lengths is not None and inputs.attn_order is None and (
         inputs.prompt_embeddings is None):
       content_pattern = attention_lib.from_lengths(inputs.lengths, causal=inputs.causal)
@@ -380,33 +453,53 @@ class Transformer(nn.Module):
       content_pattern = attention_lib.AttentionPattern(mask=masks.prepend_prompt(
           content_pattern.mask, segments, num_prompt, prompt_queries=True))
     x = nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
+    query, query_positions, query_pattern = self._query_stream(inputs, order, position_embed,
+                                                               num_prompt)
+    return _Streams(x, positions, content_pattern, query, query_positions, query_pattern,
+                    num_prompt, key_segments)
 
-    query, query_positions, query_pattern = None, None, None
-    if inputs.query_index is not None:
-      if not cfg.two_stream or order is None:
-        raise ValueError('A query stream needs config.model.two_stream=True and an attention order.')
-      query_positions = _gather(inputs.positions, inputs.query_index)
-      start = self.param('query_start', nn.with_logical_partitioning(_dense_init(cfg), ('embed',)),
-                         (cfg.embed_dim,), jnp.float32)
-      query = jnp.broadcast_to(start.astype(cfg.compute_dtype),
-                               query_positions.shape + (cfg.embed_dim,))
-      query_term = self._position_term(query_positions, position_embed)
-      if query_term is not None:
-        query = query + query_term
-      query_segments = _gather(segments, inputs.query_index)
-      query_mask = masks.attention_mask(
-          query_segments, segments, _gather(order, inputs.query_index), order, strict=True)
-      if num_prompt:
-        query_mask = masks.prepend_prompt(query_mask, query_segments, num_prompt,
-                                          prompt_queries=False)
-      query_pattern = attention_lib.AttentionPattern(mask=query_mask)
+  def _query_stream(self, inputs: ModelInputs, order: Array | None,
+                    position_embed: nn.Embed | None, num_prompt: int):
+    """XLNet's query stream at `inputs.query_index`: a learned start vector plus the position,
+    seeing strictly earlier tokens of the order (None, None, None without a query_index)."""
+    cfg = self.config
+    if inputs.query_index is None:
+      return None, None, None
+    if not cfg.two_stream or order is None:
+      raise ValueError('A query stream needs config.model.two_stream=True and an attention order.')
+    segments = inputs.segment_ids
+    query_positions = _gather(inputs.positions, inputs.query_index)
+    start = self.param('query_start', nn.with_logical_partitioning(_dense_init(cfg), ('embed',)),
+                       (cfg.embed_dim,), jnp.float32)
+    query = jnp.broadcast_to(start.astype(cfg.compute_dtype),
+                             query_positions.shape + (cfg.embed_dim,))
+    query_term = self._position_term(query_positions, position_embed)
+    if query_term is not None:
+      query = query + query_term
+    query_segments = _gather(segments, inputs.query_index)
+    query_mask = masks.attention_mask(
+        query_segments, segments, _gather(order, inputs.query_index), order, strict=True)
+    if num_prompt:
+      query_mask = masks.prepend_prompt(query_mask, query_segments, num_prompt,
+                                        prompt_queries=False)
+    return query, query_positions, attention_lib.AttentionPattern(mask=query_mask)
 
+  # --- layers
+
+  def _layers(self, stream: '_Streams', cache: KVCache | None,
+              train: bool) -> tuple[Array, Array | None, Any]:
+    """The blocks, scanned (parameters `layers`, plus `last_layer` for a two-stream model) or
+    unrolled (`layers_{i}`); returns (content, query stream or None, every layer's new
+    (key, value) cache entries stacked, or None without a cache)."""
+    cfg = self.config
+    deterministic = not train
     block = Block
     if cfg.remat != 'none':
       policy = None if cfg.remat == 'full' else jax.checkpoint_policies.dots_with_no_batch_dims_saveable
       block = nn.remat(Block, policy=policy, prevent_cse=not cfg.scan_layers)
-    carry = (x, query)
-    layer_args = (positions, content_pattern, query_positions, query_pattern)
+    carry = (stream.x, stream.query)
+    layer_args = (stream.positions, stream.content_pattern, stream.query_positions,
+                  stream.query_pattern)
 
     def layer_args_at(layers):
       """The block's arguments for `layers` (an index, or a slice for the scan): with a cache,
@@ -441,22 +534,18 @@ class Transformer(nn.Module):
             carry, *layer_args_at(i))
         per_layer.append(layer_cache)
       layer_caches = None if cache is None else jax.tree.map(lambda *x: jnp.stack(x), *per_layer)
-    new_cache = None
-    if cache is not None:  # one in-place write of every layer's new entries
-      start = (0, 0, cache.index, 0, 0)
-      new_cache = KVCache(
-          key=jax.lax.dynamic_update_slice(cache.key, layer_caches[0], start),
-          value=jax.lax.dynamic_update_slice(cache.value, layer_caches[1], start),
-          segment_ids=key_segments, index=cache.index + segments.shape[1])
     hidden, query = carry
-    if num_prompt:
-      hidden = hidden[:, num_prompt:]
-    if cfg.norm == 'pre':
-      final_norm = _layer_norm(cfg, 'final_norm')
-      hidden = final_norm(hidden)
-      if query is not None:
-        query = final_norm(query)
+    return hidden, query, layer_caches
 
+  # --- outputs
+
+  def _outputs(self, inputs: ModelInputs, hidden: Array, query: Array | None, embed: nn.Embed,
+               new_cache: KVCache | None) -> ModelOutputs:
+    """What the inputs ask for: per-label scores (chunked), the query stream's logits, logits
+    at predict_index (with the span-boundary head's beside them, through the one shared
+    output layer), or at every position; plus the sentence head attached for
+    config.num_sentence_classes > 0 (models/heads.py)."""
+    cfg = self.config
     logits = sbo_logits = token_nll = token_correct = None
     if inputs.labels is not None:
       if inputs.predict_index is not None or query is not None or inputs.label_chunk < 1:
@@ -479,16 +568,7 @@ class Transformer(nn.Module):
 
     sentence_logits = None
     if cfg.num_sentence_classes:
-      pooled = nn.tanh(nn.Dense(
-          cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), ('embed', None)),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-          name='pooler')(hidden[:, 0]))
-      sentence_logits = nn.Dense(
-          cfg.num_sentence_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-          kernel_init=nn.with_logical_partitioning(_dense_init(cfg), (None, None)),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
-          name='sentence_classifier')(pooled)
+      sentence_logits = heads.get(heads.SENTENCE)(cfg, hidden)
     return ModelOutputs(hidden=hidden, logits=logits, sentence_logits=sentence_logits,
                         cache=new_cache, sbo_logits=sbo_logits, token_nll=token_nll,
                         token_correct=token_correct)

@@ -1,8 +1,12 @@
 """Sentence-pair classification from the pooled [CLS] state: BERT's next-sentence
 prediction ('nsp') and ALBERT's sentence-order prediction ('sop').
 
-Both read `next_sentence_label` from the host batch (data/pairs.py): for nsp 1 means B is
-a random sentence, for sop 1 means A and B were swapped. prepare() leaves the model inputs
+The head is this objective's own (`sentence_head`: BERT's pooler, dense + tanh on the first
+position, then a classifier), attached to the model through models/heads.py; its parameters
+sit at `params/pooler` and `params/sentence_classifier`, as in every checkpoint.
+
+Both read `next_sentence_label` from the host batch (data/formats/pairs.py): for nsp 1 means B
+is a random sentence, for sop 1 means A and B were swapped. prepare() leaves the model inputs
 untouched, including compute_logits: switching token logits off could starve an objective
 prepared earlier that relies on the default, so NSP alone pays for an unused vocabulary
 projection rather than risk that.
@@ -13,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from data.vocab import Vocab
+from models import heads
+from models.config import ModelConfig
 from objectives import base
 from objectives.registry import register
 
@@ -32,6 +39,26 @@ def sentence_cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Ar
   total = losses.sum()
   correct = (jnp.argmax(logits, axis=-1) == labels).sum().astype(jnp.float32)
   return total / count, {'loss': (total, count), 'accuracy': (correct, count)}
+
+
+def sentence_head(cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+  """BERT's pooler (dense + tanh on the first position's final state) and the classifier:
+  [B, T, D] -> [B, num_sentence_classes] float32 logits. Called inside the model's scope."""
+  init = nn.with_logical_partitioning(nn.initializers.normal(stddev=cfg.init_std),
+                                      ('embed', None))
+  pooled = nn.tanh(nn.Dense(
+      cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32, kernel_init=init,
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+      name='pooler')(hidden[:, 0]))
+  return nn.Dense(
+      cfg.num_sentence_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev=cfg.init_std),
+                                               (None, None)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+      name='sentence_classifier')(pooled)
+
+
+heads.attach(heads.SENTENCE, sentence_head)
 
 
 @dataclasses.dataclass(frozen=True)

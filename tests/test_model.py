@@ -11,6 +11,7 @@ import pytest
 from models import masks
 from models.config import ModelConfig
 from models.transformer import ModelInputs, Transformer
+from objectives import nsp  # noqa: F401  pylint: disable=unused-import  (attaches the sentence head)
 
 
 def _packed_inputs(batch=1, length=8, boundary=5, **extra):
@@ -110,6 +111,9 @@ def test_param_count_and_stable_names(scan):
   assert f'{layer}/mlp/wi/kernel' in names
   assert f'{layer}/attention/query/kernel' in names
   assert 'token_embed/embedding' in names
+  # NSP's head (objectives/nsp.py) sits where checkpoints have always had it.
+  assert {'pooler/kernel', 'pooler/bias', 'sentence_classifier/kernel',
+          'sentence_classifier/bias'} <= names
 
 
 def test_bf16_compute_keeps_float32_params_and_logits():
