@@ -105,3 +105,32 @@ class ModelConfig:
     if self.two_stream:
       total += d
     return total
+
+  def train_flops_per_sequence(self, seq_len: int, num_logits: int, num_queries: int = 0) -> float:
+    """Forward + backward matmul FLOPs for one sequence (3x the forward pass).
+
+    Counts the layer matmuls for the seq_len content tokens plus `num_queries` query-stream
+    tokens (permutation LM), full attention scores and weighted sums, and the vocabulary
+    projection at `num_logits` positions (plus the pooler/transform where present). With a
+    query stream the last layer computes only the content keys and values
+    (models/transformer.py Block), so its content queries, attention, output projection and
+    MLP are not counted.
+    """
+    d, f, n, h = self.embed_dim, self.mlp_dim, self.num_heads, self.resolved_head_dim
+    tokens = seq_len + num_queries
+    per_token_layer = 2 * (3 * d * n * h) + 2 * (n * h * d) + 2 * (2 * d * f)
+    if num_queries:
+      per_token_layer_queries = 2 * (d * n * h) + 2 * (n * h * d) + 2 * (2 * d * f)
+      layers = seq_len * per_token_layer + num_queries * per_token_layer_queries
+    else:
+      layers = tokens * per_token_layer
+    attention = 2 * 2 * tokens * seq_len * n * h
+    forward = self.num_layers * (layers + attention)
+    if num_queries:  # the last layer's dead content stream
+      forward -= seq_len * (per_token_layer_queries + 2 * 2 * seq_len * n * h)
+    forward += 2 * num_logits * d * self.vocab_size
+    if self.lm_transform:
+      forward += 2 * num_logits * d * d
+    if self.num_sentence_classes:
+      forward += 2 * d * d + 2 * d * self.num_sentence_classes
+    return 3.0 * forward

@@ -160,12 +160,10 @@ class Electra:
 
   def extra_train_flops(self, model_config: ModelConfig, seq_len: int) -> float:
     """Generator forward + backward and the discriminator head, per sequence."""
-    from training import flops  # pylint: disable=import-outside-toplevel
-
     gen = generator_config(model_config, self.generator_fraction)
     d, g, v = model_config.embed_dim, gen.embed_dim, model_config.vocab_size
     predictions = self.masker.max_predictions
-    generator = flops.train_flops_per_sequence(gen, seq_len, 0)
+    generator = gen.train_flops_per_sequence(seq_len, 0)
     generator += 3.0 * (2 * seq_len * d * g + predictions * (2 * g * d + 2 * d * v))
     head = 3.0 * seq_len * (2 * d * d + 2 * d)
     return generator + head

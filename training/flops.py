@@ -16,32 +16,8 @@ PEAK_FLOPS = {
 
 def train_flops_per_sequence(cfg: ModelConfig, seq_len: int, num_logits: int,
                              num_queries: int = 0) -> float:
-  """Forward + backward matmul FLOPs for one sequence (3x the forward pass).
-
-  Counts the layer matmuls for the seq_len content tokens plus `num_queries` query-stream
-  tokens (permutation LM), full attention scores and weighted sums, and the vocabulary
-  projection at `num_logits` positions (plus the pooler/transform where present). With a
-  query stream the last layer computes only the content keys and values (models/transformer.py
-  Block), so its content queries, attention, output projection and MLP are not counted.
-  """
-  d, f, n, h = cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.resolved_head_dim
-  tokens = seq_len + num_queries
-  per_token_layer = 2 * (3 * d * n * h) + 2 * (n * h * d) + 2 * (2 * d * f)
-  if num_queries:
-    per_token_layer_queries = 2 * (d * n * h) + 2 * (n * h * d) + 2 * (2 * d * f)
-    layers = seq_len * per_token_layer + num_queries * per_token_layer_queries
-  else:
-    layers = tokens * per_token_layer
-  attention = 2 * 2 * tokens * seq_len * n * h
-  forward = cfg.num_layers * (layers + attention)
-  if num_queries:  # the last layer's dead content stream
-    forward -= seq_len * (per_token_layer_queries + 2 * 2 * seq_len * n * h)
-  forward += 2 * num_logits * d * cfg.vocab_size
-  if cfg.lm_transform:
-    forward += 2 * num_logits * d * d
-  if cfg.num_sentence_classes:
-    forward += 2 * d * d + 2 * d * cfg.num_sentence_classes
-  return 3.0 * forward
+  """Forward + backward matmul FLOPs for one sequence: `ModelConfig.train_flops_per_sequence`."""
+  return cfg.train_flops_per_sequence(seq_len, num_logits, num_queries)
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
