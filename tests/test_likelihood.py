@@ -210,3 +210,36 @@ def test_long_contexts_lose_tokens_from_the_left_and_long_continuations_are_refu
   np.testing.assert_allclose(cut.logprob, kept.logprob, rtol=1e-6)
   with pytest.raises(ValueError, match='does not fit in the run'):
     scorer.score([([1], list(range(10, 20)))])
+
+
+def test_electra_pseudo_log_likelihood_comes_from_its_generator():
+  """ELECTRA: each continuation token masked in turn, its log-probability from the generator
+  reading the discriminator's input embedding, as the objective runs it in training."""
+  from objectives import electra  # pylint: disable=import-outside-toplevel
+
+  config = _config(num_layers=1)
+  params = _init(config)
+  objective = electra.make({'generator_fraction': 0.5}, vocab=VOCAB, seq_len=32)
+  generator = nn.unbox(objective.init_params(jax.random.key(2), config)['generator'])
+  generator_config = electra.generator_config(config, 0.5)
+  scorer = _scorer('electra', config, params, generator=(generator, generator_config))
+  results = scorer.score(REQUESTS[:2], batch_size=4)
+
+  @jax.jit
+  def hand(inputs, index):
+    embedded = Transformer(config).apply({'params': params}, inputs, embeddings_only=True).hidden
+    return electra.Generator(generator_config, config.embed_dim).apply(
+        {'params': generator}, params['token_embed']['embedding'], embedded, inputs, index,
+        train=False)
+
+  for (context, continuation), result in zip(REQUESTS[:2], results):
+    ids = [VOCAB.bos_id, *context, *continuation, VOCAB.eos_id]
+    total = 0.0
+    for t in range(len(continuation)):
+      at = 1 + len(context) + t
+      masked = ids[:at] + [VOCAB.mask_id] + ids[at + 1:] + [0] * (HAND_WIDTH - len(ids))
+      tokens = jnp.asarray([masked])
+      inputs = ModelInputs(tokens=tokens, positions=jnp.arange(HAND_WIDTH)[None],
+                           segment_ids=(jnp.arange(HAND_WIDTH) < len(ids))[None].astype(jnp.int32))
+      total += _log_softmax(hand(inputs, jnp.asarray([[at]]))[0, 0])[ids[at]]
+    np.testing.assert_allclose(result.logprob, total, rtol=1e-5, atol=1e-5)
