@@ -326,3 +326,9 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> M
   return MaskedLM(vocab=vocab, mask_rate=rate, max_predictions=max_predictions,
                   mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
                   unit=unit, span_p=span_p, span_max=span_max, sbo=sbo)
+
+
+# Held-out evaluation (training/evaluation.py) scores every MLM run at BERT's 15% token masking
+# (80/10/10), whatever it trained with, so runs compare: these settings override config.mlm there.
+make.eval_settings = dict(mask_rate=0.15, unit='token', max_predictions=0, mask_token_rate=0.8,
+                          random_token_rate=0.1)

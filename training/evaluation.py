@@ -31,10 +31,6 @@ from training.step import step_rng
 
 EVAL_SEED = 0  # the eval PRNG and pair construction never depend on the run's seed
 EVAL_STREAM = 2  # PRNG stream of this evaluation (training uses 0, the loop's eval 1)
-EVAL_SETTINGS: dict[str, dict[str, Any]] = {
-    'mlm': dict(mask_rate=0.15, unit='token', max_predictions=0, mask_token_rate=0.8,
-                random_token_rate=0.1),
-}
 EXAMPLES_FILE = 'eval_examples.npz'
 
 
@@ -54,12 +50,13 @@ def token_bytes(tokenizer) -> np.ndarray:
 
 
 def eval_objective(config, vocab):
-  """The run's objective with the fixed evaluation settings (MLM at 15% token masking)."""
+  """The run's objective with each part's fixed evaluation settings: those its factory
+  declares as `eval_settings` over config.<name> (MLM: 15% token masking, objectives/mlm.py)."""
   from objectives import registry  # pylint: disable=import-outside-toplevel
 
   def settings_of(name: str):
     settings = dict(config.get(name, {}) or {})
-    settings.update(EVAL_SETTINGS.get(name, {}))
+    settings.update(getattr(registry.get_factory(name), 'eval_settings', {}))
     return settings
 
   return registry.build(config.objective, settings_of, vocab=vocab, seq_len=config.seq_len)
