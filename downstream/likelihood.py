@@ -190,17 +190,10 @@ class Scorer:
   # ------------------------------------------------------------------------- the rules (jit)
 
   def _scores_from_labels(self, params, inputs: ModelInputs, weights):
-    """(sum of log p, all argmax, count) over the weighted positions' next tokens, from the
-    model's own fused scores of ModelInputs.labels."""
+    """label_scores of each position's next token."""
     labels = jnp.pad(inputs.tokens[:, 1:], ((0, 0), (0, 1)))
-    width = inputs.tokens.shape[1]
-    inputs = inputs.replace(labels=labels, label_chunk=min(width, LABEL_CHUNK),
-                            predict_index=None)
-    outputs = Transformer(self.model_config).apply({'params': params}, inputs)
-    weights = weights.astype(jnp.float32)
-    logprob = -(jnp.where(weights > 0, outputs.token_nll, 0.0) * weights).sum(axis=1)
-    correct = (outputs.token_correct | (weights == 0)).all(axis=1)
-    return logprob, correct, weights.sum(axis=1).astype(jnp.int32)
+    return label_scores(self.model_config, params, inputs.replace(predict_index=None), labels,
+                        weights)
 
   def _labels_fn(self, width: int):
     """exact (causal) and prefix rules: one row [start, context, continuation]."""
@@ -298,6 +291,20 @@ class Scorer:
     table = params['token_embed']['embedding']
     return electra.Generator(generator_config, self.model_config.embed_dim).apply(
         {'params': generator_params}, table, embedded, inputs, index, train=False)
+
+
+def label_scores(model_config: ModelConfig, params: Any, inputs: ModelInputs, labels,
+                 weights) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(sum of log p(labels) over the weighted positions, whether every weighted label is the
+  argmax, their count) per row, from the model's own fused scores (ModelInputs.labels:
+  training's token_nll), never materialising the [batch, length, vocab] logits at once."""
+  width = inputs.tokens.shape[1]
+  inputs = inputs.replace(labels=labels, label_chunk=min(width, LABEL_CHUNK))
+  outputs = Transformer(model_config).apply({'params': params}, inputs)
+  weights = weights.astype(jnp.float32)
+  logprob = -(jnp.where(weights > 0, outputs.token_nll, 0.0) * weights).sum(axis=1)
+  correct = (outputs.token_correct | (weights == 0)).all(axis=1)
+  return logprob, correct, weights.sum(axis=1)
 
 
 def _padded(ids: Sequence[int], width: int, pad_id: int) -> np.ndarray:
