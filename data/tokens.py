@@ -17,6 +17,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -153,6 +154,7 @@ class AheadEncodedDocuments(EncodedDocuments):
     self._sentences_ahead: dict[int, list[np.ndarray]] = {}
     self._futures: dict[tuple[int, ...], concurrent.futures.Future] = {}
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='tokenize')
+    self.worker_seconds = 0.0  # CPU seconds of the background thread (benchmarks/host_rate.py)
 
   def _text(self, index: int) -> str:
     with self._lock:
@@ -160,6 +162,14 @@ class AheadEncodedDocuments(EncodedDocuments):
 
   def _window(self, indices: tuple[int, ...]) -> dict[int, Any]:
     """{index: ids} (or {index: [sentence ids]}) of one window, read and encoded at once."""
+    start = time.thread_time()
+    try:
+      return self._read_and_encode(indices)
+    finally:
+      if threading.current_thread() is not threading.main_thread():
+        self.worker_seconds += time.thread_time() - start
+
+  def _read_and_encode(self, indices: tuple[int, ...]) -> dict[int, Any]:
     with self._lock:
       texts = (self._read(list(indices)) if self._read is not None
                else [self.texts[i] for i in indices])
