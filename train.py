@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
-import traceback
 from typing import Any
 
 from absl import app, flags
@@ -44,21 +42,21 @@ def train(exp) -> dict[str, float]:
   return loop.train(exp)
 
 
-def run(config, workdir: str) -> dict[str, float]:
+def run(config, workdir: str, objective: Any = None) -> dict[str, float]:
   """Validates, assembles and trains under the workdir lock; the library entry point behind
-  the command line. Bad input raises `SetupError` with one line, before compilation."""
+  the command line. `objective` replaces config.objective (--config.objective). Bad input
+  raises `SetupError` with one line, before compilation and before the workdir is made."""
   import contextlib
 
   import jax
   from etils import epath
 
-  from configs import base
-  from training import distributed, loop, workdir_lock
+  from training import checks, distributed, experiment, loop, workdir_lock
   from training.metrics import WriteError
 
   with contextlib.ExitStack() as stack:
     try:
-      base.apply_objective(config)
+      checks.validate(config, objective)
       distributed.maybe_initialize(config.distributed)  # before asking for the process index
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       stack.enter_context(workdir_lock.workdir_lock(workdir, enabled=jax.process_index() == 0))
@@ -66,7 +64,7 @@ def run(config, workdir: str) -> dict[str, float]:
       raise SetupError(cli.one_line(error)) from error  # OSError: e.g. an unwritable workdir
     try:
       try:
-        exp = setup(config, workdir)
+        exp = experiment.assemble(config, workdir)
       except (ValueError, OSError, KeyError) as error:
         raise SetupError(cli.one_line(error)) from error
       try:
@@ -80,18 +78,16 @@ def run(config, workdir: str) -> dict[str, float]:
       raise
 
 
-def dry_run(config, workdir: str) -> dict[str, Any]:
+def dry_run(config, workdir: str, objective: Any = None) -> dict[str, Any]:
   """Validates, builds the data and the model's shapes, prints parameters and FLOPs; trains
   nothing and writes nothing but the tokenizer."""
   import jax
   import numpy as np
 
-  from configs import base
-  from training import loop
+  from training import experiment, loop
 
   try:
-    base.apply_objective(config)
-    exp = setup(config, workdir)
+    exp = experiment.build(config, workdir, objective=objective)
     steps = loop.planned_steps(exp)
   except (ValueError, OSError, KeyError) as error:
     raise SetupError(cli.one_line(error)) from error
@@ -114,96 +110,54 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Validate, build the data and the
                              'parameters and FLOPs, and exit without training.')
 
 
-def _config_path(argv: list[str]) -> str | None:
-  """The file of the last --config given."""
-  spec = cli.config_spec(argv)
-  return spec.split(':', 1)[0] if spec is not None else None
-
-
-def _config_file_problem(path: str) -> str | None:
-  """Why the --config file cannot load (missing, unreadable, not Python), naming file and line."""
-  try:
-    with open(path, 'rb') as f:
-      source = f.read()
-  except OSError as error:
-    return (f'--config file {path} cannot be read: {error.strerror}; give a config file such as '
-            'configs/clm.py:tiny.')
-  try:
-    compile(source, path, 'exec')
-  except SyntaxError as error:
-    return f'{path}:{error.lineno}: {type(error).__name__}: {error.msg} (the --config file).'
-  except ValueError as error:  # e.g. null bytes
-    return f'{path}: {error} (the --config file).'
-  return None
-
-
-def _config_frame_error(error: BaseException, path: str | None) -> str | None:
-  """'file:line: Error: message' for an exception raised while running the --config file."""
-  if path is None:
-    return None
-  target = os.path.abspath(path)
-  seen = error
-  while seen is not None:
-    frames = [f for f in traceback.extract_tb(seen.__traceback__)
-              if os.path.abspath(f.filename) == target]
-    if frames:
-      lines = str(seen).strip().splitlines()
-      return (f'{path}:{frames[-1].lineno}: {type(seen).__name__}: '
-              f'{lines[0] if lines else ""} (the --config file).')
-    seen = seen.__cause__ or seen.__context__
-  return None
-
-
-def _config_help(argv: list[str]) -> str:
-  """The settings of the --config file given (or the causal-LM default) with their values."""
+def _config_help(argv: list[str]) -> None:
+  """Prints the usage, the flags and the settings of the --config file given (or the
+  causal-LM default) with their values."""
   from configs import base
 
-  path = _config_path(argv) or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                            'configs', 'clm.py')
+  print(__doc__.strip() + '\n')
+  print(flags.FLAGS.main_module_help())
+  path = cli.config_path(argv) or os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               'configs', 'clm.py')
   spec = next((a.split('=', 1)[1] if '=' in a else None for a in argv if
                a.startswith(('--config=', '-config='))), path) or path
   try:
     config = cli.load_config_spec(spec)
   except Exception as error:  # pylint: disable=broad-exception-caught
-    return f'(cannot list the settings of {spec}: {cli.one_line(error)})'
+    print(f'\n(cannot list the settings of {spec}: {cli.one_line(error)})')
+    return
   lines = [f'Settings of {spec} (override any with --config.KEY=VALUE):']
   lines += [f'  --config.{key}={value!r}' for key, value in base.flatten(config).items()]
-  return '\n'.join(lines)
+  print('\n' + '\n'.join(lines))
+
+
+def _config_error(error: BaseException, path: str | None) -> str | None:
+  """The one line for an error absl raised loading the --config file (file and line) or
+  applying a --config.* override that names no setting."""
+  located = cli.config_frame_error(error, path)
+  if located:
+    return located
+  if isinstance(error, (AttributeError, KeyError)):  # --config.key=value for no such key
+    name = re.search(r"'([\w.-]+)", str(error))
+    hint = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', str(error))
+    return ('A --config.* override names no setting of the config'
+            f'{f" ({name.group(1)!r})" if name else ""}{f": {hint.group()}" if hint else "."}')
+  return None
 
 
 _objective_override: list[str] = []  # a --config.objective value, applied after parsing
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl's flag parsing, except that a broken --config file is one line naming file and line."""
+  """absl's flag parsing, except that a broken --config file is one line naming file and line.
+  --config.objective is taken out first: absl would keep the type of the config's value."""
   argv, objective = cli.take_objective(argv)
   if objective is not None:
     _objective_override.append(objective)
-  path = _config_path(argv)
-  problem = _config_file_problem(path) if path else None
-  if problem:
-    cli.fail(_COMMAND, problem, 2)
-  if any(arg in ('--help', '-help', '-h', '--helpshort', '--helpfull') for arg in argv[1:]):
-    print(__doc__.strip() + '\n')
-    print(flags.FLAGS.main_module_help())
-    print('\n' + _config_help(argv))
-    sys.exit(0)
-  try:
-    return flags.FLAGS(argv)
-  except Exception as error:  # pylint: disable=broad-exception-caught
-    located = _config_frame_error(error, path)
-    if located:
-      cli.fail(_COMMAND, located, 2)
-    if isinstance(error, (AttributeError, KeyError)):  # --config.key=value for no such key
-      name = re.search(r"'([\w.-]+)", str(error))
-      hint = re.search(r'Did you mean "[^"]+" instead of "[^"]+"\?', str(error))
-      cli.fail(_COMMAND, 'A --config.* override names no setting of the config'
-               f'{f" ({name.group(1)!r})" if name else ""}{f": {hint.group()}" if hint else "."}',
-               2)
-    if not isinstance(error, flags.Error):
-      raise
-    cli.fail(_COMMAND, f'{cli.one_line(error)} (pass --helpfull to see the flags).', 1)
-  return []  # unreachable
+  path = cli.config_path(argv)
+  return cli.parse_flags(
+      _COMMAND, argv, problem=lambda _: cli.config_file_problem(path) if path else None,
+      config_error=lambda error: _config_error(error, path), show_help=_config_help)
 
 
 def _quiet_platform_messages() -> None:
@@ -228,12 +182,13 @@ def main(argv):
   if cli.start(argv):
     _quiet_platform_messages()
   config = _CONFIG.value
-  from configs import base
-  try:
-    base.apply_objective(config, _objective_override[-1] if _objective_override else None)
-  except ValueError as error:
-    cli.fail(_COMMAND, cli.one_line(error), 2)
+  objective = _objective_override[-1] if _objective_override else None
   if _PRINT_CONFIG.value:
+    from configs import base
+    try:
+      base.apply_objective(config, objective)
+    except ValueError as error:
+      cli.fail(_COMMAND, cli.one_line(error), 2)
     print(config.to_json(indent=2))
     return
   cli.require_workdir(_COMMAND, _WORKDIR.value, '--workdir is required (e.g. --workdir runs/clm).')
@@ -241,9 +196,9 @@ def main(argv):
 
   try:
     if _DRY_RUN.value:
-      dry_run(config, _WORKDIR.value)
+      dry_run(config, _WORKDIR.value, objective)
     else:
-      run(config, _WORKDIR.value)
+      run(config, _WORKDIR.value, objective)
   except SetupError as error:
     cli.fail(_COMMAND, str(error), 2)
   except (WriteError, FloatingPointError) as error:

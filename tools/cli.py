@@ -1,5 +1,6 @@
 """What the absl commands (train.py, tools/evaluate.py, tools/finetune.py, tools/generate.py)
-share: the start of main() and errors a user can fix as one line on stderr, with an exit status.
+share: the start of main(), errors a user can fix as one line on stderr with an exit status,
+and the parsing of a --config file and its overrides (`parse_flags`).
 
 Light on purpose (absl only): train.py reports a broken --config file before jax is imported.
 """
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+import traceback
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app, flags, logging
 
@@ -95,3 +97,77 @@ def take_objective(argv: Sequence[str]) -> tuple[list[str], str | None]:
       kept.append(arg)
     index += 1
   return kept, override
+
+
+# --- a command's --config flag: every problem with it is one line (train.py, tools/finetune.py)
+
+HELP_FLAGS = ('--help', '-help', '-h', '--helpshort', '--helpfull')
+
+
+def config_path(argv: Sequence[str]) -> str | None:
+  """The file of the last --config given."""
+  spec = config_spec(argv)
+  return spec.split(':', 1)[0] if spec is not None else None
+
+
+def config_file_problem(path: str) -> str | None:
+  """Why the --config file cannot load (missing, unreadable, not Python), naming file and line."""
+  try:
+    with open(path, 'rb') as f:
+      source = f.read()
+  except OSError as error:
+    return (f'--config file {path} cannot be read: {error.strerror}; give a config file such as '
+            'configs/clm.py:tiny.')
+  try:
+    compile(source, path, 'exec')
+  except SyntaxError as error:
+    return f'{path}:{error.lineno}: {type(error).__name__}: {error.msg} (the --config file).'
+  except ValueError as error:  # e.g. null bytes
+    return f'{path}: {error} (the --config file).'
+  return None
+
+
+def config_frame_error(error: BaseException, path: str | None) -> str | None:
+  """'file:line: Error: message' for an exception raised while running the --config file."""
+  if path is None:
+    return None
+  target = os.path.abspath(path)
+  seen = error
+  while seen is not None:
+    frames = [f for f in traceback.extract_tb(seen.__traceback__)
+              if os.path.abspath(f.filename) == target]
+    if frames:
+      lines = str(seen).strip().splitlines()
+      return (f'{path}:{frames[-1].lineno}: {type(seen).__name__}: '
+              f'{lines[0] if lines else ""} (the --config file).')
+    seen = seen.__cause__ or seen.__context__
+  return None
+
+
+def parse_flags(command: str, argv: list[str], *,
+                problem: Callable[[list[str]], str | None],
+                config_error: Callable[[BaseException], str | None],
+                show_help: Callable[[list[str]], None] | None = None) -> list[str]:
+  """absl's flag parsing for a command with a --config file, in one pass over argv:
+
+  `problem(argv)`: the one line that a bad --config file, preset or override gives before
+  parsing (exit 2); `show_help(argv)`, when given, prints the help for --help and its
+  kin (exit 0); `config_error(error)`: the one line for an error absl raised while loading the
+  --config file or applying an override (exit 2), or None. Any other flag error is one line
+  with exit 1; anything else propagates.
+  """
+  message = problem(argv)
+  if message:
+    fail(command, message, 2)
+  if show_help is not None and any(arg in HELP_FLAGS for arg in argv[1:]):
+    show_help(argv)
+    sys.exit(0)
+  try:
+    return flags.FLAGS(argv)
+  except Exception as error:  # pylint: disable=broad-exception-caught
+    message = config_error(error)
+    if message:
+      fail(command, message, 2)
+    if not isinstance(error, flags.Error):
+      raise
+    fail(command, f'{one_line(error)} (pass --helpfull to see the flags).', 1)

@@ -93,21 +93,22 @@ def _config_problem(argv: list[str]) -> str | None:
   return None
 
 
+def _config_error(error: BaseException) -> str | None:
+  """The config file's own error, under absl's and ml_collections' wrappers, as one line; None
+  for any other flag error."""
+  if isinstance(error, flags.Error) and 'parsing config file' not in str(error):
+    return None
+  if not isinstance(error, (flags.Error, ValueError, AttributeError, KeyError)):
+    return None
+  root = error
+  while root.__cause__ or root.__context__:
+    root = root.__cause__ or root.__context__
+  return cli.one_line(root)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, except that a bad --config file, preset or override is one line."""
-  problem = _config_problem(argv)
-  if problem:
-    cli.fail(_COMMAND, problem, 2)
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, ValueError, AttributeError, KeyError) as error:
-    if isinstance(error, flags.Error) and 'parsing config file' not in str(error):
-      cli.fail(_COMMAND, f'{cli.one_line(error)} (pass --helpfull to see the flags).', 1)
-    root = error  # the config file's own error, under absl's and ml_collections' wrappers
-    while root.__cause__ or root.__context__:
-      root = root.__cause__ or root.__context__
-    cli.fail(_COMMAND, cli.one_line(root), 2)
-  return []  # unreachable
+  return cli.parse_flags(_COMMAND, argv, problem=_config_problem, config_error=_config_error)
 
 
 def main(argv):

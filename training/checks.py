@@ -30,6 +30,17 @@ def objective_names(objective: Any) -> list[str]:
   raise ValueError(f'config.objective must be a name or a dict name -> weight, got {objective!r}.')
 
 
+def validate(config: ml_collections.ConfigDict, objective: Any = None) -> None:
+  """The one validation of a config before anything is read or built: sets config.objective
+  (to `objective` if given) with exactly its sections (configs/base.py `apply_objective`),
+  then rejects unknown settings and values out of range. What needs the devices, the
+  tokenizer or the workdir is checked where those exist (check_batch, check_vocab,
+  check_resume)."""
+  base.apply_objective(config, objective)
+  check_keys(config)
+  check_values(config)
+
+
 def check_keys(config: ml_collections.ConfigDict) -> None:
   """Rejects settings the defaults do not have (typos), suggesting the closest known one."""
   names = objective_names(config.objective)

@@ -127,23 +127,34 @@ def keep_tokenizer(tokenizer: Any, workdir: str) -> None:
 
 
 def build(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
-          tokenizer_path: str | None = None, vocab: Any = None) -> Experiment:
-  """Validates `config` and assembles the run; see the module docstring.
+          tokenizer_path: str | None = None, vocab: Any = None,
+          objective: Any = None) -> Experiment:
+  """Validates `config` (training/checks.py `validate`; `objective` replaces
+  config.objective), joins the processes and assembles the run; see the module docstring.
 
   With `data=False` no corpus is read and the iterators are None: the tokenizer must exist
   (config.data.tokenizer, `tokenizer_path`, or the workdir's tokenizer.model), unless a
   `vocab` (data/vocab.py) is given, e.g. a toy one for benchmarks on random tokens.
   """
+  from training import checks, distributed
+
+  checks.validate(config, objective)
+  distributed.maybe_initialize(config.distributed)
+  return assemble(config, workdir, data=data, tokenizer_path=tokenizer_path, vocab=vocab)
+
+
+def assemble(config: ml_collections.ConfigDict, workdir: str, *, data: bool = True,
+             tokenizer_path: str | None = None, vocab: Any = None) -> Experiment:
+  """The run of a validated `config` in a process that has joined its peers (`build` does
+  both first): the mesh, the checks that need it, the tokenizer or data, the objective and
+  model config, the iterators and their first batch, the FLOPs. One pass, top down."""
   import jax
 
   from data import pipeline
   from models.config import ModelConfig
   from objectives import registry
-  from training import checks, distributed, flops, mesh as mesh_lib
+  from training import checks, flops, mesh as mesh_lib
 
-  checks.check_keys(config)
-  checks.check_values(config)
-  distributed.maybe_initialize(config.distributed)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = mesh_lib.logical_rules(config.mesh)
   checks.check_batch(config, mesh_lib.data_parallel_size(mesh, rules), jax.process_count())
