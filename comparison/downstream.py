@@ -16,6 +16,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 from comparison import results as results_lib
+from training.workdir import CHECKPOINTS_DIR, CONFIG_FILE, STATUS_FILE
 
 FINETUNE, ZERO_SHOT = 'finetune', 'zero_shot'
 
@@ -91,9 +92,9 @@ PRETRAINING_ONLY = ('two_stream', 'num_sentence_classes')
 def finished(workdir: str) -> bool:
   """Whether the run has trained to its end: status.json says done (a run still training has
   early checkpoints but not its last one). Runs from before status.json count as finished."""
-  path = os.path.join(workdir, 'status.json')
+  path = os.path.join(workdir, STATUS_FILE)
   if not os.path.exists(path):
-    return os.path.isdir(os.path.join(workdir, 'checkpoints'))
+    return os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR))
   with open(path, encoding='utf-8') as f:
     return json.load(f).get('state') == 'done'
 
@@ -108,7 +109,7 @@ def architecture(workdir: str) -> str:
   if os.path.exists(cache):  # tracing the objective takes a while; the answer never changes
     with open(cache, encoding='utf-8') as f:
       return f.read()
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+  with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
     model = {key: value for key, value in json.load(f).get('model', {}).items()
              if key not in PRETRAINING_ONLY}
   exp = experiment.build_local(workdir)

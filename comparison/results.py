@@ -19,7 +19,8 @@ import os
 import re
 from typing import Any, Mapping, Sequence
 
-from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE
+from downstream.results import grid_edges
+from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE, read_json
 
 NO_PRETRAINING = 'no_pretraining'
 _STEP_FILE = re.compile(r'^step_(\d+)\.json$')
@@ -65,14 +66,6 @@ def arm_of(config: Mapping[str, Any]) -> str:
   return '+'.join(names) + (f'@{data_format}' if data_format else '')
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def workdirs(root: str) -> list[str]:
   """Pretraining workdirs under `root` (folders holding config.json), `root` itself included."""
   found = []
@@ -110,7 +103,7 @@ class RunInfo:
     processes), else interpolated between the metrics records around it."""
     states = glob.glob(os.path.join(self.workdir, 'data_state', f'step_{step}.process_*.json'))
     if states:
-      return int(sum(int((_read_json(p) or {}).get('tokens', 0)) for p in states))
+      return int(sum(int((read_json(p) or {}).get('tokens', 0)) for p in states))
     points = {}
     path = os.path.join(self.workdir, METRICS_FILE)
     if os.path.exists(path):
@@ -135,8 +128,8 @@ class RunInfo:
 
 
 def run_info(workdir: str) -> RunInfo:
-  config = _read_json(os.path.join(workdir, CONFIG_FILE)) or {}
-  run = _read_json(os.path.join(workdir, RUN_FILE)) or {}
+  config = read_json(os.path.join(workdir, CONFIG_FILE)) or {}
+  run = read_json(os.path.join(workdir, RUN_FILE)) or {}
   budget = config.get('budget') or {}
   checkpoints = os.path.join(workdir, 'checkpoints')
   steps = [int(n) for n in os.listdir(checkpoints) if n.isdigit()] if os.path.isdir(
@@ -147,17 +140,6 @@ def run_info(workdir: str) -> RunInfo:
                  kept_steps=tuple(int(s) for s in run.get('kept_steps', ()) or ()),
                  keep_fractions=tuple(float(f) for f in budget.get('keep_fractions', ()) or ()),
                  last_step=max(steps, default=int(run.get('total_steps', 0) or 0)))
-
-
-def grid_edges(selected: Mapping[str, Any], grid: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
-  """Names of the selected hyper-parameters at the lowest or highest value of a grid that
-  tried more than one value of them (the best may lie outside the grid)."""
-  edges = []
-  for name, value in selected.items():
-    tried = sorted({point[name] for point in grid if name in point})
-    if len(tried) > 1 and value in (tried[0], tried[-1]):
-      edges.append(name)
-  return tuple(sorted(edges))
 
 
 def _finetune_scores(info: RunInfo, record: Mapping[str, Any], step: int) -> list[Score]:
@@ -212,7 +194,7 @@ def run_scores(workdir: str) -> list[Score]:
   scores = []
   for path in sorted(glob.glob(os.path.join(workdir, 'downstream', '*', '*', '*.json'))):
     name = os.path.basename(path)
-    record = _read_json(path)
+    record = read_json(path)
     if not isinstance(record, dict):
       continue
     match = _STEP_FILE.match(name)
@@ -223,7 +205,7 @@ def run_scores(workdir: str) -> list[Score]:
         step = int((record.get('pretraining') or {}).get('step', info.last_step))
         scores += _finetune_scores(info, record, step)
   for path in sorted(glob.glob(os.path.join(workdir, 'zero_shot', '*', 'step_*.json'))):
-    record = _read_json(path)
+    record = read_json(path)
     score = _zero_shot_score(info, record) if isinstance(record, dict) else None
     if score is not None:
       scores.append(score)

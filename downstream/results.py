@@ -13,7 +13,7 @@ import datetime
 import glob
 import json
 import os
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 SCHEMA = 'downstream-results/2'
 LATEST = 'results.json'
@@ -58,6 +58,17 @@ def write(path: str, record: dict[str, Any], step: int | None = None) -> str:
     _write_json(os.path.join(os.path.dirname(path), f'step_{int(step)}.json'), record)
   _write_json(path, record)
   return path
+
+
+def grid_edges(selected: Mapping[str, Any], grid: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+  """Names of the selected hyper-parameters at the lowest or highest value of a grid that
+  tried more than one value of them (the best may lie outside the grid)."""
+  edges = []
+  for name, value in selected.items():
+    tried = sorted({point[name] for point in grid if name in point})
+    if len(tried) > 1 and value in (tried[0], tried[-1]):
+      edges.append(name)
+  return tuple(sorted(edges))
 
 
 def read_all(workdir: str) -> list[dict[str, Any]]:

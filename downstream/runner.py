@@ -254,7 +254,9 @@ def run_seed(workdir: str) -> int:
   """The pretraining run's seed (config.json), which seeds its random-initialisation control."""
   import json  # pylint: disable=import-outside-toplevel
 
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+  from training.workdir import CONFIG_FILE  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(workdir, CONFIG_FILE), encoding='utf-8') as f:
     return int(json.load(f).get('seed', 0))
 
 
@@ -314,7 +316,7 @@ def _finetune(config, pre, task, strategy, seq_len: int, root: str, log) -> str:
                       learning_rates=config.learning_rates, epochs=config.epochs,
                       seeds=config.seeds, base=_recipe(config),
                       ordinary_ids=pre.tokenizer.vocab.ordinary_ids, log=log)
-  edge = grid_edges(found['selected'], found['grid'])
+  edge = results.grid_edges(found['selected'], found['grid'])
   record = {'mode': 'finetune', 'task': task.name, 'task_kind': task.kind,
             'strategy': strategy.name, **found, 'grid_edge': list(edge),
             'examples': {split: len(examples) for split, examples in task.splits.items()},
@@ -334,16 +336,6 @@ def _finetune(config, pre, task, strategy, seq_len: int, root: str, log) -> str:
   log(f'{task.name} | {strategy.name} | step {pre.step} | ' + ' | '.join(scores) +
       f' | {found["trained_params"]} trained parameters | {path}')
   return path
-
-
-def grid_edges(selected: dict[str, Any], grid: Sequence[dict[str, Any]]) -> tuple[str, ...]:
-  """The selected hyper-parameters at the lowest or highest of several values tried."""
-  edges = []
-  for name, value in selected.items():
-    tried = sorted({point[name] for point in grid if name in point})
-    if len(tried) > 1 and value in (tried[0], tried[-1]):
-      edges.append(name)
-  return tuple(sorted(edges))
 
 
 def example_ids(examples: Sequence[dict[str, Any]], split: str) -> list[str]:

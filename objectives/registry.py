@@ -29,8 +29,6 @@ def register(name: str, defaults: Mapping[str, Any] | None = None):
   """
 
   def wrap(factory):
-    if name in _FACTORIES and _FACTORIES[name] is not factory:
-      raise ValueError(f'Objective {name!r} is registered twice.')
     declared = SECTIONS.get(name)
     if declared is None and factory.__module__.startswith('objectives.'):
       raise ValueError(f'Objective {name!r} ({factory.__module__}) has no section in '
@@ -39,6 +37,8 @@ def register(name: str, defaults: Mapping[str, Any] | None = None):
     if declared is not None and defaults is not None and dict(defaults) != declared:
       raise ValueError(f'Objective {name!r} registers defaults other than its section in '
                        'objectives/sections.py: register it with defaults=SECTIONS[name].')
+    if name in _FACTORIES and _FACTORIES[name] is not factory:
+      raise ValueError(f'Objective {name!r} is registered twice.')
     _FACTORIES[name] = factory
     _DEFAULTS[name] = dict(declared if declared is not None else defaults or {})
     return factory

@@ -39,6 +39,20 @@ def test_configs_load_without_jax_and_objective_defaults_match_the_registry():
     assert registry.defaults(name) == sections.SECTIONS[name], name
 
 
+def test_an_objective_of_the_folder_without_a_config_section_is_refused():
+  from objectives import registry  # pylint: disable=import-outside-toplevel
+
+  def make(settings, *, vocab, seq_len):
+    del settings, vocab, seq_len
+
+  make.__module__ = 'objectives.unsectioned'
+  with pytest.raises(ValueError, match=r"'unsectioned' \(objectives.unsectioned\) has no section"):
+    registry.register('unsectioned')(make)
+  with pytest.raises(ValueError, match='defaults other than its section'):
+    registry.register('clm', defaults={'loss_chunk': 8})(make)
+  assert 'unsectioned' not in registry.declared_names()
+
+
 def test_objective_can_be_switched_on_the_command_line():
   result = _cli('--config', 'configs/clm.py', '--print_config',
                 "--config.objective={'mlm': 1, 'sop': 1}")

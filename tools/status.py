@@ -27,7 +27,7 @@ if __package__ in (None, ''):  # run as a script: python tools/status.py
 
 from launching import record as record_lib  # pylint: disable=wrong-import-position
 from training.workdir import (  # pylint: disable=wrong-import-position
-    CONFIG_FILE, METRICS_FILE, RUN_FILE, STATUS_FILE)
+    CONFIG_FILE, METRICS_FILE, RUN_FILE, STATUS_FILE, read_json)
 
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, record_lib.RECORD_FILE)
 
@@ -65,13 +65,6 @@ def _path(path: str):
   return epath.Path(path)
 
 
-def _read_json(path) -> dict[str, Any] | None:
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None
-
-
 def _mtime(path) -> float | None:
   try:
     return float(path.stat().mtime)
@@ -104,13 +97,13 @@ def read_run(workdir: str, now: float | None = None, stale_s: float = 600) -> Ru
   """The status of the run in `workdir` (local or gs://)."""
   now = time.time() if now is None else now
   root = _path(workdir)
-  config = _read_json(root / CONFIG_FILE) or {}
-  launch = _read_json(root / record_lib.RECORD_FILE) or {}
-  written = _read_json(root / STATUS_FILE) or {}  # optional, from train.py
+  config = read_json(root / CONFIG_FILE) or {}
+  launch = read_json(root / record_lib.RECORD_FILE) or {}
+  written = read_json(root / STATUS_FILE) or {}  # optional, from train.py
   train, evaluation = _metrics(root / METRICS_FILE)
   # The steps the run planned (run.json): a budget run plans them from its budget and never
   # reads config.total_steps; config.total_steps only until the run has started.
-  planned = (_read_json(root / RUN_FILE) or {}).get('total_steps')
+  planned = (read_json(root / RUN_FILE) or {}).get('total_steps')
   total = int(planned or config.get('total_steps') or
               dict(launch.get('overrides') or {}).get('total_steps') or 0)
   status = RunStatus(name=launch.get('name') or root.name, state='queued', total_steps=total,

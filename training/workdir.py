@@ -35,6 +35,15 @@ def path(workdir: str, name: str) -> str:
   return os.path.join(workdir, name)
 
 
+def read_json(file: Any) -> Any:
+  """A JSON file a run or a launcher wrote (a path, local or gs://); None when it is missing,
+  unreadable or cut short, as a file of a run still being written can be."""
+  try:
+    return json.loads(epath.Path(file).read_text())
+  except (OSError, ValueError):
+    return None
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json`, as it was written."""
   file = epath.Path(workdir) / CONFIG_FILE
