@@ -12,10 +12,10 @@ All three train on the same random tokens with the same optax chain (training/op
   initialisation scale, `jax.nn.dot_product_attention(is_causal=True)` (attends across
   documents), full float32 logits, mean next-token cross-entropy over every position.
 They are timed in turn, `--steps` steps each per round, so machine load hits all alike; the
-medians over `--rounds` and the ratios framework / reference are printed per layer layout
-(`--layouts`: scanned, unrolled), with tokens/s, model TFLOP/s (training/flops.py) and MFU
-where the device's peak is known (or `--peak_tflops` is given). CLM only: it is the objective
-a hand-written step can match.
+medians over `--rounds` (wall and CPU time) and the ratios framework / reference are printed
+per layer layout (`--layouts`: scanned, unrolled), with tokens/s, model TFLOP/s
+(training/flops.py) and MFU where the device's peak is known (or `--peak_tflops` is given).
+CLM only: it is the objective a hand-written step can match.
 """
 
 from __future__ import annotations
@@ -131,11 +131,14 @@ def parameter_count(tree: Any) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
-def _timed(run: Callable[[], Any], steps: int) -> float:
-  start = time.perf_counter()
+def _timed(run: Callable[[], Any], steps: int, cpu: list[float] | None = None) -> float:
+  """Wall seconds per step of `steps` calls; their CPU seconds per step appended to `cpu`."""
+  start, start_cpu = time.perf_counter(), time.process_time()
   for _ in range(steps):
     out = run()
   jax.block_until_ready(out)
+  if cpu is not None:
+    cpu.append((time.process_time() - start_cpu) / steps)
   return (time.perf_counter() - start) / steps
 
 
@@ -180,6 +183,7 @@ def benchmark(config, steps: int, rounds: int, peak_tflops: float = 0.0) -> dict
 
   runs = {'framework': run_framework, 'project_hand': run_project_hand, 'minimal': run_minimal}
   times = {name: [] for name in VARIANTS}
+  cpu_times: dict[str, list[float]] = {name: [] for name in VARIANTS}
   with jax.set_mesh(exp.mesh), nn.logical_axis_rules(exp.rules):
     first = {name: _timed(run, 1) for name, run in runs.items()}
     # A second untimed call each: a hand-written step compiles again once its donated
@@ -188,7 +192,7 @@ def benchmark(config, steps: int, rounds: int, peak_tflops: float = 0.0) -> dict
       _timed(run, 1)
     for _ in range(rounds):
       for name, run in runs.items():
-        times[name].append(_timed(run, steps))
+        times[name].append(_timed(run, steps, cpu_times[name]))
   step_s = {name: float(np.median(values)) for name, values in times.items()}
   tokens = config.batch_size * config.seq_len
   model_flops = config.batch_size * flops.objective_flops_per_sequence(
@@ -202,12 +206,17 @@ def benchmark(config, steps: int, rounds: int, peak_tflops: float = 0.0) -> dict
   for name in VARIANTS:
     result[name] = {
         'step_ms': 1000 * step_s[name], 'first_step_s': first[name],
+        # CPU time of every thread per step: on a CPU shared with other jobs, steadier than
+        # the wall clock, which counts the time other jobs held the cores.
+        'cpu_ms': 1000 * float(np.median(cpu_times[name])),
         'rounds_ms': [1000 * value for value in times[name]],
         'tokens_per_sec': tokens / step_s[name],
         'tflops_per_sec': model_flops / step_s[name] / 1e12,
         'mfu': None if peak is None else model_flops / step_s[name] / (peak * jax.device_count())}
   result['ratio_to_project_hand'] = step_s['framework'] / step_s['project_hand']
   result['ratio_to_minimal'] = step_s['framework'] / step_s['minimal']
+  for name in ('project_hand', 'minimal'):
+    result[f'cpu_ratio_to_{name}'] = result['framework']['cpu_ms'] / result[name]['cpu_ms']
   return result
 
 

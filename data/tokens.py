@@ -160,16 +160,15 @@ class AheadEncodedDocuments(EncodedDocuments):
     with self._lock:
       return self.texts[index]
 
-  def _window(self, indices: tuple[int, ...]) -> dict[int, Any]:
-    """{index: ids} (or {index: [sentence ids]}) of one window, read and encoded at once."""
+  def _in_background(self, indices: tuple[int, ...]) -> dict[int, Any]:
     start = time.thread_time()
     try:
-      return self._read_and_encode(indices)
+      return self._window(indices)
     finally:
-      if threading.current_thread() is not threading.main_thread():
-        self.worker_seconds += time.thread_time() - start
+      self.worker_seconds += time.thread_time() - start
 
-  def _read_and_encode(self, indices: tuple[int, ...]) -> dict[int, Any]:
+  def _window(self, indices: tuple[int, ...]) -> dict[int, Any]:
+    """{index: ids} (or {index: [sentence ids]}) of one window, read and encoded at once."""
     with self._lock:
       texts = (self._read(list(indices)) if self._read is not None
                else [self.texts[i] for i in indices])
@@ -186,7 +185,9 @@ class AheadEncodedDocuments(EncodedDocuments):
 
   def sentences(self, index: int) -> Sequence[np.ndarray]:
     ids = self._sentences_ahead.pop(index, None)
-    return EncodedSentences(split_sentences(self._text(index)), self._encode) if ids is None else ids
+    if ids is None:
+      return EncodedSentences(split_sentences(self._text(index)), self._encode)
+    return ids
 
   def wants_prefetch(self) -> bool:
     return not self._ids_ahead and not self._sentences_ahead
@@ -201,7 +202,7 @@ class AheadEncodedDocuments(EncodedDocuments):
     self._futures = {key: value for key, value in self._futures.items() if key in windows[1:]}
     for window in windows[1:]:
       if window not in self._futures:
-        self._futures[window] = self._executor.submit(self._window, window)
+        self._futures[window] = self._executor.submit(self._in_background, window)
     ahead = self._window(windows[0]) if future is None else future.result()
     (self._ids_ahead if self._unit == 'document' else self._sentences_ahead).update(ahead)
 
