@@ -181,26 +181,33 @@ def test_received_workdir_loads_without_dialling_or_reading_the_senders_files(
 
 def test_evaluation_of_a_received_workdir_reads_only_the_data_it_is_given(
     root, workdirs, listener, shared_cache, monkeypatch):
-  from tools import evaluate  # pylint: disable=import-outside-toplevel
+  """What tools/evaluate.py runs: the held-out split is the builtin corpus or the data the
+  reader names; a received run's own data settings name the trainer's files."""
+  from training import evaluation  # pylint: disable=import-outside-toplevel
 
   monkeypatch.setenv(TEST_CACHE_ENV, shared_cache)
   address, received = listener
   workdir = received_copy(root, workdirs['clm'], 'evaluated_clm', address)
+  exp = experiment.build_local(workdir)
   with pytest.raises(ValueError) as error:
-    evaluate.run(workdir, save=False)
+    workdir_lib.use_data(exp.config, {}, workdir)
   assert str(error.value).startswith(f"{workdir} was trained on config.data.source='text'")
   assert '--data.source=text' in str(error.value) and '\n' not in str(error.value)
+  with pytest.raises(ValueError, match=r'^--data.train_file is not a config.data setting'):
+    workdir_lib.use_data(exp.config, {'source': 'text', 'train_file': 'x'}, workdir)
   corpus = str(root / 'corpus.jsonl')
   _OPENED.clear()
   _RECORDING.set()
   try:
-    metrics = evaluate.run(workdir, save=False,
-                           data={'source': 'text', 'train_files': corpus})
+    workdir_lib.use_data(exp.config, {'source': 'text', 'train_files': corpus}, workdir)
+    params, step, exp = experiment.restore_params(workdir, exp=exp)
+    metrics, _ = evaluation.evaluate_examples(exp, params, 'validation')
   finally:
     _RECORDING.clear()
   assert not [path for path in _OPENED if path.startswith(str(root / 'sender'))]
-  assert received == []
-  assert metrics['step'] == STEP and metrics['examples'] > 0 and metrics['clm_predictions'] > 0
+  assert corpus in _OPENED and received == []
+  assert exp.config.data.train_files == corpus and exp.config.data.validation_files == ''
+  assert step == STEP and metrics['examples'] > 0 and metrics['clm_predictions'] > 0
 
 
 @pytest.mark.slow

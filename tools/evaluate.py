@@ -53,30 +53,16 @@ def outputs(workdir: str, split: str) -> tuple[str, str]:
   return os.path.join(folder, f'{split}.json'), os.path.join(folder, f'{split}_examples.npz')
 
 
-def use_data(config, data: Mapping[str, Any], workdir: str) -> None:
-  """Sets config.data (in place, its paths already cleared) to the held-out data the reader
-  names in `data` (config.data settings); a source other than builtin must be named there."""
-  unknown = sorted(set(data) - set(data_config.data_config(0)))
-  if unknown:
-    raise ValueError(f'--data.{unknown[0]} is not a config.data setting.')
-  source = config.data.get('source', 'builtin')
-  if source != 'builtin' and 'source' not in data:
-    raise ValueError(f'{workdir} was trained on config.data.source={source!r}, whose files its '
-                     'config.json names on the machine that trained it: name the held-out data '
-                     f'here, e.g. --data.source={source} and its settings (--data.train_files, '
-                     '--data.validation_files, --data.pretokenized_dir, --data.data_dir).')
-  with config.unlocked():
-    config.data.update(dict(data))
-
-
 def run(workdir: str, split: str = 'validation', step: int | None = None,
         save: bool = True, data: Mapping[str, Any] | None = None) -> dict[str, float]:
   """Restores the run's parameters, evaluates them on `split` of the builtin corpus or of the
   data the reader names in `data` (config.data settings), optionally writes the results."""
   from training import evaluation, experiment  # pylint: disable=import-outside-toplevel
 
+  from training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+
   exp = experiment.build_local(workdir)
-  use_data(exp.config, data or {}, workdir)
+  workdir_lib.use_data(exp.config, data or {}, workdir)
   params, step, exp = experiment.restore_params(workdir, step, exp=exp)
   metrics, examples = evaluation.evaluate_examples(exp, params, split)
   metrics = {'step': int(step), 'split': split, **metrics}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 from etils import epath
@@ -69,6 +69,27 @@ def received_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
       if key in config.data:
         config.data[key] = ''
   return config
+
+
+def use_data(config: ml_collections.ConfigDict, data: Mapping[str, Any], workdir: str) -> None:
+  """Sets `config.data` (of `received_config`, in place) to the held-out data the reader names
+  in `data` (config.data settings). The builtin corpus needs nothing named (it is built in
+  this machine's cache); a run trained on any other source must have `source` named, since
+  the files its config.json names are the trainer's."""
+  from data import config as data_config  # pylint: disable=import-outside-toplevel
+
+  unknown = sorted(set(data) - set(data_config.data_config(0)))
+  if unknown:
+    raise ValueError(f'--data.{unknown[0]} is not a config.data setting.')
+  source = config.data.get('source', 'builtin')
+  if source != 'builtin' and 'source' not in data:
+    raise ValueError(f'{workdir} was trained on config.data.source={source!r}, whose files its '
+                     f'{CONFIG_FILE} names on the machine that trained it: name the held-out '
+                     f'data here, e.g. --data.source={source} and its settings '
+                     '(--data.train_files, --data.validation_files, --data.pretokenized_dir, '
+                     '--data.data_dir).')
+  with config.unlocked():
+    config.data.update(dict(data))
 
 
 def read_tokenizer(workdir: str) -> Any:
