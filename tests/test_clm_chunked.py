@@ -23,6 +23,7 @@ def _batch(rows: int = 2, length: int = 12):
 
 @pytest.mark.parametrize('chunk, lm_transform, tie', [(4, False, True), (5, True, False),
                                                       (12, False, False)])
+@pytest.mark.slow
 def test_chunked_loss_and_gradient_equal_the_full_logits(chunk, lm_transform, tie):
   config = ModelConfig(vocab_size=40, num_layers=2, embed_dim=32, num_heads=4, mlp_dim=64,
                        max_len=16, lm_transform=lm_transform, tie_embeddings=tie)

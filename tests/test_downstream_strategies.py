@@ -50,6 +50,7 @@ def _changed(before, after):
 
 
 @pytest.mark.parametrize('name', strategies.NAMES)
+@pytest.mark.slow
 def test_strategy_changes_only_its_parameters(setup, tokenizer, name):
   task, config, encoded, backbone = setup
   strategy = strategies.Strategy(name, lora_rank=2, prompt_length=3)
@@ -154,6 +155,7 @@ def test_instruction_targets_are_the_response_only(tokenizer):
   assert weights[:len(prompt)].sum() == 0  # no prompt token is a target
 
 
+@pytest.mark.slow
 def test_instruction_tuning_follows_the_recipe(setup, tokenizer):
   """Instruction tuning takes fine-tuning's recipe: max_steps caps the steps, and a warmup over
   the whole (one-step) run leaves the first update at learning rate 0."""
@@ -230,6 +232,7 @@ def test_selection_skips_diverged_points_and_reports_the_selected_test(setup, mo
 
 
 @pytest.mark.parametrize('causal', [True, False])
+@pytest.mark.slow
 def test_logits_do_not_depend_on_padding_with_a_soft_prompt(tokenizer, causal):
   """A row scored alone (tight seq_len) and in a batch padded to 24 gives the same logits for
   every pooling with soft prompts in front; 'last' reads the end token and 'first' the start."""
@@ -268,6 +271,7 @@ def test_logits_do_not_depend_on_padding_with_a_soft_prompt(tokenizer, causal):
   assert set(rows) <= set(tokenizer.vocab.ordinary_ids.tolist())
 
 
+@pytest.mark.slow
 def test_linear_probe_trains_on_the_backbone_without_dropout(setup, tokenizer):
   """The probe's head trains on the frozen backbone's evaluation-time features: with
   config.model.dropout 0.5 it ends bit-identical to the head trained with dropout 0 (head

@@ -306,6 +306,7 @@ def _command(*args):
   return result.returncode, result.stderr.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_command_config_errors_are_one_line(tmp_path):
   workdir = str(tmp_path / 'run')
   code, lines = _command('--config', 'configs/finetune.py:nosuch', '--workdir', workdir)

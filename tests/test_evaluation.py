@@ -99,6 +99,7 @@ def test_bits_per_byte_match_a_hand_computation():
 
 
 @pytest.mark.parametrize('arm', ['clm', 'mlm_nsp'])
+@pytest.mark.slow
 def test_exact_pass_covers_every_example_once_and_repeats(arm, tokenizer, tmp_path):
   exp = _experiment(arm, tokenizer)
   documents = _documents(9, 1)
@@ -147,6 +148,7 @@ def test_masks_do_not_depend_on_the_run_seed(tokenizer):
 
 
 @pytest.mark.parametrize('arm', ['mlm', 'plm'])
+@pytest.mark.slow
 def test_numbers_do_not_depend_on_the_batch_size_or_devices(arm, tokenizer):
   """Masks and permutations are drawn per example, so an example scores the same in a batch
   of 8 on 8 devices, a batch of 16 on 8 devices and a batch of 8 on one device."""
@@ -167,6 +169,7 @@ def test_numbers_do_not_depend_on_the_batch_size_or_devices(arm, tokenizer):
         metrics[f'{arm}_bits_per_byte'], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_span_corruption_bits_per_byte_from_the_logits_by_hand(tokenizer):
   """Sentinel ids lie past the tokenizer's: they spell 0 bytes (not the last piece's), and
   their loss still counts. Hand computation from the model's logits."""

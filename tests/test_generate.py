@@ -84,6 +84,7 @@ def test_prompt_equals_extra_tokens_that_only_see_each_other():
   assert np.abs(np.asarray(out.logits - plain.logits)).max() > 1e-3  # the prompt matters
 
 
+@pytest.mark.slow
 def test_gradient_reaches_the_prompt_from_every_document_and_no_other_row():
   config = _tiny(position='sinusoidal', num_layers=1)
   inputs = _packed(causal=True)
@@ -160,6 +161,7 @@ def _reference_greedy(config, params, prompts, max_new):
 # layer either way).
 @pytest.mark.parametrize('position,scan', [('learned', True), ('sinusoidal', True),
                                            ('rotary', True), ('rotary', False)])
+@pytest.mark.slow
 def test_greedy_with_cache_equals_recomputing_the_prefix(position, scan):
   config, params = _decoder(position=position, scan_layers=scan)
   tokens, lengths = decode.left_pad(PROMPTS)
@@ -251,6 +253,7 @@ def test_top_k_and_top_p_keep_exactly_the_smallest_set_and_break_ties_like_argma
   assert counts[[0, 3, 4]].sum() == 0 and abs(counts[1] - 2000) < 200, counts
 
 
+@pytest.mark.slow
 def test_top_k_one_generation_equals_greedy_and_sampling_follows_the_seed(greedy_run):
   config, params, tokens, lengths, greedy = greedy_run
   top1 = decode.make_generate_fn(config, max_new_tokens=MAX_NEW,
@@ -287,6 +290,7 @@ def test_eos_stops_a_row_and_the_loop_ends_when_every_row_stopped(greedy_run):
   assert decode.strip(np.asarray(out.tokens[0]), 1, eos) == []
 
 
+@pytest.mark.slow
 def test_suppressed_ids_are_never_chosen_and_the_logits_stay_raw(greedy_run):
   """A token the model would always pick (a huge output bias) is never emitted once suppressed:
   greedy picks the best other token, sampling never draws it; the returned logits are raw."""
@@ -425,6 +429,7 @@ def text_run(tmp_path_factory):
   return exp, params
 
 
+@pytest.mark.slow
 def test_generate_texts_batches_prompts_and_decodes_only_the_continuation(text_run):
   from downstream import generation as generate_tool  # pylint: disable=import-outside-toplevel
 
@@ -465,6 +470,7 @@ def _hand_score(exp, params, ids: list[int], num_scored: int) -> float:
   return float(sum(log_probs[t - 1, ids[t]] for t in range(len(ids) - num_scored, len(ids))))
 
 
+@pytest.mark.slow
 def test_label_word_scores_are_the_summed_log_probs_after_the_same_context(text_run):
   """Each row's score is the sum of its word's token log-probabilities after `[bos] context`,
   by hand; a word without a leading space keeps the pieces it has in the running text (no

@@ -82,6 +82,7 @@ def test_objective_rules_and_refusals():
     _scorer('electra', _config(), None)
 
 
+@pytest.mark.slow
 def test_causal_scores_equal_the_objectives_token_nll():
   """Summed log p(continuation | [bos] context) equals -sum of clm's token_nll (the fused
   ModelInputs.labels path training uses) and a float64 log-softmax of the full logits; batch
@@ -121,6 +122,7 @@ def test_greedy_continuation_is_flagged():
   assert greedy.greedy and not other.greedy
 
 
+@pytest.mark.slow
 def test_prefix_rule_uses_the_context_as_a_bidirectional_prefix():
   config = _config()
   params = _init(config)
@@ -135,6 +137,7 @@ def test_prefix_rule_uses_the_context_as_a_bidirectional_prefix():
 
 
 @pytest.mark.parametrize('sentence_pairs', [False, True])
+@pytest.mark.slow
 def test_pseudo_log_likelihood_equals_a_loop_of_masked_passes(sentence_pairs):
   """PLL: each continuation token masked in turn in [start, context, continuation, end],
   one unpadded forward pass each, summed; [cls] .. [sep] for sentence-pair runs."""
@@ -157,6 +160,7 @@ def test_pseudo_log_likelihood_equals_a_loop_of_masked_passes(sentence_pairs):
     np.testing.assert_allclose(result.logprob, total, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_permutation_rule_predicts_left_to_right_through_the_query_stream():
   """Token t of the continuation: one pass over [bos, context, continuation[:t], unk] with the
   context at rank 0, the rest at ranks 1..t+1, logits from the last query stream: neither the
@@ -177,6 +181,7 @@ def test_permutation_rule_predicts_left_to_right_through_the_query_stream():
     np.testing.assert_allclose(result.logprob, total, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_span_rule_scores_the_continuation_as_the_sentinel_span():
   """input [bos, context, s0, EOS], target [s0, continuation, EOS] as one decoder-only
   sequence (bidirectional input, causal target), as the objective lays out a window whose

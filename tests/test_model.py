@@ -42,6 +42,7 @@ def _jacobian_norms(config: ModelConfig, inputs: ModelInputs) -> np.ndarray:
 
 @pytest.mark.parametrize('position', ['learned', 'sinusoidal', 'rotary'])
 @pytest.mark.parametrize('norm', ['pre', 'post'])
+@pytest.mark.slow
 def test_causal_attention_does_not_leak_forward_or_across_documents(position, norm):
   config = ModelConfig(vocab_size=50, num_layers=2, embed_dim=16, num_heads=2, mlp_dim=32,
                        max_len=16, position=position, norm=norm)
@@ -83,6 +84,7 @@ def test_mask_matches_order_rule():
       assert query[i, j] == (order[0, j] < order[0, i])
 
 
+@pytest.mark.slow
 def test_logits_only_where_asked():
   config = ModelConfig(vocab_size=50, num_layers=1, embed_dim=16, num_heads=2, mlp_dim=32,
                        max_len=16)
@@ -97,6 +99,7 @@ def test_logits_only_where_asked():
 
 
 @pytest.mark.parametrize('scan', [True, False])
+@pytest.mark.slow
 def test_param_count_and_stable_names(scan):
   config = ModelConfig(vocab_size=97, num_layers=3, embed_dim=24, num_heads=4, mlp_dim=40,
                        max_len=16, scan_layers=scan, num_token_types=2, lm_transform=True,
@@ -135,6 +138,7 @@ def test_bad_model_settings_name_the_setting():
 
 
 @pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.slow
 def test_lengths_give_the_segment_masks_hidden_states(causal):
   """Rows of one segment then padding: the model fed `lengths` (no dense mask) computes the
   same hidden states and logits at every real token as from the segment ids alone."""
@@ -179,6 +183,7 @@ def _small(**overrides) -> ModelConfig:
   return ModelConfig(**values)
 
 
+@pytest.mark.slow
 def test_bf16_logits_and_token_nll_are_accumulated_in_float32():
   """bf16 hidden states and table, but the product is not rounded to bf16: the logits equal
   the float64 product of the same bf16 values plus the bias (a bf16 product is off by ~1e-2
@@ -207,6 +212,7 @@ def test_bf16_logits_and_token_nll_are_accumulated_in_float32():
 
 @pytest.mark.parametrize('position', ['learned', 'sinusoidal', 'rotary'])
 @pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.slow
 def test_packed_document_is_bit_identical_when_its_neighbour_changes(position, causal):
   """Two documents in one row: changing document 1's tokens leaves document 2's logits
   bit-identical, and document 2's outputs have an exactly zero gradient wrt document 1."""
@@ -229,6 +235,7 @@ def test_packed_document_is_bit_identical_when_its_neighbour_changes(position, c
 
 
 @pytest.mark.parametrize('causal', [False, True])
+@pytest.mark.slow
 def test_lengths_and_dense_mask_give_the_same_gradients(causal):
   """Rows of one segment then padding (one all padding): the lengths path and the dense mask
   give the same loss and gradients, no NaN, and padding embeddings get exactly zero gradient."""
@@ -257,6 +264,7 @@ def test_lengths_and_dense_mask_give_the_same_gradients(causal):
     assert np.all(np.asarray(grads)[~real] == 0.0)
 
 
+@pytest.mark.slow
 def test_rotary_depends_on_position_differences_and_learned_on_positions():
   """Shifting every position by 9 leaves a rotary model's outputs unchanged (scores depend on
   position differences only); a learned-position model reads `positions`, not the index."""
@@ -278,6 +286,7 @@ def test_rotary_depends_on_position_differences_and_learned_on_positions():
                              atol=1e-5)
 
 
+@pytest.mark.slow
 def test_query_stream_sees_only_earlier_ranks_of_its_document():
   """XLNet's query stream at a target depends on exactly the tokens of its document ranked
   before it (never its own token, never the other document)."""
@@ -301,6 +310,7 @@ def test_query_stream_sees_only_earlier_ranks_of_its_document():
     assert np.all(influence[p][allowed] > 1e-6) and np.all(influence[p][~allowed] == 0.0), i
 
 
+@pytest.mark.slow
 def test_prefix_sees_only_the_prefix_and_targets_are_causal():
   config = _small()
   order = jnp.asarray([[0, 0, 0, 0, 1, 2, 3, 4]])
@@ -312,6 +322,7 @@ def test_prefix_sees_only_the_prefix_and_targets_are_causal():
 
 
 @pytest.mark.parametrize('norm', ['pre', 'post'])
+@pytest.mark.slow
 def test_scanned_and_unrolled_layers_agree_and_eval_ignores_dropout(norm):
   inputs = _packed_inputs(batch=2, causal=True)
   scanned = Transformer(_small(num_layers=3, norm=norm, dropout=0.1))

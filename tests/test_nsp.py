@@ -77,6 +77,7 @@ def _documents(num_docs=40, seed=0):
 
 
 @pytest.mark.parametrize('objective_name, sentence_order', [('nsp', False), ('sop', True)])
+@pytest.mark.slow
 def test_bert_end_to_end_forward_loss_and_gradient(objective_name, sentence_order):
   seq_len = 32
   documents, tokenize = _documents()
@@ -115,6 +116,7 @@ def test_bert_end_to_end_forward_loss_and_gradient(objective_name, sentence_orde
   assert float(jnp.abs(grads['lm_transform']['kernel']).sum()) > 0
 
 
+@pytest.mark.slow
 def test_pooler_head_fits_the_labels_of_real_pairs():
   """Labels reach the loss aligned with their pairs and gradients reach every layer: Adam
   fits the NSP labels of one batch of pairs from the pair iterator within 60 steps."""

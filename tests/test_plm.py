@@ -196,6 +196,7 @@ def tiny_model(position):
 
 
 @pytest.mark.parametrize('position', ['learned', 'rotary'])
+@pytest.mark.slow
 def test_query_logits_never_see_their_own_token_or_later_ones(position):
   batch = packed_batch([[8, 8], [11]], 16, seed=3)
   init, logit_dependence = tiny_model(position)
@@ -328,6 +329,7 @@ def test_a_mostly_padded_row_gets_predictions_in_proportion_to_its_real_tokens()
   assert float(weights[1].sum()) / 28 < 0.2  # 28 candidates: bos and eos are never targets
 
 
+@pytest.mark.slow
 def test_last_layer_leaves_out_the_dead_content_stream_and_changes_no_logit():
   """The scanned model runs its last layer apart (parameters `last_layer`) and gives the
   unrolled model's logits from the same weights; the FLOP count leaves out exactly the

@@ -159,6 +159,7 @@ def expected_rows(workdir: str) -> dict[int, dict]:
   return rows
 
 
+@pytest.mark.slow
 def test_offline_wandb_logs_every_record_and_resumes_into_the_same_run(tmp_path, monkeypatch):
   pytest.importorskip('wandb')
   monkeypatch.setenv('WANDB_MODE', 'offline')
