@@ -40,11 +40,12 @@ sys.addaudithook(_audit)  # records nothing unless a test turns recording on
 
 @pytest.fixture(scope='module')
 def root(tmp_path_factory):
-  """Two tokenizers (the run's and the sender's own other one) and the reader's corpus."""
+  """The run's tokenizer, the reader's corpus, and the sender's files (a tokenizer path that
+  no SentencePiece model could be read from, and a corpus)."""
   folder = tmp_path_factory.mktemp('received')
   helpers.train_tokenizer(str(folder / 'run.model'))
   os.makedirs(folder / 'sender')
-  helpers.train_tokenizer(str(folder / 'sender' / 'tokenizer.model'), vocab_size=300)
+  (folder / 'sender' / 'tokenizer.model').write_bytes(b'the sender\'s file, never read')
   helpers.pretraining_corpus(str(folder / 'sender' / 'corpus.jsonl'))
   helpers.pretraining_corpus(str(folder / 'corpus.jsonl'))
   return folder
@@ -170,8 +171,10 @@ def test_received_workdir_loads_without_dialling_or_reading_the_senders_files(
   assert workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE) in _OPENED
   assert received == []
   assert not jax.distributed.is_initialized() and jax.process_count() == 1
-  # The tokenizer is the workdir's (320 pieces), not the 300-piece one config.json names.
-  assert loaded.tokenizer.size == pre.tokenizer.size == exp.tokenizer.size
+  # The tokenizer is the workdir's, not the file config.json names.
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  size = tokenizer_lib.Tokenizer(str(root / 'run.model')).size
+  assert loaded.tokenizer.size == pre.tokenizer.size == exp.tokenizer.size == size
   assert loaded.tokenizer.path == workdir_lib.path(workdir, workdir_lib.TOKENIZER_FILE)
   for got in (loaded.params, pre.params, params):
     _assert_same(got, want)
