@@ -1,9 +1,12 @@
 """Masked language modeling (BERT), with whole-word (BERT wwm) and span (SpanBERT) masking.
 
 Per sequence a budget of num_to_predict = min(max_predictions, max(1, round(n * mask_rate)))
-tokens is chosen among the n real tokens (segment id > 0, not special, not a whitespace-only
-piece: BERT's tokenizer has none, so it never masks whitespace). The chosen tokens become
-[MASK] (mask_token_rate), a random ordinary id (random_token_rate) or stay unchanged, and the
+tokens is chosen among the n candidate tokens: real (segment id > 0), not special and not a
+whitespace-only piece. BERT's WordPiece has no whitespace tokens, so its rate is of exactly
+these tokens; a SentencePiece line break or lone '▁' is never chosen, and the rate is of the
+other real tokens (on the built-in corpus 16% of the real tokens are whitespace-only, so
+15% of the candidates is 12.4% of the real tokens). The chosen tokens become [MASK]
+(mask_token_rate), a random ordinary id (random_token_rate) or stay unchanged, and the
 model predicts the originals at those positions only. That choice is drawn per token for
 token and word units (BERT, BERT wwm) and once per span for spans (SpanBERT), whose random
 case then replaces each token of the span by its own random id.
@@ -11,16 +14,19 @@ case then replaces each token of the span by its own random id.
 Units:
   token: single tokens, uniformly without replacement (BERT).
   word: whole words, in random order, each taken if it still fits in the budget (BERT wwm).
-  span: SpanBERT spans measured in words: lengths from a geometric(span_p) restricted to
-    1..span_max and renormalised, anchored at a random free word. A span runs over the
-    whitespace-only pieces between its words (a line break, a lone '▁'), which stay unmasked
-    and unpredicted, as BERT's tokenizer has no such pieces to end a span at. Spans never
-    touch (a gap of at least one unmasked word), so each run of selected tokens, whitespace
-    pieces between them allowed, is exactly one sampled span; a span stops early at a special
-    token, a document boundary or the end of the budget. With sbo=True, SpanBERT's span
-    boundary objective is added: each target is also predicted from the hidden states of the
-    tokens just outside its span and its offset in the span (counted in selected tokens; the
-    model's span-boundary head, models/sbo.py), and the two losses are summed.
+  span: SpanBERT's masking loop, in words: a length from a geometric(span_p) restricted to
+    1..span_max and renormalised, anchored at a token drawn uniformly among those not yet
+    chosen, covering its word and the following ones. A span that runs into or up to an
+    earlier one is merged with it, as SpanBERT's merge_intervals does, so a span is each run
+    of selected tokens (and may exceed span_max words, as SpanBERT's do). A span runs over
+    the whitespace-only pieces between its words (a line break, a lone '▁'), which stay
+    unmasked and unpredicted, as BERT's tokenizer has no such pieces to end a span at; it
+    stops early at a special token or a document boundary, and the budget may end it inside a
+    word (its first pieces are taken), as SpanBERT's does. The 80/10/10 choice is drawn once
+    per merged span. With sbo=True, SpanBERT's span boundary
+    objective is added: each target is also predicted from the hidden states of the tokens
+    just outside its (merged) span and its offset in the span (counted in selected tokens;
+    the model's span-boundary head, models/sbo.py), and the two losses are summed.
 A word is a word-start piece plus the non-start pieces after it; it never crosses a special
 token, a whitespace-only piece or a document (segment) boundary.
 """
@@ -38,12 +44,20 @@ import numpy as np
 from data.vocab import Vocab
 from objectives import base
 from objectives.registry import register
-from objectives.sections import SECTIONS
 
 Array = jax.Array
 
 UNITS = ('token', 'word', 'span')
-DEFAULTS = SECTIONS['mlm']  # config.mlm: objectives/sections.py
+DEFAULTS = dict(
+    mask_rate=0.15,
+    max_predictions=0,  # 0: ceil(seq_len * mask_rate)
+    mask_token_rate=0.8,
+    random_token_rate=0.1,  # the rest of the chosen tokens stay unchanged
+    unit='token',  # token | word | span
+    span_p=0.2,  # SpanBERT's geometric parameter (unit=span)
+    span_max=10,  # longest span in words (unit=span)
+    sbo=False,  # SpanBERT's span boundary objective (unit=span), added to the MLM loss
+)
 
 
 def span_length_probs(p: float, max_len: int) -> np.ndarray:
@@ -110,46 +124,49 @@ def word_ids(tokens: Array, candidates: Array, segment_ids: Array, word_start: A
 
 def select_words(rng: Array, ids: Array, linked: Array, budget: Array, max_predictions: int,
                  span_probs: np.ndarray | None) -> Array:
-  """Chooses words (span_probs None) or spans of words until the token budget is spent.
+  """Chooses words (span_probs None) or SpanBERT spans of words until the token budget is spent.
 
-  Each step picks a uniformly random free word that fits in the remaining budget (for
-  words this equals BERT wwm's shuffled order with skipping) and, for spans, extends it
-  over the sampled number of following words of the same run. Returns a per-word bool [T].
+  Words: each step takes a uniformly random free word that fits in the remaining budget
+  (BERT wwm's shuffled order with skipping). Spans, as SpanBERT's masking loop: each step
+  samples a length in words and an anchor token uniformly among the free words' tokens, and
+  covers the anchor's word and the following words of its run up to that length. Words
+  chosen before count toward the length at no cost, so a span may run into or up to an
+  earlier one and the two are one span (SpanBERT merges overlapping and adjacent spans); the
+  budget may end a span inside a word, whose first pieces are then taken, as in SpanBERT.
+  Returns the number of tokens taken of each word [T]: all of them, none, or the first few.
   """
   length = ids.shape[0]
   sizes = jnp.zeros(length, jnp.int32).at[ids].add(1, mode='drop')
   valid = sizes > 0
-  linked_next = jnp.pad(linked[1:], (0, 1))
   index = jnp.arange(length)
   spans = span_probs is not None
   log_probs = jnp.log(jnp.asarray(span_probs if spans else [1.0], jnp.float32))
 
   def step(key, state):
-    chosen, used = state
+    taken, used = state
     length_key, anchor_key = jax.random.split(key)
     remaining = budget - used
-    touches_next = linked_next & jnp.pad(chosen[1:], (0, 1))
-    free = valid & ~chosen
-    eligible = free & (sizes <= remaining)
-    if spans:
-      touches_previous = linked & jnp.pad(chosen[:-1], (1, 0))
-      eligible &= ~touches_previous & ~touches_next
-      free &= ~touches_next
-    score = jnp.where(eligible, jax.random.uniform(anchor_key, (length,)), -1.0)
-    anchor = jnp.argmax(score)
+    free = valid & (taken == 0)
+    if spans:  # an anchor token, uniformly: a word of k pieces is k times as likely
+      eligible = free & (remaining > 0)
+      weights = jnp.where(eligible, jnp.log(jnp.maximum(sizes, 1).astype(jnp.float32)), -jnp.inf)
+      anchor = jax.random.categorical(anchor_key, weights)
+    else:
+      eligible = free & (sizes <= remaining)
+      anchor = jnp.argmax(jnp.where(eligible, jax.random.uniform(anchor_key, (length,)), -1.0))
     words = jax.random.categorical(length_key, log_probs) + 1
     offset = index - anchor
-    window = (offset >= 0) & (offset < words) & (score[anchor] >= 0)
-    contiguous = free & ((offset == 0) | linked)
-    run = window & (jnp.cumsum(window & ~contiguous) == 0)
-    take = run & (jnp.cumsum(jnp.where(run, sizes, 0)) <= remaining)
-    return chosen | take, used + jnp.where(take, sizes, 0).sum()
+    window = (offset >= 0) & (offset < words) & eligible[anchor]
+    new = window & (jnp.cumsum(window & ~((offset == 0) | linked)) == 0) & (taken == 0)
+    before = jnp.cumsum(jnp.where(new, sizes, 0)) - sizes  # the span's new tokens before each
+    take = jnp.where(new, jnp.clip(remaining - before, 0, sizes), 0)
+    return taken + take, used + take.sum()
 
   keys = jax.random.split(rng, max_predictions)
-  chosen, _ = jax.lax.fori_loop(
+  taken, _ = jax.lax.fori_loop(
       0, max_predictions, lambda i, state: step(keys[i], state),
-      (jnp.zeros(length, jnp.bool_), jnp.zeros((), jnp.int32)))
-  return chosen
+      (jnp.zeros(length, jnp.int32), jnp.zeros((), jnp.int32)))
+  return taken
 
 
 def span_boundaries(selected: Array, segment_ids: Array, index: Array, weights: Array,
@@ -226,8 +243,11 @@ class MaskedLM:
         return select_tokens(key, candidates, budget, self.max_predictions)
       ids, linked = word_ids(tokens, candidates, segment_ids, word_start,
                              self.gap(tokens, segment_ids))
-      chosen = select_words(key, ids, linked, budget, self.max_predictions, span_probs)
-      return candidates & chosen[jnp.minimum(ids, ids.shape[0] - 1)]
+      taken = select_words(key, ids, linked, budget, self.max_predictions, span_probs)
+      position = jnp.arange(ids.shape[0])
+      first = jnp.full(ids.shape, ids.shape[0]).at[ids].min(position, mode='drop')
+      word = jnp.minimum(ids, ids.shape[0] - 1)
+      return candidates & (position - first[word] < taken[word])  # a word's first pieces
 
     keys = jax.random.split(rng, tokens.shape[0])
     return jax.vmap(one)(keys, tokens, segment_ids)
@@ -326,9 +346,3 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> M
   return MaskedLM(vocab=vocab, mask_rate=rate, max_predictions=max_predictions,
                   mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
                   unit=unit, span_p=span_p, span_max=span_max, sbo=sbo)
-
-
-# Held-out evaluation (training/evaluation.py) scores every MLM run at BERT's 15% token masking
-# (80/10/10), whatever it trained with, so runs compare: these settings override config.mlm there.
-make.eval_settings = dict(mask_rate=0.15, unit='token', max_predictions=0, mask_token_rate=0.8,
-                          random_token_rate=0.1)

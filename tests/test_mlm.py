@@ -129,38 +129,97 @@ def test_whole_word_masking_masks_every_piece():
   assert abs(selected.sum() / candidates.sum() - 0.15) < 0.015
 
 
-def test_span_lengths_follow_the_clipped_geometric():
-  """Spans sampled on a long run of one-piece words, budget never binding: the run lengths
-  are the sampled lengths, up to rare collisions at the sequence end."""
-  length, spans, rows = 1024, 5, 2000
+def _spanbert_span_lengths(rng, words: int, budget: int, probs: np.ndarray) -> list[int]:
+  """SpanBERT's masking loop (PairWithSpanMaskingScheme.mask in its pretraining/fairseq/data/
+  masking.py) on one sequence of `words` one-piece words, then its merge_intervals: the
+  merged spans' lengths. Numpy, a line-by-line port."""
+  cdf = np.cumsum(probs)
+  mask, spans = set(), []
+  while len(mask) < budget:
+    span_len = min(int(np.searchsorted(cdf, rng.random(), side='right')), len(probs) - 1) + 1
+    anchor = int(rng.integers(words))
+    if anchor in mask:
+      continue
+    spans.append([anchor, anchor])
+    mask.add(anchor)
+    num_words, right = 1, anchor + 1
+    while num_words < span_len and right < words and len(mask) < budget:
+      mask.add(right)
+      spans[-1][1] = right
+      right, num_words = right + 1, num_words + 1
+  merged = []
+  for start, end in sorted(spans):
+    if merged and merged[-1][1] + 1 >= start:
+      merged[-1][1] = max(merged[-1][1], end)
+    else:
+      merged.append([start, end])
+  return [end - start + 1 for start, end in merged]
+
+
+def _assert_spans_match_spanbert(chosen: np.ndarray, budget: int, seed: int,
+                                 tolerance: float) -> np.ndarray:
+  """Runs of chosen words [rows, words] against as many rows of SpanBERT's loop: histograms
+  within total variation `tolerance`, means within 4 standard errors. With n spans a side the
+  sampling noise alone gives a distance of about 0.5 sum_k sqrt(4 p_k (1 - p_k) / (pi n)):
+  0.007 at 50k spans, 0.010 at 25k. Returns the runs."""
+  rows, words = chosen.shape
   probs = mlm.span_length_probs(0.2, 10)
-  expected_mean = (np.arange(1, 11) * probs).sum()
-  assert abs(expected_mean - 3.797) < 1e-3
-  ids = jnp.arange(length)
-  linked = jnp.arange(length) > 0
-  chosen = jax.jit(jax.vmap(lambda key: mlm.select_words(key, ids, linked, length, spans, probs)))(
-      jax.random.split(jax.random.key(4), rows))
-  chosen = np.asarray(chosen).astype(np.int8)
-  edges = np.diff(np.pad(chosen, ((0, 0), (1, 1))), axis=1)
-  runs = (np.nonzero(edges == -1)[1] - np.nonzero(edges == 1)[1])
-  assert len(runs) == rows * spans  # spans never touch
-  histogram = np.bincount(runs, minlength=11)[1:11] / len(runs)
-  assert np.abs(histogram - probs).max() < 0.015
-  assert abs(runs.mean() - expected_mean) < 0.1
+  assert (chosen.sum(1) == budget).all()
+  edges = np.diff(np.pad(chosen.astype(np.int8), ((0, 0), (1, 1))), axis=1)
+  runs = np.nonzero(edges == -1)[1] - np.nonzero(edges == 1)[1]
+  rng = np.random.default_rng(seed)
+  reference = np.concatenate([_spanbert_span_lengths(rng, words, budget, probs)
+                              for _ in range(rows)])
+  top = max(runs.max(), reference.max()) + 1
+  distance = 0.5 * np.abs(np.bincount(runs, minlength=top) / len(runs)
+                          - np.bincount(reference, minlength=top) / len(reference)).sum()
+  assert distance < tolerance, distance
+  error = np.sqrt(runs.var() / len(runs) + reference.var() / len(reference))
+  assert abs(runs.mean() - reference.mean()) < 4 * error, (runs.mean(), reference.mean())
+  return runs
 
 
-def test_span_masking_in_prepare_keeps_whole_words_and_the_rate():
+@pytest.mark.parametrize('words, budget, rows, tolerance', [(128, 19, 5000, 0.03),
+                                                       (12, 6, 26_000, 0.02)])
+@pytest.mark.slow
+def test_spans_follow_spanberts_masking_loop_merged(words, budget, rows, tolerance):
+  """One run of one-piece words: span lengths, merged where spans touch or overlap, follow
+  SpanBERT's loop, budget binding; merged spans may exceed span_max as SpanBERT's do."""
+  probs = mlm.span_length_probs(0.2, 10)
+  assert abs((np.arange(1, 11) * probs).sum() - 3.797) < 1e-3  # the unmerged mean
+  ids = jnp.arange(words)
+  linked = jnp.arange(words) > 0
+  chosen = jax.jit(jax.vmap(lambda key: mlm.select_words(key, ids, linked, budget, budget,
+                                                         probs)))(
+      jax.random.split(jax.random.key(words), rows))
+  runs = _assert_spans_match_spanbert(np.asarray(chosen) > 0, budget, seed=words,
+                                     tolerance=tolerance)
+  assert len(runs) > 25_000
+  if words > budget + 10:
+    assert (runs > 10).any()  # merged past span_max
+
+
+def test_span_masking_in_prepare_spends_the_budget_in_whole_words_but_the_last():
+  """Spans take whole words, and exactly the budget: as in SpanBERT, the budget may end a
+  span inside a word, whose first pieces are then taken (at most one such word a row)."""
   objective = _objective(seq_len=128, unit='span')
   batch = _batch(5, batch=256, length=128)
   _, _, selected = _prepare(objective, batch, 5)
   candidates = _candidates(batch)
   assert not (selected & ~candidates).any()
   budget = np.minimum(20, np.maximum(1, np.round(candidates.sum(1) * 0.15)))
-  assert (selected.sum(1) <= budget).all()
-  assert abs(selected.sum() / candidates.sum() - 0.15) < 0.02
-  for row in range(32):
+  np.testing.assert_array_equal(selected.sum(1), budget)
+  cut = 0
+  for row in range(64):
+    partial = 0
     for word in _words(batch['tokens'][row], candidates[row], batch['segment_ids'][row]):
-      assert selected[row, word].all() or not selected[row, word].any()
+      chosen = selected[row, word]
+      if chosen.any() and not chosen.all():
+        assert chosen[:chosen.sum()].all()  # the word's first pieces
+        partial += 1
+    assert partial <= 1
+    cut += partial
+  assert 0 < cut < 64
 
 
 def test_loss_matches_numpy_and_has_zero_gradient_at_unselected_slots():
@@ -236,7 +295,7 @@ def _runs(selected_row, segments_row):
 def test_span_masking_applies_80_10_10_to_each_span_as_a_whole():
   """SpanBERT: a span is all [MASK], all random ids, or all unchanged; never a mixture."""
   objective = _objective(seq_len=128, unit='span')
-  batch = _batch(8, batch=384, length=128)
+  batch = _batch(8, batch=512, length=128)
   inputs, _, selected = _prepare(objective, batch, 8)
   new, old = np.asarray(inputs.tokens), batch['tokens']
   counts = {'mask': 0, 'random': 0, 'kept': 0}
@@ -339,6 +398,7 @@ def _tiny_model(objective):
            max_len=64, scan_layers=False), **objective.model_overrides()))
 
 
+@pytest.mark.slow
 def test_sbo_loss_is_added_and_trains_its_head_only_when_switched_on():
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
 
@@ -389,11 +449,12 @@ def _whitespace_vocab():
   return dataclasses.replace(VOCAB, is_whitespace=whitespace)
 
 
-def test_spans_run_over_whitespace_pieces_with_the_clipped_geometric_lengths():
-  """One-piece words each followed by a whitespace piece (budget never binding): a span still
-  covers its sampled number of words, bridging the whitespace between them."""
+@pytest.mark.slow
+def test_spans_run_over_whitespace_pieces_as_spanberts_loop_over_words():
+  """One-piece words each followed by a whitespace piece: spans cover and merge words as on
+  the same words without the whitespace, bridging the whitespace between them."""
   vocab = _whitespace_vocab()
-  words, spans, rows = 512, 5, 2000
+  words, budget, rows = 16, 6, 16_000
   tokens = jnp.asarray(np.tile([9, WHITESPACE_ID], words), jnp.int32)
   segments = jnp.ones_like(tokens)
   gap = jnp.asarray(vocab.is_whitespace)[tokens]
@@ -402,19 +463,50 @@ def test_spans_run_over_whitespace_pieces_with_the_clipped_geometric_lengths():
   np.testing.assert_array_equal(np.asarray(ids)[:6], [0, 2 * words, 1, 2 * words, 2, 2 * words])
   assert np.asarray(linked)[1:words].all() and not np.asarray(linked)[0]
   probs = mlm.span_length_probs(0.2, 10)
-  chosen = jax.jit(jax.vmap(lambda key: mlm.select_words(key, ids, linked, 2 * words, spans,
+  chosen = jax.jit(jax.vmap(lambda key: mlm.select_words(key, ids, linked, budget, budget,
                                                          probs)))(
       jax.random.split(jax.random.key(12), rows))
-  chosen = np.asarray(chosen)[:, :words].astype(np.int8)  # per word
-  edges = np.diff(np.pad(chosen, ((0, 0), (1, 1))), axis=1)
-  runs = np.nonzero(edges == -1)[1] - np.nonzero(edges == 1)[1]
-  assert len(runs) == rows * spans  # spans never touch
-  histogram = np.bincount(runs, minlength=11)[1:11] / len(runs)
-  assert np.abs(histogram - probs).max() < 0.015
-  assert abs(runs.mean() - 3.797) < 0.1
+  runs = _assert_spans_match_spanbert(np.asarray(chosen)[:, :words] > 0, budget, seed=12,
+                                     tolerance=0.03)
+  assert len(runs) > 25_000
   # Without the bridge every word stands alone and each span is a single word.
   _, unlinked = mlm.word_ids(tokens, candidates, segments, jnp.asarray(vocab.word_start))
   assert not np.asarray(unlinked).any()
+
+
+def test_merged_spans_draw_80_10_10_once_and_sbo_reads_their_outer_boundaries():
+  """span_max=1: every sampled span is one word, so each run of two or more selected words
+  is merged spans. Each is all [MASK], all random or all kept, and every target's SBO
+  boundaries are the tokens just outside the whole run, offset counted from its start."""
+  rows, length = 384, 64
+  tokens = np.random.default_rng(14).choice(np.arange(9, VOCAB.size, 2), (rows, length))
+  tokens = tokens.astype(np.int32)  # one-piece words
+  batch = {'tokens': tokens, 'segment_ids': np.ones_like(tokens),
+           'positions': np.tile(np.arange(length, dtype=np.int32), (rows, 1))}
+  objective = _objective(seq_len=length, unit='span', span_max=1, sbo=True, mask_rate=0.4)
+  inputs, targets, selected = _prepare(objective, batch, 14)
+  new = np.asarray(inputs.tokens)
+  bounds = np.asarray(inputs.span_boundaries)
+  index, weights = np.asarray(inputs.predict_index), np.asarray(targets['weights'])
+  kinds, merged, checked = {'mask': 0, 'random': 0, 'kept': 0}, 0, 0
+  for row in range(rows):
+    runs = _runs(selected[row], batch['segment_ids'][row])
+    for start, end in runs:
+      masked = new[row, start:end] == VOCAB.mask_id
+      assert masked.all() or not masked.any(), (row, start, end)
+      if end - start > 1:
+        merged += 1
+        changed = (new[row, start:end] != tokens[row, start:end]).any()
+        kinds['mask' if masked.all() else 'random' if changed else 'kept'] += 1
+    for slot in np.flatnonzero(weights[row]):
+      i = index[row, slot]
+      start, end = next((s, e) for s, e in runs if s <= i < e)
+      assert tuple(bounds[row, slot]) == (max(start - 1, 0), min(end, length - 1), i - start)
+      checked += 1
+  assert merged > 1500 and checked == weights.sum()
+  # One draw per merged span: 0.8 / 0.1 / 0.1 of them (a per-word draw would make most mixed).
+  assert abs(kinds['mask'] / merged - 0.8) < 0.04
+  assert abs(kinds['random'] / merged - 0.1) < 0.03
 
 
 def test_span_boundaries_and_offsets_over_a_whitespace_piece():
