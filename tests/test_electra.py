@@ -4,6 +4,8 @@ short train.py run whose evaluated model is the discriminator."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -189,6 +191,42 @@ def test_checkpoint_restores_both_networks(tmp_path):
   for got, want in zip(jax.tree.leaves(state_lib.model_params(restored.params)),
                        jax.tree.leaves(state_lib.model_params(state.params))):
     np.testing.assert_array_equal(got, want)
+
+
+def test_mask_rate_is_of_the_candidate_tokens_and_never_a_whitespace_piece():
+  """mask_rate is a fraction of the candidates (real, not special, not whitespace-only), as
+  ELECTRA's on WordPiece text, which has no whitespace tokens: each row masks round(0.15 n) of
+  its n candidates, each candidate equally likely, and never a whitespace piece, so fewer
+  than 15% of the real tokens."""
+  vocab = toy_vocab(64)
+  whitespace = np.zeros(vocab.size, bool)
+  whitespace[7:15] = True  # 8 of the 57 ordinary ids
+  vocab = dataclasses.replace(vocab, is_whitespace=whitespace)
+  part = electra.make({}, vocab=vocab, seq_len=128)
+  rows, length = 512, 128
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(7, vocab.size, (rows, length)).astype(np.int32)
+  segments = np.ones_like(tokens)
+  for row, end in enumerate(rng.integers(64, length + 1, rows)):
+    segments[row, end:] = 0
+  tokens = np.where(segments > 0, tokens, vocab.pad_id)
+  tokens[:, 0] = vocab.cls_id
+  selected = np.asarray(jax.jit(part.masker.select)(jax.random.key(5), tokens, segments))
+  real = segments > 0
+  candidates = real & ~vocab.is_special[tokens] & ~whitespace[tokens]
+  assert not (selected & ~candidates).any()
+  budget = np.minimum(20, np.maximum(1, np.round(0.15 * candidates.sum(1))))  # 20: ceil(0.15 x 128)
+  np.testing.assert_array_equal(selected.sum(1), budget)
+  # Every candidate equally likely: 15% of the candidates at even and at odd positions alike,
+  # within 4 binomial standard errors (0.003 with 20k candidates).
+  for half in (0, 1):
+    group = candidates[:, half::2]
+    fraction = selected[:, half::2][group].mean()
+    assert abs(fraction - 0.15) < 4 * np.sqrt(0.15 * 0.85 / group.sum()), fraction
+  share = whitespace[tokens][real].mean()
+  assert 0.12 < share < 0.16  # whitespace pieces among the real tokens (8/57 of the ordinary)
+  assert abs(selected.sum() / real.sum() - 0.15 * candidates.sum() / real.sum()) < 0.002
+  assert selected.sum() / real.sum() < 0.135
 
 
 @pytest.mark.parametrize('settings,message', [
