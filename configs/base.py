@@ -1,13 +1,15 @@
-"""Defaults shared by every objective's config, and the model/size presets.
+"""The config schema: every shared setting with its default and range (SETTINGS), and the
+model/size presets.
 
 Objective configs call `get_config(objective, preset)` and change what differs.
-Every key here may be overridden from the command line: `--config.model.num_layers=4`.
+Every key here may be overridden from the command line: `--config.model.num_layers=4`;
+training/checks.py `validate` checks a config against SETTINGS once, before anything is built.
 """
 
 from __future__ import annotations
 
 import ast
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import ml_collections
 
@@ -38,96 +40,154 @@ RUN_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+class Setting(NamedTuple):
+  """One config key: its default and, for a number, its range (checked by
+  training/checks.py before anything is read). `default` is a value, a function of the size
+  preset's run shape (RUN_PRESETS with get_config's keyword overrides), PRESET (the model
+  preset's) or DATA (data/config.py's, with each source's and format's own). `kind` is INT or
+  FLOAT where the value is range-checked; each bound is a (value, inclusive) pair or None."""
+
+  default: Any
+  kind: str | None = None
+  low: tuple[float, bool] | None = None
+  high: tuple[float, bool] | None = None
+
+
+INT, FLOAT = 'an integer', 'a number'
+PRESET, DATA = 'the model preset\'s', 'data/config.py\'s'
+_POSITIVE, _NON_NEGATIVE = (0, False), (0, True)
+
+
+def _run(name: str) -> Callable[[Mapping[str, Any]], Any]:
+  return lambda shape: shape[name]
+
+
+# Every setting of the shared config, with its default and range. An objective's own section
+# (config.<name>) is objectives/sections.py's and is checked when the objective is built.
+SETTINGS: dict[str, Setting] = {
+    'seed': Setting(0, INT, _NON_NEGATIVE),
+    'total_steps': Setting(_run('total_steps'), INT, _POSITIVE),
+    'batch_size': Setting(_run('batch_size'), INT, _POSITIVE),  # global, in sequences
+    'seq_len': Setting(_run('seq_len'), INT, (2, True)),
+    'log_every': Setting(_run('log_every'), INT, _POSITIVE),
+    'eval_every': Setting(_run('eval_every'), INT, _POSITIVE),
+    'eval_steps': Setting(_run('eval_steps'), INT, _NON_NEGATIVE),  # validation batches (0: none)
+    # True: each evaluation is one exact pass over the whole validation split instead, with a
+    # fixed eval PRNG (training/evaluation.py): what comparisons between runs should use.
+    'eval_exact': Setting(False),
+    'checkpoint_every': Setting(_run('checkpoint_every'), INT, _POSITIVE),
+    'keep_checkpoints': Setting(3, INT, _POSITIVE),
+    'pause_at_step': Setting(0, INT, _NON_NEGATIVE),  # > 0: checkpoint and return (time slices)
+    'resume': Setting(True),  # continue from the workdir's latest checkpoint
+    'allow_config_change': Setting(False),  # resume even if the saved config differs
+    # Compute budgets: a run stops at `tokens` real (non-padding) training tokens or at
+    # `flops` training FLOPs instead of total_steps (0 = off). Checkpoints at `keep_fractions`
+    # of the run are never pruned, for downstream scores against compute.
+    'budget.tokens': Setting(0, INT, _NON_NEGATIVE),
+    'budget.flops': Setting(0.0, FLOAT, _NON_NEGATIVE),
+    'budget.keep_fractions': Setting(()),
+
+    'optimizer.learning_rate': Setting(_run('learning_rate'), FLOAT, _POSITIVE),
+    'optimizer.warmup_steps': Setting(_run('warmup_steps'), INT, _NON_NEGATIVE),
+    # cosine decays to this fraction of the peak
+    'optimizer.end_learning_rate_ratio': Setting(0.1, FLOAT, _NON_NEGATIVE, (1, True)),
+    'optimizer.b1': Setting(0.9, FLOAT, _NON_NEGATIVE, (1, False)),
+    'optimizer.b2': Setting(0.95, FLOAT, _NON_NEGATIVE, (1, False)),
+    'optimizer.eps': Setting(1e-8, FLOAT, _POSITIVE),
+    # decoupled (AdamW); never applied to norms, biases or embeddings' bias
+    'optimizer.weight_decay': Setting(0.1, FLOAT, _NON_NEGATIVE),
+    'optimizer.grad_clip_norm': Setting(1.0, FLOAT, _POSITIVE),
+
+    'model.vocab_size': Setting(0, INT, _NON_NEGATIVE),  # 0: the tokenizer's size
+    'model.max_len': Setting(lambda shape: max(512, shape['seq_len']), INT, _POSITIVE),
+    'model.head_dim': Setting(0, INT, _NON_NEGATIVE),  # 0: embed_dim // num_heads
+    'model.position': Setting('learned'),  # learned | sinusoidal | rotary
+    'model.norm': Setting('pre'),  # pre | post
+    'model.num_token_types': Setting(0, INT, _NON_NEGATIVE),
+    'model.dropout': Setting(0.0, FLOAT, _NON_NEGATIVE, (1, False)),
+    'model.dtype': Setting('float32'),  # compute dtype; a preset may set bfloat16
+    'model.scan_layers': Setting(True),
+    'model.remat': Setting('none'),  # none | full | dots
+    'model.attention_impl': Setting('auto'),  # auto | xla | cudnn
+    'model.tie_embeddings': Setting(True),
+    'model.lm_transform': Setting(False),  # BERT's dense + gelu + norm before the output
+    'model.layer_norm_eps': Setting(1e-6, FLOAT, _POSITIVE),
+    'model.init_std': Setting(0.02, FLOAT, _POSITIVE),
+    'model.num_layers': Setting(PRESET, INT, _POSITIVE),
+    'model.embed_dim': Setting(PRESET, INT, _POSITIVE),
+    'model.num_heads': Setting(PRESET, INT, _POSITIVE),
+    'model.mlp_dim': Setting(PRESET, INT, _POSITIVE),
+
+    # Shared data settings plus each registered source's and format's own (data/config.py).
+    'data.builtin_max_files': Setting(DATA, INT, _NON_NEGATIVE),
+    'data.min_doc_chars': Setting(DATA, INT, (1, True)),
+    'data.vocab_size': Setting(DATA, INT, (8, True)),  # 7 special pieces and at least one more
+    'data.tokenizer_max_chars': Setting(DATA, INT, _POSITIVE),
+    'data.short_seq_prob': Setting(DATA, FLOAT, _NON_NEGATIVE, (1, True)),
+    'data.prefetch': Setting(DATA, INT, _NON_NEGATIVE),
+    'data.workers': Setting(DATA, INT, (1, True)),
+
+    # Mesh axes sizes; -1 takes the devices left over. Rules map logical axis names of
+    # parameters and activations onto mesh axes (size-1 axes shard nothing).
+    'mesh.data': Setting(-1),
+    'mesh.fsdp': Setting(1),
+    'mesh.tensor': Setting(1),
+    'mesh.rules': Setting((
+        ('batch', ('data', 'fsdp')),
+        ('length', None),
+        ('embed', 'fsdp'),
+        ('heads', 'tensor'),
+        ('kv', None),
+        ('mlp', 'tensor'),
+        ('vocab', 'tensor'),
+        ('layers', None),
+    )),
+
+    # Several processes (hosts): explicit coordinator, or auto-detected on Cloud TPU / SLURM.
+    'distributed.auto': Setting(True),
+    'distributed.coordinator_address': Setting(''),
+    'distributed.num_processes': Setting(0, INT, _NON_NEGATIVE),
+    'distributed.process_id': Setting(-1, INT, (-1, True)),
+
+    # What to do when the loss or gradients are not finite: skip the update (and count it),
+    # and stop with an error after `max_consecutive` such steps in a row. The stop is checked
+    # at logging steps (no per-step host sync); skipped updates never touch the parameters.
+    'nonfinite.policy': Setting('skip'),  # skip | stop
+    'nonfinite.max_consecutive': Setting(10, INT, (1, True)),
+
+    # Writers beside metrics.jsonl and TensorBoard. W&B (pip install wandb): the run is named
+    # after the workdir and grouped by its parent (a sweep's or comparison's root) unless
+    # `group` is set; WANDB_MODE=offline keeps it on disk under workdir/wandb.
+    'logging.wandb.enabled': Setting(False),
+    'logging.wandb.project': Setting('pretraining-objectives'),
+    'logging.wandb.entity': Setting(''),
+    'logging.wandb.group': Setting(''),
+}
+
+
 def get_config(objective: str | Mapping[str, float] = 'clm', preset: str = 'tiny',
                **run: Any) -> ml_collections.ConfigDict:
-  """The full default config for `objective` (a name or name -> weight) at a size preset."""
+  """The full default config for `objective` (a name or name -> weight) at a size preset:
+  SETTINGS at the preset's run shape, the model preset's sizes (and dtype where it sets one),
+  data/config.py's data settings and each objective's section."""
   if preset not in MODEL_PRESETS or preset not in RUN_PRESETS:
     raise ValueError(f'Unknown preset {preset!r}: choose from {sorted(RUN_PRESETS)}.')
   shape = dict(RUN_PRESETS[preset], **run)
-  config = ml_collections.ConfigDict()
-  config.objective = objective if isinstance(objective, str) else dict(objective)
-  config.seed = 0
-  config.total_steps = shape['total_steps']
-  config.batch_size = shape['batch_size']  # global, in sequences
-  config.seq_len = shape['seq_len']
-  config.log_every = shape['log_every']
-  config.eval_every = shape['eval_every']
-  config.eval_steps = shape['eval_steps']  # validation batches per evaluation (0: none)
-  # True: each evaluation is one exact pass over the whole validation split instead, with a
-  # fixed eval PRNG (training/evaluation.py): what comparisons between runs should use.
-  config.eval_exact = False
-  config.checkpoint_every = shape['checkpoint_every']
-  config.keep_checkpoints = 3
-  config.pause_at_step = 0  # > 0: checkpoint and return at this step (time-sliced jobs)
-  config.resume = True  # continue from the workdir's latest checkpoint
-  config.allow_config_change = False  # resume even if the saved config differs
-  # Compute budgets: a run stops at `tokens` real (non-padding) training tokens or at `flops`
-  # training FLOPs instead of total_steps (0 = off). Checkpoints at `keep_fractions` of the
-  # run are never pruned, for downstream scores against compute.
-  config.budget = ml_collections.ConfigDict(dict(tokens=0, flops=0.0, keep_fractions=()))
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=shape['learning_rate'],
-      warmup_steps=shape['warmup_steps'],
-      end_learning_rate_ratio=0.1,  # cosine decays to this fraction of the peak
-      b1=0.9, b2=0.95, eps=1e-8,
-      weight_decay=0.1,  # decoupled (AdamW); never applied to norms, biases or embeddings' bias
-      grad_clip_norm=1.0,
-  ))
-
-  model = dict(
-      vocab_size=0,  # 0: the tokenizer's size
-      max_len=max(512, shape['seq_len']),
-      head_dim=0,
-      position='learned',
-      norm='pre',
-      num_token_types=0,
-      dropout=0.0,
-      dtype='float32',
-      scan_layers=True,
-      remat='none',
-      attention_impl='auto',
-      tie_embeddings=True,
-      lm_transform=False,
-      layer_norm_eps=1e-6,
-      init_std=0.02)
-  # The preset's sizes, and its dtype where it sets one, over the defaults above.
-  config.model = ml_collections.ConfigDict({**model, **MODEL_PRESETS[preset]})
-
-  # Shared data settings plus each registered source's and format's own (data/config.py).
-  config.data = data_config.data_config(shape['vocab_size'])
-
-  # Mesh axes sizes; -1 takes the devices left over. Rules map logical axis names of
-  # parameters and activations onto mesh axes (size-1 axes shard nothing).
-  config.mesh = ml_collections.ConfigDict(dict(
-      data=-1, fsdp=1, tensor=1,
-      rules=(
-          ('batch', ('data', 'fsdp')),
-          ('length', None),
-          ('embed', 'fsdp'),
-          ('heads', 'tensor'),
-          ('kv', None),
-          ('mlp', 'tensor'),
-          ('vocab', 'tensor'),
-          ('layers', None),
-      ),
-  ))
-
-  # Several processes (hosts): explicit coordinator, or auto-detected on Cloud TPU / SLURM.
-  config.distributed = ml_collections.ConfigDict(dict(
-      auto=True, coordinator_address='', num_processes=0, process_id=-1))
-
-  # What to do when the loss or gradients are not finite: skip the update (and count it),
-  # and stop with an error after `max_consecutive` such steps in a row. The stop is checked at
-  # logging steps (no per-step host sync); skipped updates never touch the parameters.
-  config.nonfinite = ml_collections.ConfigDict(dict(policy='skip', max_consecutive=10))
-
-  # Writers beside metrics.jsonl and TensorBoard. W&B (pip install wandb): the run is named
-  # after the workdir and grouped by its parent (a sweep's or comparison's root) unless `group`
-  # is set; WANDB_MODE=offline keeps it on disk under workdir/wandb.
-  config.logging = ml_collections.ConfigDict(dict(wandb=dict(
-      enabled=False, project='pretraining-objectives', entity='', group='')))
-
+  tree: dict[str, Any] = {'objective': objective if isinstance(objective, str)
+                          else dict(objective)}
+  for key, setting in SETTINGS.items():
+    if setting.default == DATA:
+      tree.setdefault('data', data_config.data_config(shape['vocab_size']))
+    if setting.default in (PRESET, DATA):
+      continue
+    value = setting.default(shape) if callable(setting.default) else setting.default
+    *sections, leaf = key.split('.')
+    node = tree
+    for section in sections:
+      node = node.setdefault(section, {})
+    node[leaf] = value
+  tree['model'].update(MODEL_PRESETS[preset])
+  config = ml_collections.ConfigDict(tree)
   names = [config.objective] if isinstance(config.objective, str) else list(config.objective)
   for name in names:
     config[name] = ml_collections.ConfigDict(registry.defaults(name))

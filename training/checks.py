@@ -61,52 +61,11 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'Unknown setting config.{key}{hint}: remove it or fix its name.')
 
 
-# Every numeric setting of configs/base.py and its valid range: (kind, low, high), each
-# bound a (value, inclusive) pair or None. Objective sections validate themselves when built.
-_INT, _FLOAT = 'an integer', 'a number'
+# Every numeric setting and its valid range, as configs/base.py SETTINGS declares them beside
+# their defaults: (kind, low, high). Objective sections validate themselves when built.
 RANGES: dict[str, tuple[str, tuple[float, bool] | None, tuple[float, bool] | None]] = {
-    'seed': (_INT, (0, True), None),
-    'total_steps': (_INT, (0, False), None),
-    'batch_size': (_INT, (0, False), None),
-    'seq_len': (_INT, (2, True), None),
-    'log_every': (_INT, (0, False), None),
-    'eval_every': (_INT, (0, False), None),
-    'eval_steps': (_INT, (0, True), None),
-    'checkpoint_every': (_INT, (0, False), None),
-    'keep_checkpoints': (_INT, (0, False), None),
-    'pause_at_step': (_INT, (0, True), None),
-    'optimizer.learning_rate': (_FLOAT, (0, False), None),
-    'optimizer.warmup_steps': (_INT, (0, True), None),
-    'optimizer.end_learning_rate_ratio': (_FLOAT, (0, True), (1, True)),
-    'optimizer.b1': (_FLOAT, (0, True), (1, False)),
-    'optimizer.b2': (_FLOAT, (0, True), (1, False)),
-    'optimizer.eps': (_FLOAT, (0, False), None),
-    'optimizer.weight_decay': (_FLOAT, (0, True), None),
-    'optimizer.grad_clip_norm': (_FLOAT, (0, False), None),
-    'model.vocab_size': (_INT, (0, True), None),
-    'model.num_layers': (_INT, (0, False), None),
-    'model.embed_dim': (_INT, (0, False), None),
-    'model.num_heads': (_INT, (0, False), None),
-    'model.head_dim': (_INT, (0, True), None),
-    'model.mlp_dim': (_INT, (0, False), None),
-    'model.max_len': (_INT, (0, False), None),
-    'model.num_token_types': (_INT, (0, True), None),
-    'model.dropout': (_FLOAT, (0, True), (1, False)),
-    'model.layer_norm_eps': (_FLOAT, (0, False), None),
-    'model.init_std': (_FLOAT, (0, False), None),
-    'data.builtin_max_files': (_INT, (0, True), None),
-    'data.min_doc_chars': (_INT, (1, True), None),
-    'data.vocab_size': (_INT, (8, True), None),  # 7 special pieces and at least one more
-    'data.tokenizer_max_chars': (_INT, (0, False), None),
-    'data.short_seq_prob': (_FLOAT, (0, True), (1, True)),
-    'data.prefetch': (_INT, (0, True), None),
-    'data.workers': (_INT, (1, True), None),
-    'distributed.num_processes': (_INT, (0, True), None),
-    'distributed.process_id': (_INT, (-1, True), None),
-    'nonfinite.max_consecutive': (_INT, (1, True), None),
-    'budget.tokens': (_INT, (0, True), None),
-    'budget.flops': (_FLOAT, (0, True), None),
-}
+    key: (setting.kind, setting.low, setting.high)
+    for key, setting in base.SETTINGS.items() if setting.kind is not None}
 
 
 def _describe(low, high) -> str:
@@ -126,7 +85,7 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
       continue
     value = flat[key]
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not numeric or (kind == _INT and not float(value).is_integer()):
+    if not numeric or (kind == base.INT and not float(value).is_integer()):
       raise ValueError(f'config.{key} must be {kind}, got {value!r}.')
     if not math.isfinite(value):
       raise ValueError(f'config.{key} must be finite, got {value!r}.')
