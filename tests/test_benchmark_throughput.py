@@ -30,6 +30,7 @@ runpy.run_module('benchmarks.throughput', run_name='__main__')
 '''
 
 
+@pytest.mark.slow
 def test_throughput_runs_without_the_data_stack_and_its_figures_agree(tmp_path):
   argv = ['--config', 'configs/clm.py:tiny', '--steps', '2', '--json'] + [
       f'--config.{key}={value}' for key, value in OVERRIDES.items()]
@@ -54,3 +55,47 @@ def test_throughput_runs_without_the_data_stack_and_its_figures_agree(tmp_path):
   assert (record['tflops_per_sec'] * 1e12 * record['step_time_ms'] / 1000
           == pytest.approx(per_step, rel=1e-6))
   assert record['peak_memory_bytes'] is None  # the CPU allocator keeps no statistics
+
+
+def test_overhead_benchmark_prints_every_field_and_its_figures_agree(tmp_path):
+  """One round of benchmarks.overhead on a 1-layer model: the framework, the project-model
+  hand step and the minimal plain-JAX step, with ratios, rates and FLOPs that agree."""
+  overrides = {**OVERRIDES, 'model.max_len': 16}
+  argv = ['--config', 'configs/clm.py:tiny', '--steps', '1', '--rounds', '1', '--layouts',
+          'scanned', '--peak_tflops', '2'] + [f'--config.{key}={value}'
+                                              for key, value in overrides.items()]
+  result = subprocess.run([sys.executable, '-m', 'benchmarks.overhead'] + argv, cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': REPO})
+  assert result.returncode == 0, result.stderr[-2000:]
+  [line] = [line for line in result.stdout.splitlines() if line.startswith('{')]
+  record = json.loads(line)
+  assert (record['batch'], record['seq_len'], record['layers']) == (8, 16, 'scanned')
+  # The minimal model has exactly the project model's parameter count: 1 layer of width 32,
+  # mlp 64, vocabulary 4000 (tied, plus its bias) and 16 learned positions.
+  d, f, v = 32, 64, 4000
+  layer = 2 * 2 * d + 3 * (d * d + d) + d * d + d + d * f + f + f * d + d
+  assert record['parameters'] == {'framework': v * d + v + 16 * d + layer + 2 * d,
+                                  'minimal': v * d + v + 16 * d + layer + 2 * d}
+  config = clm.get_config('tiny')
+  for key, value in overrides.items():
+    section, _, name = key.rpartition('.')
+    (config[section] if section else config)[name] = value
+  exp = experiment.build(config, str(tmp_path), data=False, vocab=toy_vocab(v))
+  per_step = 8 * flops.objective_flops_per_sequence(exp.objective, exp.model_config, 16)
+  assert record['model_flops_per_step'] == pytest.approx(per_step)
+  for name in ('framework', 'project_hand', 'minimal'):
+    variant = record[name]
+    assert set(variant) == {'step_ms', 'cpu_ms', 'first_step_s', 'rounds_ms', 'tokens_per_sec',
+                            'tflops_per_sec', 'mfu'}
+    assert variant['rounds_ms'] == [variant['step_ms']]
+    assert variant['tokens_per_sec'] * variant['step_ms'] / 1000 == pytest.approx(8 * 16)
+    assert variant['tflops_per_sec'] * variant['step_ms'] / 1000 == pytest.approx(per_step / 1e12)
+    # --peak_tflops 2 per device, on every device of the mesh
+    assert variant['mfu'] == pytest.approx(variant['tflops_per_sec'] / (2 * record['devices']))
+  for name in ('project_hand', 'minimal'):
+    assert record[f'ratio_to_{name}'] == pytest.approx(
+        record['framework']['step_ms'] / record[name]['step_ms'])
+    assert record[f'cpu_ratio_to_{name}'] == pytest.approx(
+        record['framework']['cpu_ms'] / record[name]['cpu_ms'])
+  assert len(record['load_average']) == 2
