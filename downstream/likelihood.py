@@ -33,8 +33,6 @@ from the left.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -355,22 +353,27 @@ def span_input_ends_with_eos() -> bool:
 
 def electra_generator(workdir: str, step: int, model_config: ModelConfig) -> tuple[Any, ModelConfig] | None:
   """(generator params, generator config) saved with an ELECTRA run's checkpoint at `step`,
-  or None when the checkpoint holds none."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  read through the run's own restore path (training/workdir.py), or None when it has none."""
+  # pylint: disable=import-outside-toplevel
+  from data import pipeline
+  from objectives import electra
+  from training import mesh as mesh_lib, state as state_lib, workdir as workdir_lib
 
-  from objectives import electra  # pylint: disable=import-outside-toplevel
-  from training import state as state_lib  # pylint: disable=import-outside-toplevel
-
-  with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
-    config = json.load(f)
-  fraction = float(config.get('electra', {}).get('generator_fraction',
-                                                  electra.DEFAULTS['generator_fraction']))
-  path = os.path.join(os.path.abspath(workdir), 'checkpoints', str(step), 'state')
-  if not os.path.isdir(path):
+  config, _, objective, _, data_format = workdir_lib.describe(workdir)
+  parts = getattr(objective, 'parts', None) or (('electra', 1.0, objective),)
+  names = [name for name, _, part in parts if isinstance(part, electra.Electra)]
+  if not names:
     return None
-  saved = ocp.StandardCheckpointer().restore(path)['params']
-  _, objective_params = state_lib.split_params(saved)
-  if not objective_params or 'generator' not in objective_params:
+  mesh = mesh_lib.make_mesh(config.mesh, jax.local_devices())
+  rules = mesh_lib.logical_rules(config.mesh)
+  example = pipeline.example_batch(data_format, 2, config.seq_len, config.data)
+  target, _ = workdir_lib.abstract_params(objective, model_config, example, mesh, rules)
+  params, _ = workdir_lib.restore(workdir, step, target)
+  _, owned = state_lib.split_params(params)
+  if owned is not None and getattr(objective, 'parts', None):
+    owned = owned.get(names[0])
+  if not owned or 'generator' not in owned:
     return None
-  generator = jax.device_put(objective_params['generator'], jax.local_devices()[0])
-  return generator, electra.generator_config(model_config, fraction)
+  part = dict((name, part) for name, _, part in parts)[names[0]]
+  generator = jax.device_put(owned['generator'], jax.local_devices()[0])
+  return generator, electra.generator_config(model_config, part.generator_fraction)
