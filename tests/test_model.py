@@ -339,3 +339,27 @@ def test_scanned_and_unrolled_layers_agree_and_eval_ignores_dropout(norm):
   trained = scanned.apply({'params': params}, inputs, train=True,
                           rngs={'dropout': jax.random.key(1)}).logits
   assert np.abs(np.asarray(trained - a)).max() > 1e-3
+
+
+def test_sentence_head_is_the_pooler_and_classifier_of_the_first_position():
+  """objectives/nsp.py's head, run inside the model: tanh(h0 Wp + bp) Wc + bc by hand."""
+  model = Transformer(_small(num_layers=1, num_sentence_classes=2))
+  inputs = _packed_inputs(batch=2)
+  params = nn.unbox(model.init(jax.random.key(0), inputs)['params'])
+  outputs = model.apply({'params': params}, inputs)
+  first = np.asarray(outputs.hidden[:, 0], np.float64)
+  pooled = np.tanh(first @ params['pooler']['kernel'] + params['pooler']['bias'])
+  expected = (pooled @ params['sentence_classifier']['kernel']
+              + params['sentence_classifier']['bias'])
+  assert outputs.sentence_logits.shape == (2, 2)
+  np.testing.assert_allclose(outputs.sentence_logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_no_objective_attached_is_a_one_line_error(monkeypatch):
+  from models import heads  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(heads, '_HEADS', {})
+  model = Transformer(_small(num_layers=1, num_sentence_classes=2))
+  with pytest.raises(ValueError, match=r'^config.model.num_sentence_classes > 0 needs the '
+                     r'sentence head, which objectives/nsp.py attaches when imported'):
+    jax.eval_shape(model.init, jax.random.key(0), _packed_inputs())  # traced, not compiled

@@ -86,6 +86,14 @@ def test_bad_input_is_one_line_before_compilation(tmp_path, shared_cache, overri
   assert not os.path.exists(os.path.join(tmp_path, 'bad', 'checkpoints'))
 
 
+def test_a_config_that_fails_validation_leaves_no_workdir(tmp_path, shared_cache):
+  """Validation runs once, before the workdir is made or any process joined."""
+  config = config_for(shared_cache, seq_len=128)
+  with pytest.raises(train.SetupError, match=r'^config.seq_len=128 exceeds the 64 learned'):
+    train.run(config, str(tmp_path / 'bad'))
+  assert not os.path.exists(tmp_path / 'bad')
+
+
 def test_unknown_key_in_config_file_is_named(tmp_path, shared_cache):
   config = config_for(shared_cache)
   config.model.num_layerz = 3

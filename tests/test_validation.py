@@ -147,3 +147,25 @@ def test_switching_to_pretokenized_shards_resumes_but_other_data_changes_do_not(
   other.data.update(source='builtin')
   with pytest.raises(ValueError, match=r"config.data.source='text' but this run has 'builtin'"):
     checks.check_resume(other, workdir)
+
+
+def test_the_settings_table_declares_every_shared_setting_and_range():
+  """configs/base.py SETTINGS is the one declaration: the built config holds exactly its keys
+  (besides data/config.py's and the objective's), at its defaults for the preset's shape."""
+  config = base.get_config('clm', 'small', batch_size=8)
+  flat = base.flatten(config)
+  shape = dict(base.RUN_PRESETS['small'], batch_size=8)
+  shared = {k for k in flat if not k.startswith(('data.', 'clm')) and k != 'objective'}
+  declared = {k for k, s in base.SETTINGS.items() if s.default != base.DATA}
+  assert shared == declared
+  for key in declared:
+    setting = base.SETTINGS[key]
+    if setting.default == base.PRESET:
+      expected = base.MODEL_PRESETS['small'][key.split('.')[1]]
+    else:
+      expected = setting.default(shape) if callable(setting.default) else setting.default
+    assert flat[key] == expected, key
+  assert flat['batch_size'] == 8 and flat['model.max_len'] == 512
+  assert {k for k, s in base.SETTINGS.items() if s.default == base.DATA} <= set(flat)
+  assert checks.RANGES['optimizer.b2'] == (base.FLOAT, (0, True), (1, False))
+  assert len(checks.RANGES) == 41
