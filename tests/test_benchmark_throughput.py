@@ -57,6 +57,7 @@ def test_throughput_runs_without_the_data_stack_and_its_figures_agree(tmp_path):
   assert record['peak_memory_bytes'] is None  # the CPU allocator keeps no statistics
 
 
+@pytest.mark.slow
 def test_overhead_benchmark_prints_every_field_and_its_figures_agree(tmp_path):
   """One round of benchmarks.overhead on a 1-layer model: the framework, the project-model
   hand step and the minimal plain-JAX step, with ratios, rates and FLOPs that agree."""

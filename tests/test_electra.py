@@ -61,6 +61,7 @@ def loss_fn(part, params, batch, rng):
   return bound.loss(MODEL.apply({'params': model_params}, inputs), targets)
 
 
+@pytest.mark.slow
 def test_labels_are_exactly_differs_from_the_original():
   part = objective()
   params = init_params(part)
@@ -84,6 +85,7 @@ def test_labels_are_exactly_differs_from_the_original():
   assert not inputs.compute_logits and inputs.attn_order is None and not inputs.causal
 
 
+@pytest.mark.slow
 def test_no_gradient_from_the_discriminator_into_the_generator():
   batch = batch_of(seed=1)
   part = objective(generator_weight=0.0)  # the loss is the discriminator's alone
@@ -105,6 +107,7 @@ def test_no_gradient_from_the_discriminator_into_the_generator():
   assert float(jnp.abs(generator_grads['token_embed']['embedding']).max()) > 0
 
 
+@pytest.mark.slow
 def test_the_generator_reads_the_discriminators_whole_input_embedding():
   """As in ELECTRA, token, position and type embeddings and their norm are the discriminator's:
   the generator has none of its own, and its MLM loss reaches every one of them. The embedding
@@ -137,6 +140,7 @@ def test_the_generator_reads_the_discriminators_whole_input_embedding():
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads['layers'])) == 0.0
 
 
+@pytest.mark.slow
 def test_loss_is_generator_loss_plus_fifty_times_the_mean_token_bce():
   part = objective()
   params = init_params(part)
@@ -161,6 +165,7 @@ def test_loss_is_generator_loss_plus_fifty_times_the_mean_token_bce():
   assert float(metrics['discriminator_loss'][1]) == weights.sum() == 8 * SEQ_LEN - 12
 
 
+@pytest.mark.slow
 def test_checkpoint_restores_both_networks(tmp_path):
   config = base_config.get_config('clm')
   mesh, rules = mesh_lib.make_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
