@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
