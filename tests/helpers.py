@@ -1,6 +1,7 @@
 """Helpers the test files share: the fast-compile flags, a small training config, reading a
 run's metrics, exact-resume checks, a run trained through train.py, corpus and checkpoint
-tinkering. Imported by test files (never another test file or conftest); imports no JAX."""
+tinkering, small train states saved as checkpoints. Imported by test files (never another
+test file or conftest); imports no JAX at import time."""
 
 from __future__ import annotations
 
@@ -186,3 +187,35 @@ def pair_iterator(documents, tokenize: Callable[[str], list[int]], vocab, *, seq
                          local_batch_size=local_batch_size, process_index=process_index,
                          process_count=process_count, seed=seed, shuffle=shuffle, repeat=repeat,
                          name=name)
+
+
+STATE_EMBED, STATE_VOCAB, STATE_LAYERS, STATE_MLP = 8, 16, 2, 12
+
+
+def make_state(step: int, embed: int = STATE_EMBED) -> Any:
+  """A small train state whose parameters encode `step` (so restores are identifiable)."""
+  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp
+  import optax
+
+  from training import state as state_lib
+
+  params = {'token_embed': {'embedding': jnp.full((STATE_VOCAB, embed), float(step))},
+            'layers': {'mlp': {'wi': {'kernel': jnp.arange(
+                STATE_LAYERS * embed * STATE_MLP, dtype=jnp.float32).reshape(
+                    STATE_LAYERS, embed, STATE_MLP) + step}}}}
+  tx = optax.adam(1e-3)
+  return state_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
+                              opt_state=tx.init(params), nonfinite_total=jnp.zeros((), jnp.int32),
+                              nonfinite_streak=jnp.zeros((), jnp.int32), tx=tx)
+
+
+def save_steps(workdir, steps, keep=3):
+  """Checkpoints of `make_state(step)` at each of `steps` in `workdir`; the closed saver."""
+  from training import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
+
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir), keep, 0)
+  for step in steps:
+    checkpointer.save(step, make_state(step), {'position': step})
+  checkpointer.close()
+  return checkpointer

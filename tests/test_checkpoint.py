@@ -7,35 +7,13 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from tests.helpers import biggest_file, corrupt
+from tests.helpers import STATE_EMBED as EMBED, STATE_VOCAB as VOCAB
+from tests.helpers import biggest_file, corrupt, make_state, save_steps
 from training import checkpoint as checkpoint_lib
 from training import state as state_lib
-
-EMBED, VOCAB, LAYERS, MLP = 8, 16, 2, 12
-
-
-def make_state(step: int, embed: int = EMBED) -> state_lib.TrainState:
-  """A small train state whose parameters encode `step` (so restores are identifiable)."""
-  params = {'token_embed': {'embedding': jnp.full((VOCAB, embed), float(step))},
-            'layers': {'mlp': {'wi': {'kernel': jnp.arange(LAYERS * embed * MLP, dtype=jnp.float32)
-                                      .reshape(LAYERS, embed, MLP) + step}}}}
-  tx = optax.adam(1e-3)
-  return state_lib.TrainState(step=jnp.asarray(step, jnp.int32), params=params,
-                              opt_state=tx.init(params), nonfinite_total=jnp.zeros((), jnp.int32),
-                              nonfinite_streak=jnp.zeros((), jnp.int32), tx=tx)
-
-
-def save_steps(workdir, steps, keep=3):
-  checkpointer = checkpoint_lib.Checkpointer(str(workdir), keep, 0)
-  for step in steps:
-    checkpointer.save(step, make_state(step), {'position': step})
-  checkpointer.close()
-  return checkpointer
 
 
 def truncate(path):

@@ -223,7 +223,7 @@ def test_sbatch_names_keep_to_their_characters(tmp_path, capsys, flag, value):
 
 
 def test_checksum_files_cannot_name_files_outside_the_checkpoint(tmp_path):
-  from tests import test_checkpoint as helpers_ckpt  # pylint: disable=import-outside-toplevel
+  from tests import helpers as helpers_ckpt  # pylint: disable=import-outside-toplevel
   from training import checkpoint as checkpoint_lib  # pylint: disable=import-outside-toplevel
   from training import state as state_lib  # pylint: disable=import-outside-toplevel
 
