@@ -11,9 +11,10 @@ The run is read from its workdir alone (config.json, tokenizer.model, the checkp
 files and folders its config.json names (config.data.train_files, validation_files,
 pretokenized_dir, data_dir, tokenizer) are the trainer's and are never read, and its
 coordinator address is never dialled, so a workdir received from someone else makes this
-command read only what it is told here. The held-out split comes from the builtin corpus (built in this machine's cache, or
---data.data_dir) when the run trained on it; for any other source, name the data here with
---data.source and that source's settings (--data.* takes every config.data setting).
+command read only what it is told here. The held-out split comes from the builtin corpus
+(built in this machine's cache, or --data.data_dir) when the run trained on it; for any
+other source, name the data here with --data.source and that source's settings (--data.*
+takes every config.data setting; training/workdir.py's `use_data` holds the rule).
 """
 
 from __future__ import annotations
