@@ -250,8 +250,11 @@ def evaluate_all(runs: Sequence[Any], execute: Callable[..., Any] = subprocess.r
     if needs_evaluation(run.workdir):
       arm, seed = arm_and_seed(run)
       print(f'[{index + 1}/{len(runs)} {arm} seed {seed}] evaluating {run.workdir}', flush=True)
+      # The comparison's own data overrides name the held-out data: evaluate.py never reads
+      # data paths from a workdir's config.json.
+      data_flags = [f'--{key}={value}' for key, value in run.overrides if key.startswith('data.')]
       done = execute([sys.executable, os.path.join(REPO, 'tools', 'evaluate.py'), '--workdir',
-                      run.workdir], check=False)
+                      run.workdir, *data_flags], check=False)
       if done.returncode:
         return done.returncode
   return 0

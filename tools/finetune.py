@@ -1,6 +1,9 @@
 """Evaluate a pretraining run downstream: fine-tune a task head (or prompt, or instruction-tune)
-from one of its checkpoints and write mean ± std scores over seeds to
-<workdir>/downstream/<task>/<strategy>/results.json (schema: docs/downstream.md).
+from one of its checkpoints and write mean ± std scores over seeds, with each seed's
+per-example test scores, to <workdir>/downstream/<task>/<strategy>/step_<N>.json and
+results.json beside it (schema: docs/downstream.md). The last line prints the selected
+setting's dev and test scores; --config.random_init=True fine-tunes the run's architecture
+from a random initialisation instead (the no-pretraining control, step 0).
 
   python tools/finetune.py --config configs/finetune.py:stdlib_package --workdir runs/clm \\
       --config.strategy=lora --config.step=300
