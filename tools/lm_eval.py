@@ -29,14 +29,18 @@ _COMMAND = 'lm_eval.py'
 MISSING = ('the lm-evaluation-harness is not installed: pip install -e \'.[eval]\' '
            '(or pip install "lm-eval>=0.4.13,<0.5").')
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The pretraining run to evaluate.')
-_TASKS = flags.DEFINE_string('tasks', None, 'Comma-separated harness task names.')
-_FEWSHOT = flags.DEFINE_integer('num_fewshot', 0, 'Demonstrations per example.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-_LIMIT = flags.DEFINE_integer('limit', None, 'First N examples of each task (default: all).')
-_INCLUDE = flags.DEFINE_string('include_path', None, 'A folder of extra task YAML files.')
-_BATCH = flags.DEFINE_integer('batch_size', 32, 'Rows scored together.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the harness and of sampled generation.')
+
+def define_flags() -> None:
+  """The command's flags, defined only when it runs (the module is imported by tests beside
+  train.py, whose --workdir would clash)."""
+  flags.DEFINE_string('workdir', None, 'The pretraining run to evaluate.')
+  flags.DEFINE_string('tasks', None, 'Comma-separated harness task names.')
+  flags.DEFINE_integer('num_fewshot', 0, 'Demonstrations per example.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('limit', None, 'First N examples of each task (default: all).')
+  flags.DEFINE_string('include_path', None, 'A folder of extra task YAML files.')
+  flags.DEFINE_integer('batch_size', 32, 'Rows scored together.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the harness and of sampled generation.')
 
 
 def require_harness() -> None:
@@ -89,18 +93,18 @@ def evaluate(workdir: str, tasks: list[str], *, num_fewshot: int = 0, step: int 
 
 def main(argv):
   cli.start(argv)
-  cli.require_workdir(_COMMAND, _WORKDIR.value,
+  values = flags.FLAGS
+  cli.require_workdir(_COMMAND, values.workdir,
                       '--workdir is required: the pretraining run (e.g. --workdir runs/clm).')
-  tasks = [t.strip() for t in (_TASKS.value or '').split(',') if t.strip()]
+  tasks = [t.strip() for t in (values.tasks or '').split(',') if t.strip()]
   try:
-    if not os.path.isdir(_WORKDIR.value):
-      raise ValueError(f'--workdir {_WORKDIR.value} does not exist: give a pretraining run.')
-    results, path = evaluate(_WORKDIR.value, tasks, num_fewshot=_FEWSHOT.value,
-                             step=_STEP.value, limit=_LIMIT.value, include_path=_INCLUDE.value,
-                             batch_size=_BATCH.value, seed=_SEED.value)
-  except ImportError as error:
-    cli.fail(_COMMAND, cli.one_line(error), 2)
-  except (ValueError, OSError) as error:
+    if not os.path.isdir(values.workdir):
+      raise ValueError(f'--workdir {values.workdir} does not exist: give a pretraining run.')
+    results, path = evaluate(values.workdir, tasks, num_fewshot=values.num_fewshot,
+                             step=values.step, limit=values.limit,
+                             include_path=values.include_path, batch_size=values.batch_size,
+                             seed=values.seed)
+  except (ImportError, ValueError, OSError) as error:
     cli.fail(_COMMAND, cli.one_line(error), 2)
   from lm_eval.utils import make_table  # pylint: disable=import-outside-toplevel
 
@@ -109,4 +113,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
