@@ -218,7 +218,8 @@ class Scorer:
 
     def fn(params, batch):
       index = jnp.arange(width)
-      noise = (index[None, :] >= batch['start'][:, None]) & (index[None, :] < batch['length'][:, None])
+      start, length = batch['start'][:, None], batch['length'][:, None]
+      noise = (index[None, :] >= start) & (index[None, :] < length)
       corrupt = lambda row, mask, n: span_corruption.corrupt(
           row, mask, n, vocab.size, vocab.pad_id, vocab.eos_id)
       prefix, prefix_len, target, target_len = jax.vmap(corrupt)(batch['tokens'], noise,
@@ -351,7 +352,8 @@ def span_input_ends_with_eos() -> bool:
   return int(input_len) > 3 or int(inputs[int(input_len) - 1]) == 3
 
 
-def electra_generator(workdir: str, step: int, model_config: ModelConfig) -> tuple[Any, ModelConfig] | None:
+def electra_generator(workdir: str, step: int,
+                      model_config: ModelConfig) -> tuple[Any, ModelConfig] | None:
   """(generator params, generator config) saved with an ELECTRA run's checkpoint at `step`,
   read through the run's own restore path (training/workdir.py), or None when it has none."""
   # pylint: disable=import-outside-toplevel

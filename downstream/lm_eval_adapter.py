@@ -7,9 +7,9 @@ tokenized with the run's own tokenizer: a continuation's pieces are those it has
 context (the tail of the encoding of context + continuation), and every request starts with
 the run's document start ([bos]), which also conditions a continuation with empty context.
 `loglikelihood_rolling` scores a text in disjoint windows of the run's sequence length, each
-conditioned on the tokens before it that fit (the harness's own window rule). `generate_until` decodes
-with the key/value cache (models/decode.py) greedily or with the request's temperature,
-top_k and top_p, and refuses runs that were not trained left to right.
+conditioned on the tokens before it that fit (the harness's own window rule).
+`generate_until` decodes with the key/value cache (models/decode.py) greedily or with the
+request's temperature, top_k and top_p, and refuses runs that were not trained left to right.
 """
 
 from __future__ import annotations
