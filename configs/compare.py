@@ -84,8 +84,8 @@ DEFAULT_PRESET = 'tiny'
 # training. The grids are wide enough that the selected setting is rarely at an edge (the
 # results file and the log name it when it is). The linear probe reads the mean of the frozen
 # backbone's final states with a plain AdamW head: enough epochs at a high rate to converge.
-DOWNSTREAM = dict(tasks=('stdlib_package',), strategy='full', zero_shot=(), control=True,
-                  fractions=BUDGET_FRACTIONS)
+DOWNSTREAM = dict(tasks=('stdlib_package',), strategy='full', zero_shot=('stdlib_package',),
+                  control=True, fractions=BUDGET_FRACTIONS)
 RECIPES: dict[str, dict[str, Any]] = {
     'full': dict(learning_rates=(1e-4, 3e-4, 1e-3), epochs=(3,), seeds=(0, 1, 2)),
     'linear_probe': dict(learning_rates=(3e-3, 1e-2, 3e-2, 1e-1), epochs=(20,), seeds=(0, 1, 2),

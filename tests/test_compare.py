@@ -196,6 +196,9 @@ def test_budgets_name_each_workdir_and_downstream_flags_are_checked(tmp_path, ca
       ('stdlib_package',), 'linear_probe', True)
   assert settings.recipe['pooling'] == 'mean'
   assert settings.overrides == (('task.max_train_examples', 50),)
+  args, _ = compare_tool.parse_args(['--root', root, '--downstream', '--zero_shot'])
+  settings = compare_tool.downstream_settings(args, args.finetune_overrides)
+  assert (settings.tasks, settings.zero_shot) == (('stdlib_package',), ('stdlib_package',))
   bad = [['--downstream', 'nope'], ['--downstream', 'stdlib_package', '--finetune.lr=1'],
          ['--downstream', 'stdlib_package', '--downstream_strategy', 'lora'],
          ['--budgets', '1000', '--config.budget.tokens=5']]

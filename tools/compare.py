@@ -378,12 +378,17 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str,
                       'downstream jobs of finished runs, then the report; report: only the report.')
   parser.add_argument('--budgets', default='', help='Comma-separated token budgets: every arm '
                       'and seed at each (default: the preset\'s budget, or --config.budget.tokens).')
-  parser.add_argument('--downstream', default=None, help='Comma-separated tasks to fine-tune '
-                      'every arm, seed and kept checkpoint on (configs/finetune.py presets).')
+  parser.add_argument('--downstream', default=None, nargs='?',
+                      const=','.join(compare.DOWNSTREAM['tasks']),
+                      help='Comma-separated tasks to fine-tune every arm, seed and kept '
+                      'checkpoint on (configs/finetune.py presets; alone: configs/compare.py\'s '
+                      'DOWNSTREAM tasks, built in and offline).')
   parser.add_argument('--downstream_strategy', default='', help='full (default) or linear_probe '
                       '(recipes in configs/compare.py).')
-  parser.add_argument('--zero_shot', default=None, help='Comma-separated label-word tasks to '
-                      'score zero-shot (downstream/zero_shot.py).')
+  parser.add_argument('--zero_shot', default=None, nargs='?',
+                      const=','.join(compare.DOWNSTREAM['zero_shot']),
+                      help='Comma-separated label-word tasks to score zero-shot '
+                      '(downstream/zero_shot.py; alone: configs/compare.py\'s DOWNSTREAM ones).')
   parser.add_argument('--zero_shot_limit', type=int, default=0,
                       help='Score only the first N test examples zero-shot (0: all).')
   parser.add_argument('--downstream_fractions', default='',
