@@ -11,6 +11,7 @@ downstream/runner.py, zero-shot through downstream/zero_shot.py), or one per com
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Callable, Mapping, Sequence
@@ -121,10 +122,37 @@ def architecture(workdir: str) -> str:
   return text
 
 
+CLAIMS_DIR = 'no_pretraining'  # under a comparison's root: which arm scores each control
+
+
+def claim_control(claims_dir: str, kind: str, arm: str) -> str:
+  """The arm whose runs score the control of architecture `kind`: the first to ask (`arm`
+  unless another arm claimed it before), so sweep jobs that score their own runs as each one
+  finishes score one control per architecture between them. The claim is a file made by
+  os.link, which fails when the file exists, so two jobs never both win."""
+  path = os.path.join(claims_dir, hashlib.sha256(kind.encode()).hexdigest()[:16] + '.json')
+  if not os.path.exists(path):
+    os.makedirs(claims_dir, exist_ok=True)
+    draft = f'{path}.{os.getpid()}.{arm}'
+    with open(draft, 'w', encoding='utf-8') as f:
+      json.dump({'arm': arm, 'architecture': kind}, f)
+    try:
+      os.link(draft, path)
+    except FileExistsError:
+      pass
+    finally:
+      os.remove(draft)
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)['arm']
+
+
 def plan(workdirs: Sequence[str], settings: Settings,
-         architecture_of: Callable[[str], str] = architecture) -> tuple[list[Job], dict[str, list[str]]]:
+         architecture_of: Callable[[str], str] = architecture,
+         claims_dir: str | None = None) -> tuple[list[Job], dict[str, list[str]]]:
   """Every job of the finished runs in `workdirs`, and which arms each control stands for
-  (control arm -> the arms sharing its architecture: one control per architecture)."""
+  (control arm -> the arms sharing its architecture: one control per architecture). With
+  `claims_dir`, the control's arm is the one claimed there first (claim_control), so plans of
+  a few runs at a time agree with one another and with a plan of all of them."""
   jobs: list[Job] = []
   runs = [(w, results_lib.run_info(w)) for w in workdirs if finished(w)]
   kinds: dict[str, str] = {}  # arm -> its architecture
@@ -134,7 +162,7 @@ def plan(workdirs: Sequence[str], settings: Settings,
   controls: dict[str, list[str]] = {}
   representative: dict[str, str] = {}
   for arm, kind in kinds.items():
-    representative.setdefault(kind, arm)
+    representative.setdefault(kind, claim_control(claims_dir, kind, arm) if claims_dir else arm)
     controls.setdefault(representative[kind], []).append(arm)
   steps = {workdir: checkpoint_steps(workdir, settings.fractions) for workdir, _ in runs}
   for task in settings.tasks:  # one task's table fills before the next task's

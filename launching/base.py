@@ -31,6 +31,10 @@ class Run:
   overrides: tuple[tuple[str, Any], ...]
   workdir: str
   index: int = 0  # position in the sweep
+  # A command the job runs after train.py exits 0 (script relative to the repository, then its
+  # arguments; the job's interpreter runs it, with --workdir=WORKDIR added): a comparison's
+  # downstream scoring (tools/compare.py --mode score).
+  after: tuple[str, ...] = ()
 
 
 def format_value(value: Any) -> str:
@@ -52,6 +56,12 @@ def train_args(run: Run, data_dir: str = '') -> list[str]:
 def train_command(run: Run, data_dir: str = '', python: str = 'python') -> list[str]:
   """The train.py command line of one run."""
   return [python, *train_args(run, data_dir)]
+
+
+def after_command(run: Run, python: str = 'python') -> list[str]:
+  """The command the job runs once train.py has succeeded, given the run's workdir; [] when
+  there is none."""
+  return [python, *run.after, f'--workdir={run.workdir}'] if run.after else []
 
 
 def failure_reason(output: str, exit_code: int | None) -> str:

@@ -23,6 +23,9 @@ from tools import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME_CHARS = 120
+# The entry key of a command the job runs after train.py succeeds (not a config override).
+AFTER_KEY = 'after'
+AFTER_SCRIPTS = ('tools/compare.py',)  # what a job may run after train.py
 _UNSAFE = re.compile(r'[^A-Za-z0-9._=+-]')
 
 
@@ -177,13 +180,27 @@ def join(root: str, name: str) -> str:
   return f'{root.rstrip("/")}/{name}' if '://' in root else os.path.join(root, name)
 
 
+def _after(index: int, value: Any) -> tuple[str, ...]:
+  """An entry's "after" command as argument strings; one of AFTER_SCRIPTS, else a one-line
+  error (the values reach the script as arguments, never through a shell)."""
+  if (not isinstance(value, (list, tuple)) or not value
+      or not all(isinstance(part, str) for part in value) or value[0] not in AFTER_SCRIPTS):
+    raise ValueError(f'Sweep entry {index}: "{AFTER_KEY}" must be a list of strings starting with '
+                     f'one of {", ".join(AFTER_SCRIPTS)} (the command run after train.py).')
+  return tuple(value)
+
+
 def expand(sweep: Sequence[dict[str, Any]], workdir_root: str) -> list[Run]:
-  """One Run per sweep entry; every entry must name its 'config' and differ from the others."""
-  entries = []
+  """One Run per sweep entry; every entry must name its 'config' and differ from the others.
+  An entry's "after" command is run by its job once train.py succeeds; it names no setting
+  and takes no part in the run's name."""
+  entries, afters = [], []
   for index, entry in enumerate(sweep):
     if 'config' not in entry:
       raise ValueError(f'Sweep entry {index} {entry} has no "config" (e.g. configs/clm.py:tiny).')
-    entries.append(dict(entry))
+    entry = dict(entry)
+    afters.append(_after(index, entry.pop(AFTER_KEY)) if AFTER_KEY in entry else ())
+    entries.append(entry)
   seen: dict[str, int] = {}
   for index, entry in enumerate(entries):
     key = json.dumps(entry, sort_keys=True, default=str)
@@ -204,5 +221,6 @@ def expand(sweep: Sequence[dict[str, Any]], workdir_root: str) -> list[Run]:
   runs = []
   for index, (entry, name) in enumerate(zip(entries, names)):
     config = str(entry.pop('config'))
-    runs.append(Run(name, config, tuple(entry.items()), join(workdir_root, name), index))
+    runs.append(Run(name, config, tuple(entry.items()), join(workdir_root, name), index,
+                    afters[index]))
   return runs

@@ -3,6 +3,7 @@
   python tools/compare.py --root runs/compare [--preset tiny] [--arms clm,mlm] [--seeds 0,1] \\
       [--config.data.source=text --config.data.train_files=...]
   python tools/compare.py --root gs://BUCKET/compare --preset base --mode sweep   # for launch.py
+  python tools/compare.py --mode score --preset tiny --downstream TASK --workdir DIR  # one run
 
 --mode local trains the runs here one after another (each resumes where it stopped), then
 evaluates every finished run on the validation split (tools/evaluate.py, skipped when already
@@ -10,6 +11,8 @@ done for its last checkpoint) and writes report.md, results.csv and PNGs (tools/
 into --root. A progress line names the arm, seed and step, and estimates the time left for
 the whole comparison. --mode sweep writes <root>/sweep.py for tools/launch.py and prints the
 command; run --mode local afterwards (where the workdirs are readable) to evaluate and report.
+With --downstream or --zero_shot (and a root on a file system), each sweep entry carries an
+"after" command, --mode score of its own workdir, that its job runs once train.py succeeds.
 `--config.key=value` overrides apply to every arm that has the key (shared settings such as
 the data source), so the arms stay controlled.
 
@@ -24,6 +27,8 @@ words through downstream/zero_shot.py. A score already written is never computed
 `--finetune.key=value` sets a configs/finetune.py setting for every task that has it.
 --budgets trains every arm at each token budget (workdirs named by it). --mode downstream runs
 only the downstream jobs of the finished runs (after a sweep, where the workdirs are readable).
+--mode score scores one finished run (--workdir), and the control of its architecture when its
+arm is the first to claim it (<root>/no_pretraining/, the root being the workdir's parent).
 """
 
 from __future__ import annotations
@@ -364,18 +369,47 @@ def downstream_all(runs: Sequence[Any], root: str, settings: downstream_lib.Sett
   return 0
 
 
+def score_after(args: argparse.Namespace) -> list[str]:
+  """The "after" command of each sweep entry: --mode score of the run (launch.py's job adds
+  --workdir=WORKDIR), with the command's downstream flags."""
+  return ['tools/compare.py', '--mode', 'score', '--preset', args.preset, *downstream_flags(args)]
+
+
+def score_run(workdir: str, settings: downstream_lib.Settings) -> int:
+  """Every downstream and zero-shot job of one finished run (what a sweep job runs after
+  train.py), its architecture's control included when its arm claims it; 2 on a one-line
+  error. Scores already written are skipped, so a requeued job only finishes what is left."""
+  workdir = os.path.abspath(workdir)
+  claims = os.path.join(os.path.dirname(workdir), downstream_lib.CLAIMS_DIR)
+  try:
+    if not downstream_lib.finished(workdir):
+      raise ValueError(f'--workdir {workdir} holds no finished run: train it first.')
+    jobs, controls = downstream_lib.plan([workdir], settings, claims_dir=claims)
+    for arm, arms in controls.items():
+      print(f'no_pretraining:{arm}: the random-initialisation control of '
+            f'{", ".join(arms)}\'s architecture' + (' (scored here)' if any(
+                job.control for job in jobs) else f' (scored by the runs of {arm})'), flush=True)
+    downstream_lib.run_all(jobs, settings, log=lambda line: print(line, flush=True))
+  except (ValueError, OSError, KeyError) as error:
+    print(f'compare.py: error: {str(error).splitlines()[0]}', file=sys.stderr)
+    return 2
+  return 0
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--root', required=True, help='Parent of the runs\' workdirs; the report '
-                      'goes here too.')
+  parser.add_argument('--root', default=None, help='Parent of the runs\' workdirs; the report '
+                      'goes here too (required but with --mode score).')
   parser.add_argument('--preset', default=compare.DEFAULT_PRESET, choices=sorted(compare.RUNS))
   parser.add_argument('--arms', default='', help='Comma-separated arms (default: every arm: '
                       'the defaults plus every registered objective).')
   parser.add_argument('--seeds', default='0,1', help='Comma-separated training seeds.')
-  parser.add_argument('--mode', choices=('local', 'sweep', 'downstream', 'report'),
+  parser.add_argument('--mode', choices=('local', 'sweep', 'downstream', 'report', 'score'),
                       default='local', help='local: train, evaluate, score downstream and report '
                       'here; sweep: write a sweep for tools/launch.py; downstream: only the '
-                      'downstream jobs of finished runs, then the report; report: only the report.')
+                      'downstream jobs of finished runs, then the report; report: only the '
+                      'report; score: the downstream jobs of one finished run (--workdir).')
+  parser.add_argument('--workdir', default='', help='With --mode score: the run to score.')
   parser.add_argument('--budgets', default='', help='Comma-separated token budgets: every arm '
                       'and seed at each (default: the preset\'s budget, or --config.budget.tokens).')
   parser.add_argument('--downstream', default=None, nargs='?',
@@ -398,6 +432,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str,
                       help='Leave out the random-initialisation control.')
   args, extra = parser.parse_known_args(argv)
   extra, args.finetune_overrides = parse_finetune_overrides(extra)
+  if args.mode == 'score' and not args.workdir:
+    raise ValueError('--mode score needs --workdir (the finished run to score).')
+  if args.mode != 'score' and not args.root:
+    raise ValueError(f'--mode {args.mode} needs --root (the parent of the runs\' workdirs).')
   return args, parse_overrides(extra)
 
 
@@ -415,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(b <= 0 for b in budgets) or len(set(budgets)) < len(budgets):
       raise ValueError(f'--budgets={args.budgets} must be distinct positive token counts.')
     settings = downstream_settings(args, args.finetune_overrides)
+    if args.mode == 'score':
+      return score_run(args.workdir, settings)
     given_root = args.root  # the report is titled with the root as the caller wrote it
     if '://' not in args.root:  # the children may run elsewhere; the root is the caller's
       args.root = os.path.abspath(args.root)
@@ -429,14 +469,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'compare.py: error: {str(error).splitlines()[0]}', file=sys.stderr)
     return 2
   if args.mode == 'sweep':
+    scored = bool(settings.tasks or settings.zero_shot) and '://' not in args.root
+    if scored:  # each job scores its own run once trained (launching/sweep.py AFTER_KEY)
+      entries = [{**entry, sweep_lib.AFTER_KEY: score_after(args)} for entry in entries]
     path = write_sweep(args.root, entries)
     print(shlex.join(['python', 'tools/launch.py', '--sweep', path, '--workdir_root', args.root]))
     follow = ['python', 'tools/compare.py', '--root', args.root, '--preset', args.preset,
               '--arms', ','.join(arms), '--seeds', args.seeds]
     follow += ['--budgets', args.budgets] if args.budgets else []
     follow += downstream_flags(args)
+    if scored:
+      print('# each job scores its run downstream once train.py succeeds (--mode score)')
     print('# then: ' + shlex.join(follow) + ' (evaluates' + (
-        ', scores downstream' if settings.tasks or settings.zero_shot else '') + ' and reports)')
+        ', scores what is left downstream' if scored else ', scores downstream'
+        if settings.tasks or settings.zero_shot else '') + ' and reports)')
     return 0
   if args.mode in ('local', 'downstream'):
     runs = keep_earlier_workdirs(runs, args.root)

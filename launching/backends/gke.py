@@ -65,6 +65,10 @@ class Gke(base.Backend):
     if local:
       raise ValueError('--backend gke needs a gs:// --workdir_root: pods write there and come '
                        'and go.')
+    if any(run.after for run in runs):
+      raise ValueError('--backend gke cannot run a sweep entry\'s "after" command (downstream '
+                       'scoring reads workdirs as files): use --backend local or slurm, or score '
+                       'later with tools/compare.py --mode downstream.')
 
   def chips(self) -> int:
     return math.prod(int(n) for n in self.args.topology.split('x'))

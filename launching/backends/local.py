@@ -1,7 +1,8 @@
 """Runs a sweep on this machine: one train.py process at a time, or --parallel N at once.
 
 Each attempt's output goes to <workdir>/launch_logs/attempt_N.log (and to the terminal when
-one run goes at a time). A run stopped by SIGTERM (exit 143) is started again and resumes;
+one run goes at a time). A run with an "after" command (a comparison's downstream scoring) runs
+it in the same slot and log once train.py exits 0; the run is done when both have succeeded. A run stopped by SIGTERM (exit 143) is started again and resumes;
 with --gpus_per_run K, process slot s sees only GPUs s*K .. s*K+K-1.
 """
 
@@ -31,6 +32,7 @@ class _Attempt:
   process: subprocess.Popen
   log_path: str
   pump: threading.Thread
+  after: bool = False  # the process is the run's "after" command, not train.py
 
 
 @backends.register('local')
@@ -71,6 +73,8 @@ class Local(base.Backend):
   def dry_run(self, runs: Sequence[base.Run]) -> None:
     for run in runs:
       self.print(base.quote(self.command(run)))
+      if run.after:
+        self.print(f'  then: {base.quote(base.after_command(run, self.args.python))}')
 
   def launch(self, runs: Sequence[base.Run], records: dict[str, record_lib.RunRecord]) -> int:
     attempts = base.Attempts(runs, self.args.max_retries, records, self.out)
@@ -88,11 +92,15 @@ class Local(base.Backend):
         time.sleep(0.05)
         for attempt in [a for a in running if a.process.poll() is not None]:
           running.remove(attempt)
-          free_slots.append(attempt.slot)
           attempt.pump.join()
+          code = attempt.process.returncode
+          if code == 0 and not attempt.after and attempt.run.after:  # trained: now score
+            running.append(self._start(attempt.run, attempt.slot, attempt.log_path, after=True))
+            continue
+          free_slots.append(attempt.slot)
           with open(attempt.log_path, encoding='utf-8', errors='replace') as f:
             output = f.read()
-          if attempts.finish(attempt.run, base.outcome_of(attempt.process.returncode, output)) \
+          if attempts.finish(attempt.run, base.outcome_of(code, output)) \
               == 'failed' and not self.args.keep_going:
             stop_starting = True  # let the others finish; start nothing new
     except KeyboardInterrupt:
@@ -116,14 +124,16 @@ class Local(base.Backend):
                  'tools/status.py shows why. Their workdirs resume when launched again.')
     return 1 if failed else 0
 
-  def _start(self, run: base.Run, slot: int, log_path: str) -> _Attempt:
-    process = subprocess.Popen(self.command(run), cwd=REPO, env=self.environment(slot),
+  def _start(self, run: base.Run, slot: int, log_path: str, after: bool = False) -> _Attempt:
+    command = base.after_command(run, self.args.python) if after else self.command(run)
+    process = subprocess.Popen(command, cwd=REPO, env=self.environment(slot),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                start_new_session=True)  # Ctrl-C reaches the launcher only
     echo = self.out if self.args.parallel == 1 else None
-    pump = threading.Thread(target=_copy, args=(process.stdout, log_path, echo), daemon=True)
+    pump = threading.Thread(target=_copy, args=(process.stdout, log_path, echo, after),
+                            daemon=True)
     pump.start()
-    return _Attempt(run, slot, process, log_path, pump)
+    return _Attempt(run, slot, process, log_path, pump, after)
 
 
 def _next_log(workdir: str) -> str:
@@ -133,9 +143,9 @@ def _next_log(workdir: str) -> str:
   return os.path.join(logs, f'attempt_{len(os.listdir(logs)) + 1}.log')
 
 
-def _copy(stream, log_path: str, echo) -> None:
+def _copy(stream, log_path: str, echo, append: bool = False) -> None:
   """Copies a process's output into its log file (and to `echo`) line by line."""
-  with private.open_private(log_path) as log:  # 0600, never through a link
+  with private.open_private(log_path, append=append) as log:  # 0600, never through a link
     for raw in iter(stream.readline, b''):
       line = raw.decode('utf-8', errors='replace')
       log.write(line)

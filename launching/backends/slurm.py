@@ -5,7 +5,9 @@ environment and joins the tasks through jax.distributed. The checkout must be on
 the nodes share (--repo_dir, default this one), with its dependencies installed (--setup runs
 first, e.g. 'source venv/bin/activate'). SLURM sends SIGTERM two minutes before the time limit
 (--signal), train.py saves and exits 143, and the script requeues the job, which resumes, up to
---max_retries times; a job preempted by SLURM itself is requeued by SLURM (--requeue).
+--max_retries times; a job preempted by SLURM itself is requeued by SLURM (--requeue). A run's
+"after" command (a comparison's downstream scoring) runs in the same job, once, on the first
+node, after train.py exits 0; a requeued job trains (resuming) and then scores again.
 """
 
 from __future__ import annotations
@@ -118,6 +120,10 @@ class Slurm(base.Backend):
     """The run's command as shell words (quoted once, so values with spaces survive)."""
     return shlex.join([self.args.slurm_python, *base.train_args(run, self.args.data_dir)])
 
+  def _after(self, run: base.Run) -> str:
+    """The run's "after" command as shell words ('' for none)."""
+    return shlex.join(base.after_command(run, self.args.slurm_python))
+
   def _body(self, job_id: str, log: str) -> list[str]:
     """The part of a script after WORKDIR and TRAIN are set: start, requeue or record the end."""
     python = shlex.quote(self.args.slurm_python)
@@ -127,6 +133,10 @@ class Slurm(base.Backend):
         f'mark running --detail "slurm job {job_id}, restart ${{SLURM_RESTART_COUNT:-0}}"',
         'srun --kill-on-bad-exit=1 "${TRAIN[@]}"',
         'code=$?',
+        'if [ "$code" -eq 0 ] && [ "${#AFTER[@]}" -gt 0 ]; then',
+        '  "${AFTER[@]}"',  # one process on the first node: downstream scoring
+        '  code=$?',
+        'fi',
         'if [ "$code" -eq 0 ]; then',
         '  mark done',
         f'elif [ "$code" -ne {base.SETUP_ERROR_EXIT_CODE} ] && '
@@ -146,7 +156,8 @@ class Slurm(base.Backend):
     """The sbatch script of one run."""
     log = shlex.quote(os.path.join(self.script_dir(), f'{run.name}.')) + '"$SLURM_JOB_ID".out'
     lines = (self.directives(run.name) + self._preamble() +
-             [f'WORKDIR={shlex.quote(run.workdir)}', f'TRAIN=({self._train(run)})'] +
+             [f'WORKDIR={shlex.quote(run.workdir)}', f'TRAIN=({self._train(run)})',
+              f'AFTER=({self._after(run)})'] +
              self._body('$SLURM_JOB_ID', log))
     return '\n'.join(lines) + '\n'
 
@@ -156,10 +167,12 @@ class Slurm(base.Backend):
            '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}".out')
     workdirs = ' '.join(shlex.quote(run.workdir) for run in runs)
     trains = ' '.join(shlex.quote(self._train(run)) for run in runs)
+    afters = ' '.join(shlex.quote(self._after(run)) for run in runs)
     lines = (self.directives(name, len(runs)) + self._preamble() +
-             [f'WORKDIRS=({workdirs})', f'TRAINS=({trains})',
+             [f'WORKDIRS=({workdirs})', f'TRAINS=({trains})', f'AFTERS=({afters})',
               'WORKDIR="${WORKDIRS[$SLURM_ARRAY_TASK_ID]}"',
-              'eval "TRAIN=(${TRAINS[$SLURM_ARRAY_TASK_ID]})"'] +
+              'eval "TRAIN=(${TRAINS[$SLURM_ARRAY_TASK_ID]})"',
+              'eval "AFTER=(${AFTERS[$SLURM_ARRAY_TASK_ID]})"'] +
              self._body('${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}', log))
     return '\n'.join(lines) + '\n'
 

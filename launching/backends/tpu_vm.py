@@ -119,6 +119,13 @@ class TpuVm(base.Backend):
     return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', name, *self._location(), '--worker=all',
             '--quiet', f'--command={self.remote_script(run)}']
 
+  def after_ssh_command(self, name: str, run: base.Run) -> list[str]:
+    """The run's "after" command (downstream scoring), once, on worker 0, after training."""
+    after = shlex.join(base.after_command(run, 'python3'))
+    script = f'set -e; cd {_remote_path(self.args.remote_dir)} && {after}'
+    return ['gcloud', 'compute', 'tpus', 'tpu-vm', 'ssh', name, *self._location(), '--worker=0',
+            '--quiet', f'--command={script}']
+
   def record_command(self, run: base.Run) -> str:
     return self.remote_script(run)
 
@@ -166,6 +173,7 @@ class TpuVm(base.Backend):
       self.print(f'# {run.name}')
       for command in (self.create_command(name), self.describe_command(name),
                       self.copy_command(name, 'ARCHIVE'), self.ssh_command(name, run),
+                      *([self.after_ssh_command(name, run)] if run.after else []),
                       self.delete_command(name)):
         self.print(base.quote(command))
 
@@ -296,7 +304,11 @@ class _SliceAttempt(threading.Thread):
     copy = self.command(backend.copy_command(self.name_, backend.archive), 'w')
     if copy is not None:
       return copy
-    return self.command(backend.ssh_command(self.name_, self.sweep_run), 'a', final=True)
+    after = bool(self.sweep_run.after)
+    trained = self.command(backend.ssh_command(self.name_, self.sweep_run), 'a', final=not after)
+    if trained is not None or not after:
+      return trained
+    return self.command(backend.after_ssh_command(self.name_, self.sweep_run), 'a', final=True)
 
   def command(self, command: list[str], mode: str, final: bool = False) -> base.Outcome | None:
     """Runs one step on the slice, watching the slice; an outcome if it ended the attempt."""
