@@ -11,6 +11,7 @@ import pytest
 from models import decode
 from models.config import ModelConfig
 from models.transformer import KVCache, ModelInputs, Transformer
+from objectives import nsp  # pylint: disable=unused-import  (attaches the sentence head)
 
 
 def _tiny(**overrides) -> ModelConfig:
