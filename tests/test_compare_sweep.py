@@ -216,5 +216,10 @@ def test_each_job_scores_its_run_and_one_control_per_architecture(tmp_path, monk
   jobs, controls = downstream_lib.plan(list(workdirs.values()), settings, claims_dir=claims)
   assert controls == {'clm': ['clm'], 'mlm_sop': ['mlm_nsp', 'mlm_sop']}
   assert all(job.done() for job in jobs) and len(jobs) == 11
+  runs = [sweep_lib.Run(arm, 'configs/compare.py:x:tiny', (), w) for arm, w in workdirs.items()]
+  assert compare_tool.downstream_all(runs, root, settings) == 0  # --mode downstream: nothing left
+  assert len(ran) == 11
+  assert ("no_pretraining:mlm_sop: the random-initialisation control of mlm_sop's architecture "
+          '(shared by mlm_nsp)') in capsys.readouterr().out
   assert compare_tool.score_run(str(tmp_path / 'nothing'), settings) == 2
   assert 'holds no finished run: train it first' in capsys.readouterr().err

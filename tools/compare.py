@@ -356,7 +356,8 @@ def downstream_all(runs: Sequence[Any], root: str, settings: downstream_lib.Sett
     return 0
   workdirs = [run.workdir for run in runs if os.path.isdir(run.workdir)]
   try:
-    jobs, controls = downstream_lib.plan(workdirs, settings)
+    claims = None if '://' in root else os.path.join(root, downstream_lib.CLAIMS_DIR)
+    jobs, controls = downstream_lib.plan(workdirs, settings, claims_dir=claims)
     for arm, arms in controls.items():
       shared = f' (shared by {", ".join(a for a in arms if a != arm)})' if len(arms) > 1 else ''
       print(f'no_pretraining:{arm}: the random-initialisation control of {arm}\'s '
