@@ -184,9 +184,11 @@ def _after(index: int, value: Any) -> tuple[str, ...]:
   """An entry's "after" command as argument strings; one of AFTER_SCRIPTS, else a one-line
   error (the values reach the script as arguments, never through a shell)."""
   if (not isinstance(value, (list, tuple)) or not value
-      or not all(isinstance(part, str) for part in value) or value[0] not in AFTER_SCRIPTS):
+      or not all(isinstance(part, str) and '\0' not in part for part in value)
+      or value[0] not in AFTER_SCRIPTS):
     raise ValueError(f'Sweep entry {index}: "{AFTER_KEY}" must be a list of strings starting with '
-                     f'one of {", ".join(AFTER_SCRIPTS)} (the command run after train.py).')
+                     f'one of {", ".join(AFTER_SCRIPTS)} (the command run after train.py), '
+                     'without NUL characters.')
   return tuple(value)
 
 

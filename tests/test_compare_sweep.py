@@ -85,7 +85,8 @@ def test_sweep_entries_score_their_run_and_keep_their_names(tmp_path, capsys, mo
 
 
 @pytest.mark.parametrize('after', [['rm', '-rf', '/'], 'tools/compare.py', [],
-                                   ['tools/compare.py', 3], ['../tools/compare.py']])
+                                   ['tools/compare.py', 3], ['../tools/compare.py'],
+                                   ['tools/compare.py', 'a\0b']])
 def test_an_after_command_other_than_compare_py_is_refused(after):
   with pytest.raises(ValueError, match='"after" must be a list of strings starting with '
                      'one of tools/compare.py'):
