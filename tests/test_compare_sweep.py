@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from comparison import downstream as downstream_lib
-from launching import backends, base, sweep as sweep_lib
+from launching import backends, base, record as record_lib, sweep as sweep_lib
 from tests import launch_helpers as helpers
 from tests.test_compare_downstream import _run
 from tools import compare as compare_tool
@@ -224,3 +224,30 @@ def test_each_job_scores_its_run_and_one_control_per_architecture(tmp_path, monk
           '(shared by mlm_nsp)') in capsys.readouterr().out
   assert compare_tool.score_run(str(tmp_path / 'nothing'), settings) == 2
   assert 'holds no finished run: train it first' in capsys.readouterr().err
+
+
+def test_tpu_vm_slices_score_on_worker_zero_after_training(tmp_path, monkeypatch, capsys):
+  """Slice of run 0: train on every worker, then score on worker 0; run 1's training fails:
+  its slice never scores."""
+  state = str(tmp_path / 'cloud')
+  helpers.use_fakes(monkeypatch, state, script={'default': {'ssh': 'ok'},
+                                                'by_name': {'-1-1': {'ssh': 'fail'}}})
+  root = str(tmp_path / 'runs')
+  after = ['tools/compare.py', '--mode', 'score', '--downstream=t']
+  sweep = helpers.write_sweep(str(tmp_path / 'sweep.py'), [
+      {'config': 'configs/clm.py:tiny', 'seed': seed, 'after': after} for seed in (0, 1)])
+  assert launch.main(['--sweep', sweep, '--workdir_root', root, '--backend', 'tpu_vm', '--zone',
+                      'z', '--accelerator_type', 'v4-8', '--poll_seconds', '0.2',
+                      '--mounted_workdir_root', '--max_retries', '0',
+                      '--log_dir', str(tmp_path / 'logs')]) == 1, capsys.readouterr().out
+  ssh = [(helpers.words(c)[4].rsplit('-', 2)[1], next(a for a in c['args'] if a.startswith(
+      '--worker=')), c['args'][-1]) for c in helpers.calls(state, 'gcloud')
+         if helpers.words(c)[3] == 'ssh']
+  # Each run's own calls in order (the two slices go at once).
+  assert [worker for index, worker, _ in ssh if index == '0'] == ['--worker=all', '--worker=0']
+  assert [worker for index, worker, _ in ssh if index == '1'] == ['--worker=all']
+  score = next(command for index, worker, command in ssh if worker == '--worker=0')
+  assert score.endswith(' && ' + shlex.join(['python3', *after,
+                                             f'--workdir={root}/seed=0']))
+  assert [record_lib.read(os.path.join(root, f'seed={s}'))['state'] for s in (0, 1)] == [
+      'done', 'failed']
