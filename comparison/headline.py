@@ -119,6 +119,16 @@ def detectable_section(groups: Sequence[stats.GroupStats]) -> list[str]:
           'observed difference | reading |', '|---|---|---|---|---|---|---|---|'] + rows
 
 
+def zero_shot_rules(scores: Sequence[Any]) -> str:
+  """The likelihood each arm ranks zero-shot options by (one zero-shot column for all arms)."""
+  rules = {s.arm: s.selected.get('likelihood', '?') for s in scores if s.kind == 'zero_shot'}
+  if not rules:
+    return ''
+  return ('Zero-shot: every arm ranks the options by its own objective\'s likelihood ('
+          + ', '.join(f'{arm} {rule}' for arm, rule in sorted(rules.items()))
+          + '; docs/evaluation.md defines each rule), free of fine-tuning settings.')
+
+
 def grid_edge_lines(scores: Sequence[Any]) -> list[str]:
   """One line per (arm, task, strategy, hyper-parameter) whose selection sat at a grid edge."""
   found: dict[tuple[str, str, str, str], list[int]] = {}
@@ -291,6 +301,9 @@ def sections(scores: Sequence[Any], runs: Sequence[Mapping[str, Any]], plot_path
              'checkpoint (0 for no_pretraining, the same architecture from random '
              'initialisation). Mean rank: 1 is the best pretrained arm of a column (controls '
              'not ranked), averaged over the columns.']
+    rules = zero_shot_rules(final)
+    if rules:
+      head += ['', rules]
     edges = grid_edge_lines(final)
     if edges:
       head += [''] + edges

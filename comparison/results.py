@@ -26,6 +26,10 @@ NO_PRETRAINING = 'no_pretraining'
 _STEP_FILE = re.compile(r'^step_(\d+)\.json$')
 
 
+# Every arm's zero-shot scores of a task form one group: each arm ranks the options by its own
+# objective's likelihood (the rule is kept in Score.selected), so accuracy compares across arms.
+ZERO_SHOT_STRATEGY = 'own likelihood'
+
 @dataclasses.dataclass(frozen=True)
 class Score:
   """One test score of one pretraining checkpoint on one task (one fine-tuning seed)."""
@@ -39,13 +43,13 @@ class Score:
   budget: int  # the run's token budget (distinguishes --budgets runs)
   task: str
   kind: str  # 'finetune' or 'zero_shot'
-  strategy: str  # 'full', 'linear_probe', ..., or the zero-shot likelihood rule
+  strategy: str  # 'full', 'linear_probe', ..., or ZERO_SHOT_STRATEGY for every zero-shot score
   finetune_seed: int  # 0 for zero_shot
   metric: str  # the task's main metric
   score: float  # test score
   example_ids: tuple[str, ...]  # test examples, stable ids across arms
   example_scores: tuple[float, ...]  # per-example contribution (0/1 for accuracy)
-  selected: dict  # selected hyper-parameters (empty for zero_shot)
+  selected: dict  # selected hyper-parameters; zero-shot: {'likelihood': the arm's rule}
   grid_edge: tuple[str, ...]  # names of selected hyper-parameters at an edge of their grid
 
 
@@ -181,10 +185,11 @@ def _zero_shot_score(info: RunInfo, record: Mapping[str, Any]) -> Score | None:
     return None
   return Score(arm=info.arm, pretrain_seed=info.seed, step=step, fraction=info.fraction(step),
                tokens=info.tokens(step), flops=step * info.flops_per_step, budget=info.budget,
-               task=str(record['task']), kind='zero_shot', strategy=str(record['likelihood']),
+               task=str(record['task']), kind='zero_shot', strategy=ZERO_SHOT_STRATEGY,
                finetune_seed=0, metric=metric, score=float(value),
                example_ids=tuple(str(e['id']) for e in examples),
-               example_scores=tuple(float(e['correct']) for e in examples), selected={},
+               example_scores=tuple(float(e['correct']) for e in examples),
+               selected={'likelihood': str(record['likelihood'])},
                grid_edge=())
 
 

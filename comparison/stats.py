@@ -28,7 +28,8 @@ Minimum detectable difference (two-sided alpha = 0.05, power 0.8):
 where s_d^2 is the sample variance (ddof=1) over the n test examples of the per-example
 difference between two arms (each example's score averaged over the arm's runs), averaged
 over the pairs of arms of the task (unpaired arms: s_A^2 / n_A + s_B^2 / n_B in place of
-s_d^2 / n), and v_seed is the variance of one arm's mean from its seeds, averaged over arms:
+s_d^2 / n; also for paired arms that agree on every example, whose s_d^2 = 0 would claim any
+difference detectable), and v_seed is the variance of one arm's mean from its seeds, averaged over arms:
 the sample variance of its pretraining seeds' means divided by their number P when P > 1,
 else the sample variance of its fine-tuning seeds' scores divided by their number F (0 with
 one run: the seed term is then unknown, not zero, and the report says so).
@@ -287,17 +288,22 @@ def detectable(arms: Mapping[str, Sequence[Run]]) -> Detectable | None:
     return None
   terms = []
   for a, b in itertools.combinations(names, 2):
+    paired_term = None
     if _paired(arms[a], arms[b]):
       d = _example_mean(arms[b]) - _example_mean(arms[a])
-      terms.append(float(np.var(d, ddof=1) / len(d)) if len(d) > 1 else 0.0)
-    else:
-      term = 0.0
-      for runs in (arms[a], arms[b]):
-        if not all(run.examples for run in runs):
-          continue  # scores without examples: their spread is the seed term's
-        values = np.concatenate([run.values for run in runs])
-        term += float(np.var(values, ddof=1) / len(values)) if len(values) > 1 else 0.0
-      terms.append(term)
+      paired_term = float(np.var(d, ddof=1) / len(d)) if len(d) > 1 else 0.0
+    if paired_term:
+      terms.append(paired_term)
+      continue
+    # Unpaired, or paired arms that agree on every example: an observed paired variance of 0
+    # says nothing about how large a difference would show, so the arms' own spread stands in.
+    term = 0.0
+    for runs in (arms[a], arms[b]):
+      if not all(run.examples for run in runs):
+        continue  # scores without examples: their spread is the seed term's
+      values = np.concatenate([run.values for run in runs])
+      term += float(np.var(values, ddof=1) / len(values)) if len(values) > 1 else 0.0
+    terms.append(term)
   example_term = float(np.mean(terms))
   seed_term = 2 * float(np.mean([seed_variance(arms[a]) for a in names]))
   se = float(np.sqrt(example_term + seed_term))

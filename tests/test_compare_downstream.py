@@ -80,10 +80,10 @@ def test_collect_reads_every_score_with_its_compute(tmp_path):
   assert (last.fraction, last.tokens, last.flops) == (1.0, 8000, 8e9)
   control = by_key[('no_pretraining:clm', 0, 'finetune', 'full', 0)]
   assert (control.fraction, control.tokens, control.flops, control.score) == (0.0, 0, 0.0, 0.25)
-  zero = by_key[('mlm_nsp', 2, 'zero_shot', 'sum', 0)]
+  zero = by_key[('mlm_nsp', 2, 'zero_shot', results.ZERO_SHOT_STRATEGY, 0)]
   # No data state at step 2: interpolated between the records of steps 1 and 3.
   assert (zero.fraction, zero.tokens, zero.example_scores, zero.selected) == (
-      0.25, 2000, (1.0, 0.0), {})
+      0.25, 2000, (1.0, 0.0), {'likelihood': 'sum'})
   old = by_key[('mlm_nsp', 8, 'finetune', 'linear_probe', 3)]
   assert (old.score, old.example_ids, old.grid_edge, old.fraction) == (
       0.6, (), ('learning_rate',), 1.0)

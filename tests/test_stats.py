@@ -201,3 +201,14 @@ def test_scores_without_examples_vary_over_seeds_only():
   seed = np.mean([np.var(v, ddof=1) / 3 for v in values.values()])
   assert group.detectable.seed_term == pytest.approx(2 * seed)
   assert '(clm, mlm) vary over seeds only' in stats.coverage([group])
+
+
+def test_mde_of_arms_that_agree_on_every_example_uses_their_own_spread():
+  """Identical paired predictions give s_d^2 = 0; the MDE then falls back to the unpaired
+  form s_A^2/n + s_B^2/n instead of claiming that any difference would be seen."""
+  values = np.array([1.0] * 7 + [0.0] * 3)
+  scores = [_score(arm, 0, 0, values) for arm in ('clm', 'mlm')]
+  (group,) = stats.analyse(scores, samples=50)
+  term = 2 * np.var(values, ddof=1) / len(values)
+  assert group.detectable.example_term == pytest.approx(term, rel=1e-12)
+  assert group.detectable.mde == pytest.approx((1.959964 + 0.841621) * math.sqrt(term), rel=1e-6)
