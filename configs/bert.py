@@ -32,8 +32,9 @@ def get_config(preset: str = 'tiny'):
     config.mlm.update(mask_rate=0.15, max_predictions=0, unit='token')
   elif preset in ('tiny', 'sop_tiny'):
     # 3e-4, not the tiny preset's 3e-3: at 1e-3 and above NSP stays at chance for 2000+ steps
-    # on the builtin corpus, while at 1e-4..3e-4 its training accuracy climbs (0.62 by step
-    # 1200). MLM learns more slowly at this rate; BERT itself used 1e-4.
+    # on the builtin corpus, while at 1e-4..3e-4 its training accuracy climbed (0.62 by step
+    # 1200 on 2026-11-23; with today's pairs and batch 32 it stays at chance through step 1500,
+    # README "Running"). MLM learns more slowly at this rate; BERT itself used 1e-4.
     objective = OBJECTIVE if preset == 'tiny' else SOP_OBJECTIVE
     config = base.get_config(objective, 'tiny', learning_rate=3e-4)
     config.model.update(max_len=config.seq_len, **_ARCHITECTURE)
