@@ -39,17 +39,11 @@ from models.config import ModelConfig
 from models.transformer import ModelInputs, Transformer
 from objectives import base, mlm
 from objectives.registry import register
+from objectives.sections import SECTIONS
 
 Array = jax.Array
 
-DEFAULTS = dict(
-    mask_rate=0.15,  # fraction of real tokens the generator predicts (0.25 for ELECTRA-Large)
-    max_predictions=0,  # per sequence; 0: ceil(seq_len * mask_rate)
-    generator_fraction=0.25,  # generator width / discriminator width (paper: 1/4 to 1/2 best)
-    generator_weight=1.0,
-    discriminator_weight=50.0,  # the paper's lambda
-    temperature=1.0,  # of the generator's sampling softmax
-)
+DEFAULTS = SECTIONS['electra']  # config.electra: objectives/sections.py
 MASK_TOKEN_RATE = 0.85  # ELECTRA's pretrain_helpers.mask: the other 15% stay unchanged
 
 
@@ -170,12 +164,10 @@ class Electra:
 
   def extra_train_flops(self, model_config: ModelConfig, seq_len: int) -> float:
     """Generator forward + backward and the discriminator head, per sequence."""
-    from training import flops  # pylint: disable=import-outside-toplevel
-
     gen = generator_config(model_config, self.generator_fraction)
     d, g, v = model_config.embed_dim, gen.embed_dim, model_config.vocab_size
     predictions = self.masker.max_predictions
-    generator = flops.train_flops_per_sequence(gen, seq_len, 0)
+    generator = gen.train_flops_per_sequence(seq_len, 0)
     generator += 3.0 * (2 * seq_len * d * g + predictions * (2 * g * d + 2 * d * v))
     head = 3.0 * seq_len * (2 * d * d + 2 * d)
     return generator + head

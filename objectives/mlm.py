@@ -44,20 +44,12 @@ import numpy as np
 from data.vocab import Vocab
 from objectives import base
 from objectives.registry import register
+from objectives.sections import SECTIONS
 
 Array = jax.Array
 
 UNITS = ('token', 'word', 'span')
-DEFAULTS = dict(
-    mask_rate=0.15,
-    max_predictions=0,  # 0: ceil(seq_len * mask_rate)
-    mask_token_rate=0.8,
-    random_token_rate=0.1,  # the rest of the chosen tokens stay unchanged
-    unit='token',  # token | word | span
-    span_p=0.2,  # SpanBERT's geometric parameter (unit=span)
-    span_max=10,  # longest span in words (unit=span)
-    sbo=False,  # SpanBERT's span boundary objective (unit=span), added to the MLM loss
-)
+DEFAULTS = SECTIONS['mlm']  # config.mlm: objectives/sections.py
 
 
 def span_length_probs(p: float, max_len: int) -> np.ndarray:
@@ -346,3 +338,9 @@ def make(settings: Mapping[str, Any] | None, *, vocab: Vocab, seq_len: int) -> M
   return MaskedLM(vocab=vocab, mask_rate=rate, max_predictions=max_predictions,
                   mask_token_rate=mask_token_rate, random_token_rate=random_token_rate,
                   unit=unit, span_p=span_p, span_max=span_max, sbo=sbo)
+
+
+# Held-out evaluation (training/evaluation.py) scores every MLM run at BERT's 15% token masking
+# (80/10/10), whatever it trained with, so runs compare: these settings override config.mlm there.
+make.eval_settings = dict(mask_rate=0.15, unit='token', max_predictions=0, mask_token_rate=0.8,
+                          random_token_rate=0.1)
