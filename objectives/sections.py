@@ -12,7 +12,9 @@ SECTIONS: dict[str, dict] = {
     ),
     'deshuffle': {},
     'electra': dict(
-        mask_rate=0.15,  # fraction of real tokens the generator predicts (0.25 for ELECTRA-Large)
+        # fraction of the candidate tokens (real, not special, not whitespace-only pieces) the
+        # generator predicts (0.25 for ELECTRA-Large)
+        mask_rate=0.15,
         max_predictions=0,  # per sequence; 0: ceil(seq_len * mask_rate)
         generator_fraction=0.25,  # generator width / discriminator width (paper: 1/4 to 1/2 best)
         generator_weight=1.0,
@@ -20,7 +22,7 @@ SECTIONS: dict[str, dict] = {
         temperature=1.0,  # of the generator's sampling softmax
     ),
     'mlm': dict(
-        mask_rate=0.15,
+        mask_rate=0.15,  # of the candidate tokens, as ELECTRA's (whitespace-only pieces never chosen)
         max_predictions=0,  # 0: ceil(seq_len * mask_rate)
         mask_token_rate=0.8,
         random_token_rate=0.1,  # the rest of the chosen tokens stay unchanged
