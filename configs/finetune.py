@@ -4,14 +4,14 @@
   python tools/finetune.py --config configs/finetune.py:local --workdir runs/bert \\
       --config.task.train_file=train.tsv --config.task.validation_file=dev.tsv
 
-`config.task` holds that task's settings (downstream/tasks/); everything else is the recipe.
+`config.task` holds that task's settings (configs/task_sections.py); everything else is the recipe.
 """
 
 import difflib
 
 import ml_collections
 
-from downstream.tasks import registry
+from configs import task_sections
 
 
 def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
@@ -23,7 +23,7 @@ def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
   # True: the run's architecture from a random initialisation (seeded by the run's seed), the
   # no-pretraining control; written as step 0.
   config.random_init = False
-  config.task = ml_collections.ConfigDict(dict(name=task, **registry.defaults(task)))
+  config.task = ml_collections.ConfigDict(dict(name=task, **task_sections.settings(task)))
   config.strategy = 'full'  # full | linear_probe | ffn_only | prompt_tuning | lora
   config.lora_rank = 8
   config.lora_alpha = 16.0
@@ -59,7 +59,7 @@ def get_config(preset: str = 'stdlib_package') -> ml_collections.ConfigDict:
 
 def _check_preset(task: str) -> None:
   """The preset is a task name; any other is a one-line error listing the tasks."""
-  names = registry.names()
+  names = sorted(task_sections.SECTIONS)
   if task not in names:
     close = difflib.get_close_matches(task, names, n=1)
     hint = f' (did you mean {close[0]!r}?)' if close else ''

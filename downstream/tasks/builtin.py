@@ -24,6 +24,7 @@ import random
 import re
 import sysconfig
 
+from configs.task_sections import SECTIONS
 from data.cleaning import clean_text
 from data.sources.builtin import file_docstrings, stdlib_files
 from downstream.tasks import base
@@ -57,10 +58,7 @@ def _summary(text: str) -> str:
   return ' '.join(first.split())
 
 
-_FILES = dict(max_files=0, min_doc_chars=100, max_chars=600)
-
-
-@register('stdlib_package', defaults=dict(_FILES, num_classes=8))
+@register('stdlib_package', defaults=SECTIONS['stdlib_package'])
 def make_package(settings) -> base.Task:
   if not isinstance(settings['num_classes'], int) or settings['num_classes'] < 2:
     raise ValueError(f'config.task.num_classes must be an integer >= 2 (packages to tell '
@@ -83,7 +81,7 @@ def make_package(settings) -> base.Task:
                         template='{text}\nPackage:', label_words=[f' {l}' for l in labels])
 
 
-@register('stdlib_same_module', defaults=dict(_FILES, max_chars=300))
+@register('stdlib_same_module', defaults=SECTIONS['stdlib_same_module'])
 def make_same_module(settings) -> base.Task:
   found = docstrings(settings['max_files'], settings['min_doc_chars'])
   by_module = collections.defaultdict(list)
@@ -110,7 +108,7 @@ def make_same_module(settings) -> base.Task:
                         label_words=(' no', ' yes'))
 
 
-@register('stdlib_qa', defaults=dict(_FILES, entries_per_context=6))
+@register('stdlib_qa', defaults=SECTIONS['stdlib_qa'])
 def make_qa(settings) -> base.Task:
   found = docstrings(settings['max_files'], settings['min_doc_chars'])
   by_module = collections.defaultdict(dict)

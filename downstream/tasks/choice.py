@@ -10,13 +10,12 @@ test, so any file of two examples or more fills the splits a Task needs.
 
 from __future__ import annotations
 
+from configs.task_sections import SECTIONS
 from downstream.tasks import base, local
 from downstream.tasks.registry import register
 
-DEFAULTS = dict(file='', text_field='text', choices_field='choices', label_field='label')
 
-
-@register('multiple_choice', defaults=DEFAULTS)
+@register('multiple_choice', defaults=SECTIONS['multiple_choice'])
 def make(settings) -> base.Task:
   path, setting = settings['file'], 'config.task.file'
   splits: dict[str, list[dict]] = {'train': [], 'validation': [], 'test': []}

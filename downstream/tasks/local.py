@@ -17,16 +17,9 @@ import os
 import sys
 from typing import Any
 
+from configs.task_sections import SECTIONS
 from downstream.tasks import base
 from downstream.tasks.registry import register
-
-DEFAULTS = dict(
-    train_file='', validation_file='', test_file='',
-    text_field='text', text_pair_field='', label_field='label',
-    kind='classification',  # classification | regression
-    label_names='',  # comma-separated; '' = the sorted distinct labels of the train file
-    metrics='',  # comma-separated; '' = accuracy (classification) or pearson,spearman
-)
 
 
 def read_records(path: str, setting: str) -> list[dict[str, Any]]:
@@ -136,7 +129,7 @@ def _example(settings, names: tuple[str, ...], path: str, number: int,
   return example
 
 
-@register('local', defaults=DEFAULTS)
+@register('local', defaults=SECTIONS['local'])
 def make(settings) -> base.Task:
   kind = settings['kind']
   if kind not in ('classification', 'regression'):

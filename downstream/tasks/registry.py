@@ -1,7 +1,9 @@
 """Task name -> factory; every module in downstream/tasks/ registers its tasks on import.
 
 A factory takes the task's settings (`config.task`, minus `name`) and returns a `base.Task`.
-Settings every task accepts are in `COMMON`; a source adds its own with `defaults`.
+Settings every task accepts are in `COMMON`; a task adds its own, its section in
+configs/task_sections.py, which holds them apart from the tasks so that configs/finetune.py
+reads them without importing downstream.
 """
 
 from __future__ import annotations
@@ -9,28 +11,36 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Mapping
 
+from configs.task_sections import COMMON, SECTIONS
 from data import discovery
 from downstream.tasks.base import Task
-
-COMMON = dict(
-    template='',  # prompting template with {text} (and {text_pair}); '' = the task's default
-    label_words='',  # comma-separated, one per label; '' = the task's default
-    max_train_examples=0,  # 0 = all
-    max_eval_examples=0,  # caps validation and test; 0 = all
-)
 
 _FACTORIES: dict[str, Callable[[dict[str, Any]], Task]] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
 
 
 def register(name: str, defaults: Mapping[str, Any] | None = None):
-  """Decorator: `@register('stdlib_package', defaults={...}) def make(settings) -> Task`."""
+  """Decorator: `@register('stdlib_package', defaults=SECTIONS['stdlib_package'])
+  def make(settings) -> Task`.
+
+  A task of downstream/tasks/ takes its defaults from its section in configs/task_sections.py;
+  one registered elsewhere (a test's) gives them here.
+  """
 
   def wrap(factory):
+    declared = SECTIONS.get(name)
+    if declared is None and factory.__module__.startswith('downstream.tasks.'):
+      raise ValueError(f'Task {name!r} ({factory.__module__}) has no section in '
+                       f'configs/task_sections.py: add SECTIONS[{name!r}] (its settings, {{}} '
+                       'if none).')
+    if declared is not None and defaults is not None and dict(defaults) != declared:
+      raise ValueError(f'Task {name!r} ({factory.__module__}) registers defaults other than its '
+                       'section in configs/task_sections.py: register it with '
+                       'defaults=SECTIONS[name].')
     if name in _FACTORIES and _FACTORIES[name] is not factory:
       raise ValueError(f'Task {name!r} is registered twice.')
     _FACTORIES[name] = factory
-    _DEFAULTS[name] = {**COMMON, **dict(defaults or {})}
+    _DEFAULTS[name] = {**COMMON, **dict(declared if declared is not None else defaults or {})}
     return factory
 
   return wrap
@@ -53,6 +63,9 @@ def defaults(name: str) -> dict[str, Any]:
 
 def _check_name(name: str) -> None:
   _import_all()
+  if name in SECTIONS and name not in _FACTORIES:
+    raise ValueError(f'Task {name!r} has a section in configs/task_sections.py but no module '
+                     'under downstream/tasks/ registers it.')
   if name not in _FACTORIES:
     close = difflib.get_close_matches(name, sorted(_FACTORIES), n=1)
     hint = f' (did you mean {close[0]!r}?)' if close else ''

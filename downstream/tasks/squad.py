@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any
 
+from configs.task_sections import SECTIONS
 from downstream.tasks import base
 from downstream.tasks.registry import register
 
@@ -35,7 +36,7 @@ def read_squad(path: str, setting: str) -> list[dict[str, Any]]:
   return examples
 
 
-@register('squad_json', defaults=dict(train_file='', validation_file='', test_file=''))
+@register('squad_json', defaults=SECTIONS['squad_json'])
 def make(settings) -> base.Task:
   if not settings['train_file'] or not settings['validation_file']:
     raise ValueError('config.task.name=squad_json needs config.task.train_file and '

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from configs.task_sections import SECTIONS
 from downstream.tasks import base
 from downstream.tasks.registry import register
 
@@ -30,7 +31,6 @@ GLUE = {
                   ('accuracy',), '{text}\n{text_pair}\nAnswered:', (' yes', ' no')),
     'glue/stsb': ('regression', 'sentence1', 'sentence2', (), ('pearson', 'spearman'), '', ()),
 }
-DEFAULTS = dict(data_dir='', train_split='train', validation_split='validation', test_split='')
 
 
 def _text(value: Any) -> str:
@@ -98,10 +98,10 @@ def _glue_factory(name: str):
 
 
 for _name in GLUE:
-  register(_name, defaults=DEFAULTS)(_glue_factory(_name))
+  register(_name, defaults=SECTIONS.get(_name))(_glue_factory(_name))
 
 
-@register('squad', defaults=DEFAULTS)
+@register('squad', defaults=SECTIONS['squad'])
 def make_squad(settings) -> base.Task:
   splits = {}
   for split, records in _splits('squad', settings).items():
