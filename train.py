@@ -110,17 +110,14 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Validate, build the data and the
                              'parameters and FLOPs, and exit without training.')
 
 
-def _config_help(argv: list[str]) -> None:
-  """Prints the usage, the flags and the settings of the --config file given (or the
-  causal-LM default) with their values."""
+def _config_help(spec: str | None) -> None:
+  """Prints the usage, the flags and the settings of the --config file given, FILE[:PRESET]
+  (or the causal-LM default) with their values."""
   from configs import base
 
   print(__doc__.strip() + '\n')
   print(flags.FLAGS.main_module_help())
-  path = cli.config_path(argv) or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                               'configs', 'clm.py')
-  spec = next((a.split('=', 1)[1] if '=' in a else None for a in argv if
-               a.startswith(('--config=', '-config='))), path) or path
+  spec = spec or os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'clm.py')
   try:
     config = cli.load_config_spec(spec)
   except Exception as error:  # pylint: disable=broad-exception-caught
@@ -151,13 +148,14 @@ _objective_override: list[str] = []  # a --config.objective value, applied after
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, except that a broken --config file is one line naming file and line.
   --config.objective is taken out first: absl would keep the type of the config's value."""
-  argv, objective = cli.take_objective(argv)
-  if objective is not None:
-    _objective_override.append(objective)
-  path = cli.config_path(argv)
+  line = cli.scan(argv)  # the one pass over argv before absl's
+  if line.objective is not None:
+    _objective_override.append(line.objective)
+  path = line.config_spec.split(':', 1)[0] if line.config_spec is not None else None
   return cli.parse_flags(
-      _COMMAND, argv, problem=lambda _: cli.config_file_problem(path) if path else None,
-      config_error=lambda error: _config_error(error, path), show_help=_config_help)
+      _COMMAND, line.argv, problem=lambda _: cli.config_file_problem(path) if path else None,
+      config_error=lambda error: _config_error(error, path),
+      show_help=lambda _: _config_help(line.config_spec), wants_help=line.wants_help)
 
 
 def _quiet_platform_messages() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NamedTuple, NoReturn, Sequence
 
 from absl import app, flags, logging
 
@@ -48,16 +48,7 @@ def require_workdir(command: str, workdir: str | None, message: str) -> str:
 def config_spec(argv: Sequence[str]) -> str | None:
   """The last --config value given, FILE[:PRESET] (absl's forms: --config=X, --config X,
   -config ...), or None."""
-  value = None
-  for index, arg in enumerate(argv[1:], 1):
-    if arg == '--':
-      break
-    for name in ('--config', '-config'):
-      if arg == name and index + 1 < len(argv):
-        value = argv[index + 1]
-      elif arg.startswith(name + '='):
-        value = arg[len(name) + 1:]
-  return value
+  return scan(argv, objective=False).config_spec
 
 
 def load_config_spec(spec: str) -> Any:
@@ -84,30 +75,53 @@ def take_objective(argv: Sequence[str]) -> tuple[list[str], str | None]:
   """argv without --config.objective, and its last value (None if absent): absl would keep
   the type of the config's value (a name or a dict), while a name may replace a mix and the
   reverse. Apply it with configs.base.apply_objective after parsing."""
-  kept, override, index = [argv[0]], None, 1
+  line = scan(argv)
+  return line.argv, line.objective
+
+
+class CommandLine(NamedTuple):
+  """What a command reads from its argv before absl parses it (`scan`)."""
+  argv: list[str]  # argv without --config.objective (when taken out)
+  objective: str | None  # the last --config.objective value, or None
+  config_spec: str | None  # the last --config value, FILE[:PRESET], or None
+  wants_help: bool  # --help or its kin among the arguments
+
+
+def scan(argv: Sequence[str], objective: bool = True) -> CommandLine:
+  """One pass over argv: takes --config.objective out (`objective`; see take_objective) and
+  finds the last --config value (absl's forms: --config=X, --config X, -config ...; none after
+  `--`) and any help flag among the remaining arguments."""
+  kept, override, spec, wants_help = [argv[0]], None, None, False
+  value_next = ended = False  # the next kept argument is a --config value; `--` seen
+  index = 1
   while index < len(argv):
     arg = argv[index]
-    if arg == OBJECTIVE_FLAG and index + 1 < len(argv):
-      override = argv[index + 1]
-      index += 2
-      continue
-    if arg.startswith(OBJECTIVE_FLAG + '='):
-      override = arg.split('=', 1)[1]
-    else:
-      kept.append(arg)
     index += 1
-  return kept, override
+    if objective and arg == OBJECTIVE_FLAG and index < len(argv):
+      override = argv[index]
+      index += 1
+      continue
+    if objective and arg.startswith(OBJECTIVE_FLAG + '='):
+      override = arg.split('=', 1)[1]
+      continue
+    kept.append(arg)
+    wants_help = wants_help or arg in HELP_FLAGS
+    if value_next:
+      spec, value_next = arg, False
+    if ended or arg == '--':
+      ended = True
+      continue
+    for name in ('--config', '-config'):
+      if arg == name:
+        value_next = True
+      elif arg.startswith(name + '='):
+        spec = arg[len(name) + 1:]
+  return CommandLine(kept, override, spec, wants_help)
 
 
 # --- a command's --config flag: every problem with it is one line (train.py, tools/finetune.py)
 
 HELP_FLAGS = ('--help', '-help', '-h', '--helpshort', '--helpfull')
-
-
-def config_path(argv: Sequence[str]) -> str | None:
-  """The file of the last --config given."""
-  spec = config_spec(argv)
-  return spec.split(':', 1)[0] if spec is not None else None
 
 
 def config_file_problem(path: str) -> str | None:
@@ -147,19 +161,23 @@ def config_frame_error(error: BaseException, path: str | None) -> str | None:
 def parse_flags(command: str, argv: list[str], *,
                 problem: Callable[[list[str]], str | None],
                 config_error: Callable[[BaseException], str | None],
-                show_help: Callable[[list[str]], None] | None = None) -> list[str]:
+                show_help: Callable[[list[str]], None] | None = None,
+                wants_help: bool | None = None) -> list[str]:
   """absl's flag parsing for a command with a --config file, in one pass over argv:
 
   `problem(argv)`: the one line that a bad --config file, preset or override gives before
   parsing (exit 2); `show_help(argv)`, when given, prints the help for --help and its
-  kin (exit 0); `config_error(error)`: the one line for an error absl raised while loading the
+  kin (exit 0), `wants_help` saying whether one is given where the caller has scanned argv
+  already; `config_error(error)`: the one line for an error absl raised while loading the
   --config file or applying an override (exit 2), or None. Any other flag error is one line
   with exit 1; anything else propagates.
   """
   message = problem(argv)
   if message:
     fail(command, message, 2)
-  if show_help is not None and any(arg in HELP_FLAGS for arg in argv[1:]):
+  if wants_help is None:
+    wants_help = any(arg in HELP_FLAGS for arg in argv[1:])
+  if show_help is not None and wants_help:
     show_help(argv)
     sys.exit(0)
   try:
