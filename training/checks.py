@@ -15,19 +15,13 @@ import ml_collections
 
 from configs import base
 from objectives import registry
+from objectives.registry import objective_names
+from training.workdir import CONFIG_FILE
 
 # Settings that may change between a run and its resumption.
 RESUMABLE_CHANGES = ('total_steps', 'log_every', 'eval_every', 'eval_steps', 'checkpoint_every',
                      'keep_checkpoints', 'resume', 'pause_at_step', 'allow_config_change', 'mesh', 'data.data_dir',
                      'data.prefetch', 'data.workers', 'distributed', 'nonfinite', 'budget', 'eval_exact', 'logging')
-
-
-def objective_names(objective: Any) -> list[str]:
-  if isinstance(objective, str):
-    return [objective]
-  if isinstance(objective, (Mapping, ml_collections.ConfigDict)):
-    return list(objective.keys())
-  raise ValueError(f'config.objective must be a name or a dict name -> weight, got {objective!r}.')
 
 
 def validate(config: ml_collections.ConfigDict, objective: Any = None) -> None:
@@ -178,7 +172,7 @@ def check_vocab(config: ml_collections.ConfigDict, tokenizer_size: int) -> int:
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Refuses to resume a workdir whose saved config differs in what shapes the run."""
-  path = os.path.join(workdir, 'config.json')
+  path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path) or config.allow_config_change:
     return
   with open(path, encoding='utf-8') as f:
