@@ -4,23 +4,15 @@ differences between arms that share an objective (over evaluation examples)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from comparison.tables import fmt
+from downstream.results import mean_std  # the sample std (ddof=1) by default
 
 BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_SEED = 0
-
-
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
-  """Mean and sample standard deviation (ddof=1) over seeds; one seed has std 0 (the tables
-  then show the value alone)."""
-  values = [float(v) for v in values]
-  if not values:
-    return math.nan, math.nan
-  return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def ratio_stats(examples: Mapping[str, np.ndarray], part: str) -> dict[str, tuple[np.ndarray,

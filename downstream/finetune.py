@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import optax
 
-from downstream import encoding, heads, metrics as metrics_lib, strategies
+from downstream import encoding, heads, metrics as metrics_lib, results, strategies
 from downstream.model import DownstreamModel
 from downstream.tasks.base import Task
 
@@ -202,16 +202,17 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
                    params=params if keep_params else None)
 
 
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-  """{'mean', 'std' (population, 0 for one value), 'values'} of per-seed scores."""
-  array = np.asarray(values, np.float64)
-  return {'mean': float(array.mean()), 'std': float(array.std()), 'values': [float(v) for v in values]}
+def seed_scores(values: Sequence[float]) -> dict[str, Any]:
+  """{'mean', 'std' (population, ddof=0, as results files hold it; 0 for one value), 'values'}
+  of per-seed scores."""
+  mean, std = results.mean_std(values, ddof=0)
+  return {'mean': mean, 'std': std, 'values': [float(v) for v in values]}
 
 
 def summarize(runs: Sequence[RunResult], split: str) -> dict[str, dict[str, Any]]:
   """metric -> mean/std/values over the seeds' runs of one grid point."""
   names = runs[0].scores[split].keys()
-  return {name: mean_std([run.scores[split][name] for run in runs]) for name in names}
+  return {name: seed_scores([run.scores[split][name] for run in runs]) for name in names}
 
 
 def _selection_score(point: dict[str, Any], metric: str) -> float:

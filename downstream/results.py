@@ -12,11 +12,29 @@ from __future__ import annotations
 import datetime
 import glob
 import json
+import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
 
 SCHEMA = 'downstream-results/2'
 LATEST = 'results.json'
+
+
+def mean_std(values: Iterable[float], ddof: int = 1) -> tuple[float, float]:
+  """Mean and standard deviation over seeds; (nan, nan) for no values, std 0 for one.
+
+  ddof=1 (the default), the sample std, is what numbers reported across seeds use (the
+  comparison's tables and plots, comparison/heldout.py). The `std` of a downstream results
+  file's scores (`dev`, `test`; docs/downstream.md) is the population std, ddof=0, as it has
+  always been, so that files written before and after compare.
+  """
+  values = [float(v) for v in values]
+  if not values:
+    return math.nan, math.nan
+  std = float(np.std(values, ddof=ddof)) if len(values) > ddof else 0.0
+  return float(np.mean(values)), std
 
 
 def results_path(root: str, task: str, strategy: str, step: int | None = None) -> str:

@@ -437,7 +437,7 @@ def _prompt(config, pre, task, seq_len: int, root: str, log) -> list[str]:
                                  seed=int(seed), seq_len=seq_len,
                                  batch_size=int(config.batch_size),
                                  normalize=bool(config.prompting.normalize)) for seed in seeds]
-    summary = {name: finetune.mean_std([s[name] for s in scores]) for name in scores[0]}
+    summary = {name: finetune.seed_scores([s[name] for s in scores]) for name in scores[0]}
     name = f'prompt_{int(k)}shot'
     record = {'mode': 'prompt', 'task': task.name, 'task_kind': task.kind, 'strategy': name,
               'shots': int(k), 'metric': task.main_metric, 'split': split, 'dev': summary,
@@ -472,7 +472,7 @@ def _instruct(config, pre, strategy, seq_len: int, root: str, log) -> str:
           model, strategy, pre.params, pre.tokenizer, train, validation,
           dataclasses.replace(recipe, learning_rate=float(lr), epochs=int(epochs),
                               seed=int(seed)), seq_len=seq_len) for seed in config.seeds]
-      dev = {name: finetune.mean_std([r.scores[name] for r in runs]) for name in runs[0].scores}
+      dev = {name: finetune.seed_scores([r.scores[name] for r in runs]) for name in runs[0].scores}
       grid.append({'learning_rate': float(lr), 'epochs': int(epochs), 'dev': dev,
                    'trained_params': runs[0].trained_params,
                    'examples_per_sec': sum(r.examples_per_sec for r in runs) / len(runs)})
