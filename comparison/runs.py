@@ -11,9 +11,8 @@ import numpy as np
 
 from comparison.results import arm_of
 from configs import compare
-from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE
+from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE, eval_outputs
 
-EVAL_DIR = 'eval'
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
@@ -43,8 +42,8 @@ def load_run(workdir: str) -> dict[str, Any]:
   records = read_jsonl(os.path.join(workdir, METRICS_FILE))
   train = [r for r in records if r.get('split') == 'train']
   evals = [r for r in records if r.get('split') == 'eval']
-  final = read_json(os.path.join(workdir, EVAL_DIR, 'validation.json'))
-  examples_path = os.path.join(workdir, EVAL_DIR, 'validation_examples.npz')
+  final_path, examples_path = eval_outputs(workdir, 'validation')
+  final = read_json(final_path)
   return dict(workdir=workdir, name=os.path.basename(os.path.normpath(workdir)), config=config,
               arm=arm_of(config), seed=int(config.get('seed', 0)), train=train, evals=evals,
               final=final, examples_path=examples_path if os.path.exists(examples_path) else None,

@@ -238,12 +238,13 @@ def latest_checkpoint(workdir: str) -> int | None:
 
 def needs_evaluation(workdir: str) -> bool:
   """True unless eval/validation.json exists for the run's latest checkpoint."""
-  from tools import evaluate  # pylint: disable=import-outside-toplevel
+  # Not tools/evaluate.py: its flags clash with train.py's where both load in one process.
+  from training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
 
   latest = latest_checkpoint(workdir)
   if latest is None:
     return False
-  path = evaluate.outputs(workdir, 'validation')[0]
+  path = workdir_lib.eval_outputs(workdir, 'validation')[0]
   if not os.path.exists(path):
     return True
   with open(path, encoding='utf-8') as f:

@@ -45,13 +45,11 @@ _DATA = config_flags.DEFINE_config_dict(
     'settings (--data.source=text --data.train_files=...); the run\'s other data settings '
     'come from its config.json, never its paths.', lock_config=True)
 
-EVAL_DIR = 'eval'
-
-
 def outputs(workdir: str, split: str) -> tuple[str, str]:
   """(metrics json, per-example npz) paths of a split's evaluation in a workdir."""
-  folder = os.path.join(workdir, EVAL_DIR)
-  return os.path.join(folder, f'{split}.json'), os.path.join(folder, f'{split}_examples.npz')
+  from training import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+
+  return workdir_lib.eval_outputs(workdir, split)
 
 
 def run(workdir: str, split: str = 'validation', step: int | None = None,

@@ -25,6 +25,7 @@ METRICS_FILE = 'metrics.jsonl'  # one JSON record per logging or evaluation step
 STATUS_FILE = 'status.json'  # how the last start of the run ended
 TOKENIZER_FILE = 'tokenizer.model'  # the SentencePiece model the run trained with
 CHECKPOINTS_DIR = 'checkpoints'  # orbax checkpoints, one folder per step
+EVAL_DIR = 'eval'  # tools/evaluate.py's exact passes: <split>.json and <split>_examples.npz
 
 # config.data settings that name files or folders on the machine that trained the run.
 DATA_PATH_KEYS = ('tokenizer', 'data_dir', 'train_files', 'validation_files', 'pretokenized_dir')
@@ -224,3 +225,9 @@ def load_pretrained(workdir: str, step: int | None = None) -> Pretrained:
   return Pretrained(workdir=workdir, step=int(step), config=config, model_config=model_config,
                     params=params, tokenizer=tokenizer, objective=objective,
                     data_format=data_format, causal=causal, mesh=mesh, rules=rules)
+
+
+def eval_outputs(workdir: str, split: str) -> tuple[str, str]:
+  """(metrics json, per-example npz) paths of a split's exact evaluation in a workdir."""
+  folder = os.path.join(workdir, EVAL_DIR)
+  return os.path.join(folder, f'{split}.json'), os.path.join(folder, f'{split}_examples.npz')
