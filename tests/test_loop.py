@@ -79,7 +79,7 @@ def test_help_lists_every_setting_of_the_config():
               '--config.budget.tokens=0', '--config.data.'):
     assert key in result.stdout
   # A config file that defines a dataclass (its module must be findable while it loads).
-  arms = _cli('--config', 'configs/compare.py:tiny', '--help')
+  arms = _cli('--config', 'configs/compare.py:mlm:tiny', '--help')
   assert arms.returncode == 0 and '--config.budget.tokens=' in arms.stdout
 
 
