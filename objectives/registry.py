@@ -29,18 +29,10 @@ def register(name: str, defaults: Mapping[str, Any] | None = None):
   """
 
   def wrap(factory):
-    declared = SECTIONS.get(name)
-    if declared is None and factory.__module__.startswith('objectives.'):
-      raise ValueError(f'Objective {name!r} ({factory.__module__}) has no section in '
-                       f'objectives/sections.py: add SECTIONS[{name!r}] (its settings, {{}} '
-                       'if none).')
-    if declared is not None and defaults is not None and dict(defaults) != declared:
-      raise ValueError(f'Objective {name!r} registers defaults other than its section in '
-                       'objectives/sections.py: register it with defaults=SECTIONS[name].')
-    if name in _FACTORIES and _FACTORIES[name] is not factory:
-      raise ValueError(f'Objective {name!r} is registered twice.')
+    _DEFAULTS[name] = discovery.declared_defaults('Objective', name, factory, defaults, SECTIONS,
+                                                  'objectives/sections.py', 'objectives',
+                                                  _FACTORIES)
     _FACTORIES[name] = factory
-    _DEFAULTS[name] = dict(declared if declared is not None else defaults or {})
     return factory
 
   return wrap

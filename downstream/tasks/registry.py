@@ -28,19 +28,11 @@ def register(name: str, defaults: Mapping[str, Any] | None = None):
   """
 
   def wrap(factory):
-    declared = SECTIONS.get(name)
-    if declared is None and factory.__module__.startswith('downstream.tasks.'):
-      raise ValueError(f'Task {name!r} ({factory.__module__}) has no section in '
-                       f'configs/task_sections.py: add SECTIONS[{name!r}] (its settings, {{}} '
-                       'if none).')
-    if declared is not None and defaults is not None and dict(defaults) != declared:
-      raise ValueError(f'Task {name!r} ({factory.__module__}) registers defaults other than its '
-                       'section in configs/task_sections.py: register it with '
-                       'defaults=SECTIONS[name].')
-    if name in _FACTORIES and _FACTORIES[name] is not factory:
-      raise ValueError(f'Task {name!r} is registered twice.')
+    declared = discovery.declared_defaults('Task', name, factory, defaults, SECTIONS,
+                                           'configs/task_sections.py', 'downstream.tasks',
+                                           _FACTORIES)
     _FACTORIES[name] = factory
-    _DEFAULTS[name] = {**COMMON, **dict(declared if declared is not None else defaults or {})}
+    _DEFAULTS[name] = {**COMMON, **declared}
     return factory
 
   return wrap
