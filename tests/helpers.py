@@ -219,3 +219,43 @@ def save_steps(workdir, steps, keep=3):
     checkpointer.save(step, make_state(step), {'position': step})
   checkpointer.close()
   return checkpointer
+
+
+def write_json(path: str, record) -> None:
+  """Writes `record` to `path` as JSON, making its folders."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(record, f)
+
+
+def finished_budget_run(root: str, name: str, objective, seed: int,
+                        data_format: str = 'packed') -> str:
+  """A finished budget run: checkpoints at 25/50/100% (steps 2, 4, 8), 1000 tokens a step."""
+  workdir = os.path.join(root, name)
+  write_json(os.path.join(workdir, 'config.json'), {
+      'objective': objective, 'seed': seed, 'data': {'format': data_format},
+      'budget': {'tokens': 8000, 'keep_fractions': [0.25, 0.5, 1.0]}})
+  write_json(os.path.join(workdir, 'run.json'), {'flops_per_step': 1e9, 'kept_steps': [2, 4, 8],
+                                              'total_steps': 8})
+  for step in (2, 4, 8):
+    os.makedirs(os.path.join(workdir, 'checkpoints', str(step)))
+  write_json(os.path.join(workdir, 'data_state', 'step_4.process_0.json'), {'tokens': 3900})
+  with open(os.path.join(workdir, 'metrics.jsonl'), 'w', encoding='utf-8') as f:
+    for step in (1, 3, 8):
+      f.write(json.dumps({'step': step, 'split': 'train', 'tokens': 1000 * step}) + '\n')
+  return workdir
+
+
+def run_recording_python3(tmp_path, script: str) -> list[str]:
+  """Runs `script` with bash where `python3` is a stub that records its argv; that argv."""
+  (tmp_path / 'bin').mkdir()
+  (tmp_path / 'bin' / 'python3').write_text(
+      f'#!{sys.executable}\nimport json, sys\n'
+      f'open({str(tmp_path / "argv.json")!r}, "w").write(json.dumps(sys.argv[1:]))\n')
+  (tmp_path / 'bin' / 'python3').chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
+  done = subprocess.run(['bash', '-c', script], cwd=tmp_path, env=env, capture_output=True,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(tmp_path / 'argv.json', encoding='utf-8') as f:
+    return json.load(f)

@@ -9,29 +9,7 @@ import os
 import pytest
 
 from comparison import results
-
-
-def _write(path: str, record) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w', encoding='utf-8') as f:
-    json.dump(record, f)
-
-
-def _run(root: str, name: str, objective, seed: int, data_format: str = 'packed') -> str:
-  """A finished budget run: checkpoints at 25/50/100% (steps 2, 4, 8), 1000 tokens a step."""
-  workdir = os.path.join(root, name)
-  _write(os.path.join(workdir, 'config.json'), {
-      'objective': objective, 'seed': seed, 'data': {'format': data_format},
-      'budget': {'tokens': 8000, 'keep_fractions': [0.25, 0.5, 1.0]}})
-  _write(os.path.join(workdir, 'run.json'), {'flops_per_step': 1e9, 'kept_steps': [2, 4, 8],
-                                              'total_steps': 8})
-  for step in (2, 4, 8):
-    os.makedirs(os.path.join(workdir, 'checkpoints', str(step)))
-  _write(os.path.join(workdir, 'data_state', 'step_4.process_0.json'), {'tokens': 3900})
-  with open(os.path.join(workdir, 'metrics.jsonl'), 'w', encoding='utf-8') as f:
-    for step in (1, 3, 8):
-      f.write(json.dumps({'step': step, 'split': 'train', 'tokens': 1000 * step}) + '\n')
-  return workdir
+from tests.helpers import finished_budget_run as _run, write_json as _write
 
 
 def _finetune(workdir: str, step: int, test, *, control: bool = False) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from comparison import downstream as downstream_lib
 from launching import backends, base, record as record_lib, sweep as sweep_lib
 from tests import launch_helpers as helpers
-from tests.test_compare_downstream import _run
+from tests.helpers import finished_budget_run as _run, run_recording_python3
 from tools import compare as compare_tool
 from tools import launch
 
@@ -149,17 +148,8 @@ def test_hostile_after_arguments_reach_the_script_byte_for_byte_under_slurm(tmp_
   lines = script[start:script.index('\nLOG=')].splitlines()
   lines = [line for line in lines if not line.startswith(('WORKDIR=', 'eval "TRAIN'))]
   text = '\n'.join(lines).replace('$SLURM_ARRAY_TASK_ID', '0') + '\n"${AFTER[@]}"\n'
-  (tmp_path / 'bin').mkdir()
-  (tmp_path / 'bin' / 'python3').write_text(
-      f'#!{sys.executable}\nimport json, sys\n'
-      f'open({str(tmp_path / "argv.json")!r}, "w").write(json.dumps(sys.argv[1:]))\n')
-  (tmp_path / 'bin' / 'python3').chmod(0o755)
-  env = dict(os.environ, PATH=f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
-  done = subprocess.run(['bash', '-c', text], cwd=tmp_path, env=env, capture_output=True,
-                        check=False)
-  assert done.returncode == 0, done.stderr[-2000:]
-  with open(tmp_path / 'argv.json', encoding='utf-8') as f:
-    assert json.load(f) == ['tools/compare.py', *HOSTILE, '--workdir=/w/r$(x)']
+  assert run_recording_python3(tmp_path, text) == ['tools/compare.py', *HOSTILE,
+                                                     '--workdir=/w/r$(x)']
   assert sorted(os.listdir(tmp_path)) == ['argv.json', 'bin']  # nothing else ran
 
 

@@ -18,8 +18,9 @@ import pytest
 from comparison import tables
 from launching import backends, code_archive, record, sweep as sweep_lib
 from tests import launch_helpers as helpers
+from tests.helpers import run_recording_python3
 from tools import compare as compare_tool
-from tools import launch, report, status
+from tools import launch, status
 
 
 def test_compare_sweep_command_is_shell_quoted_and_sweep_keeps_non_bmp(tmp_path, capsys):
@@ -363,16 +364,6 @@ def test_300_fuzzed_values_reach_train_py_byte_for_byte(tmp_path, backend_name):
                    tuple((f'k{i}', value) for i, value in enumerate(values)), 'gs://b/r')
   train = _train_command(backend_name, run)
   assert 'python3 train.py --config configs/clm.py:tiny ' in train
-  (tmp_path / 'bin').mkdir()
-  (tmp_path / 'bin' / 'python3').write_text(
-      f'#!{sys.executable}\nimport json, sys\n'
-      f'open({str(tmp_path / "argv.json")!r}, "w").write(json.dumps(sys.argv[1:]))\n')
-  (tmp_path / 'bin' / 'python3').chmod(0o755)
-  env = dict(os.environ, PATH=f'{tmp_path / "bin"}{os.pathsep}{os.environ["PATH"]}')
-  done = subprocess.run(['bash', '-c', train], cwd=tmp_path, env=env, capture_output=True,
-                        check=False)
-  assert done.returncode == 0, done.stderr[-2000:]
-  with open(tmp_path / 'argv.json', encoding='utf-8') as f:
-    argv = json.load(f)
+  argv = run_recording_python3(tmp_path, train)
   assert argv[5:] == [f'--config.k{i}={value}' for i, value in enumerate(values)]
   assert sorted(os.listdir(tmp_path)) == ['argv.json', 'bin']  # nothing else ran
