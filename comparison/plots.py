@@ -12,6 +12,18 @@ from comparison.heldout import mean_std
 from comparison.runs import at_step
 
 
+def _save(figure: Any, unused_axes: Sequence[Any], path: str) -> bool:
+  """Hides the grid's unused panels, writes the figure to `path` and frees it; True."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  for axis in unused_axes:
+    axis.set_visible(False)
+  figure.tight_layout()
+  figure.savefig(path, dpi=110)
+  plt.close(figure)
+  return True
+
+
 def curve_metrics(runs: Sequence[Mapping[str, Any]]) -> list[str]:
   """The validation metrics to plot per objective: bits per byte where a token likelihood
   exists, else the loss (the in-training evaluation of older runs has no bits per byte)."""
@@ -62,12 +74,7 @@ def plot_curves(path: str, runs: Sequence[Mapping[str, Any]], x_key: str) -> boo
     axis.set_xlabel('training tokens' if x_key == 'tokens' else 'training FLOPs')
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-  for axis in list(axes.flat)[len(metrics):]:
-    axis.set_visible(False)
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return True
+  return _save(figure, list(axes.flat)[len(metrics):], path)
 
 
 def plot_bars(path: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> bool:
@@ -88,10 +95,7 @@ def plot_bars(path: str, rows: Sequence[Mapping[str, Any]], keys: Sequence[str])
     axis.set_xticks(range(len(arms)), arms, rotation=30, ha='right', fontsize=8)
     axis.set_title(key)
     axis.grid(alpha=0.3, axis='y')
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return True
+  return _save(figure, [], path)
 
 
 def plot_downstream(path: str, curves: Mapping[str, Mapping[str, Sequence[Any]]]) -> bool:
@@ -129,9 +133,4 @@ def plot_downstream(path: str, curves: Mapping[str, Mapping[str, Sequence[Any]]]
     axis.set_xlabel('pretraining FLOPs')
     axis.grid(alpha=0.3)
     axis.legend(fontsize=6)
-  for axis in list(axes.flat)[len(curves):]:
-    axis.set_visible(False)
-  figure.tight_layout()
-  figure.savefig(path, dpi=110)
-  plt.close(figure)
-  return True
+  return _save(figure, list(axes.flat)[len(curves):], path)
