@@ -37,7 +37,7 @@ class ModelConfig:
   lm_transform: bool = False  # BERT's dense + gelu + norm before the vocabulary projection
   num_sentence_classes: int = 0  # > 0 adds a pooler (dense + tanh on position 0) and classifier
   two_stream: bool = False  # permutation LM: adds the query stream's learned start vector
-  sbo_max_offset: int = 0  # > 0 adds SpanBERT's span-boundary head (models/sbo.py); set by MLM
+  sbo_max_offset: int = 0  # > 0 runs SpanBERT's span-boundary head (objectives/mlm.py); set by MLM
   layer_norm_eps: float = 1e-6
   init_std: float = 0.02
 

@@ -18,7 +18,6 @@ from flax import struct
 from models import attention as attention_lib
 from models import heads, masks
 from models.config import ModelConfig
-from models.sbo import SpanBoundaryHead
 
 Array = jax.Array
 
@@ -543,8 +542,9 @@ class Transformer(nn.Module):
                new_cache: KVCache | None) -> ModelOutputs:
     """What the inputs ask for: per-label scores (chunked), the query stream's logits, logits
     at predict_index (with the span-boundary head's beside them, through the one shared
-    output layer), or at every position; plus the sentence head attached for
-    config.num_sentence_classes > 0 (models/heads.py)."""
+    output layer; the head objectives/mlm.py attaches for config.sbo_max_offset > 0), or at
+    every position; plus the sentence head attached for config.num_sentence_classes > 0
+    (models/heads.py)."""
     cfg = self.config
     logits = sbo_logits = token_nll = token_correct = None
     if inputs.labels is not None:
@@ -558,7 +558,7 @@ class Transformer(nn.Module):
     elif inputs.predict_index is not None:
       gathered = _gather(hidden, inputs.predict_index)
       if cfg.sbo_max_offset and inputs.span_boundaries is not None:  # one shared output layer
-        boundary = SpanBoundaryHead(cfg, name='span_boundary')(hidden, inputs.span_boundaries)
+        boundary = heads.get(heads.SPAN_BOUNDARY)(cfg, hidden, inputs.span_boundaries)
         gathered = jnp.concatenate([gathered, boundary.astype(gathered.dtype)], axis=1)
       logits = self._logits(gathered, embed)
       if gathered.shape[1] > inputs.predict_index.shape[1]:

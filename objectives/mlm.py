@@ -26,7 +26,8 @@ Units:
     per merged span. With sbo=True, SpanBERT's span boundary
     objective is added: each target is also predicted from the hidden states of the tokens
     just outside its (merged) span and its offset in the span (counted in selected tokens;
-    the model's span-boundary head, models/sbo.py), and the two losses are summed.
+    `SpanBoundaryHead` below, attached to the model through models/heads.py), and the two
+    losses are summed.
 A word is a word-start piece plus the non-start pieces after it; it never crosses a special
 token, a whitespace-only piece or a document (segment) boundary.
 """
@@ -37,11 +38,14 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from data.vocab import Vocab
+from models import heads
+from models.config import ModelConfig
 from objectives import base
 from objectives.registry import register
 from objectives.sections import SECTIONS
@@ -190,6 +194,54 @@ def prediction_slots(selected: Array, max_predictions: int) -> tuple[Array, Arra
   index = jnp.zeros((batch, max_predictions), jnp.int32).at[rows, slot].set(positions, mode='drop')
   weights = jnp.arange(max_predictions)[None, :] < selected.sum(axis=-1, keepdims=True)
   return index, weights.astype(jnp.float32)
+
+
+class SpanBoundaryHead(nn.Module):
+  """SpanBERT's span boundary objective head (Joshi et al. 2020, 3.2): [B, T, D] final hidden
+  states and [B, P, 3] (left, right, offset) -> [B, P, D] states. For a target at offset i - s
+  in a masked span s..e it reads the boundary states x_{s-1}, x_{e+1} and a learned embedding
+  p_{i-s}:  h = LayerNorm(GeLU(W1 [x_{s-1}; x_{e+1}; p_{i-s}])),  y = LayerNorm(GeLU(W2 h)).
+  The model's own output layer turns y into vocabulary logits."""
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, hidden: Array, boundaries: Array) -> Array:
+    cfg = self.config
+    init = nn.initializers.normal(stddev=cfg.init_std)
+
+    def dense(name: str, x: Array) -> Array:
+      return nn.Dense(cfg.embed_dim, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                      kernel_init=nn.with_logical_partitioning(init, (None, 'embed')),
+                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                      name=name)(x)
+
+    def norm(name: str, x: Array) -> Array:
+      return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                          param_dtype=jnp.float32,
+                          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('embed',)),
+                          name=name)(x)
+
+    offsets = nn.Embed(cfg.sbo_max_offset, cfg.embed_dim, dtype=cfg.compute_dtype,
+                       param_dtype=jnp.float32,
+                       embedding_init=nn.with_logical_partitioning(init, (None, 'embed')),
+                       name='offset_embed')
+    left = jnp.take_along_axis(hidden, boundaries[..., 0:1], axis=1)
+    right = jnp.take_along_axis(hidden, boundaries[..., 1:2], axis=1)
+    position = offsets(jnp.clip(boundaries[..., 2], 0, cfg.sbo_max_offset - 1))
+    states = jnp.concatenate([left, right, position.astype(left.dtype)], axis=-1)
+    states = norm('norm_1', nn.gelu(dense('dense_1', states)))
+    return norm('norm_2', nn.gelu(dense('dense_2', states)))
+
+
+def span_boundary_head(cfg: ModelConfig, hidden: Array, boundaries: Array) -> Array:
+  """The head as the model runs it, inside its own scope, so its parameters sit at
+  `params/span_boundary` as in every checkpoint."""
+  return SpanBoundaryHead(cfg, name='span_boundary')(hidden, boundaries)
+
+
+heads.attach(heads.SPAN_BOUNDARY, span_boundary_head)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -370,11 +370,10 @@ def test_span_boundaries_are_the_tokens_just_outside_each_span():
 
 def test_sbo_head_reads_only_the_boundary_states_and_the_offset():
   from models.config import ModelConfig  # pylint: disable=import-outside-toplevel
-  from models.sbo import SpanBoundaryHead  # pylint: disable=import-outside-toplevel
 
   config = ModelConfig(vocab_size=VOCAB.size, embed_dim=32, num_heads=2, mlp_dim=64,
                        sbo_max_offset=10)
-  head = SpanBoundaryHead(config)
+  head = mlm.SpanBoundaryHead(config)
   hidden = jax.random.normal(jax.random.key(0), (1, 16, 32))
   bounds = jnp.asarray([[[2, 6, 0], [2, 6, 2], [9, 12, 1]]], jnp.int32)
   params = head.init(jax.random.key(1), hidden, bounds)
