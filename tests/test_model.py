@@ -363,3 +363,16 @@ def test_a_head_no_objective_attached_is_a_one_line_error(monkeypatch):
   with pytest.raises(ValueError, match=r'^config.model.num_sentence_classes > 0 needs the '
                      r'sentence head, which objectives/nsp.py attaches when imported'):
     jax.eval_shape(model.init, jax.random.key(0), _packed_inputs())  # traced, not compiled
+
+
+def test_the_span_boundary_head_no_objective_attached_is_a_one_line_error(monkeypatch):
+  from models import heads  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(heads, '_HEADS', {})
+  model = Transformer(_small(num_layers=1, sbo_max_offset=4))
+  inputs = _packed_inputs(predict_index=jnp.asarray([[1, 2]], jnp.int32),
+                          span_boundaries=jnp.asarray([[[0, 3, 0], [0, 3, 1]]], jnp.int32))
+  with pytest.raises(ValueError, match=r'^config.model.sbo_max_offset > 0 needs the '
+                     r'span_boundary head, which objectives/mlm.py attaches when imported: .* '
+                     r'import objectives.mlm first'):
+    jax.eval_shape(model.init, jax.random.key(0), inputs)
