@@ -28,7 +28,12 @@ _STEP_FILE = re.compile(r'^step_(\d+)\.json$')
 
 # Every arm's zero-shot scores of a task form one group: each arm ranks the options by its own
 # objective's likelihood (the rule is kept in Score.selected), so accuracy compares across arms.
+# The calibrated ranking (less each option's log-probability after a content-free input,
+# downstream/zero_shot.py) is a second group of its own.
 ZERO_SHOT_STRATEGY = 'own likelihood'
+ZERO_SHOT_CALIBRATED = 'own likelihood, calibrated'
+_ZERO_SHOT_RULES = ((ZERO_SHOT_STRATEGY, 'accuracy', 'correct'),
+                    (ZERO_SHOT_CALIBRATED, 'accuracy_calibrated', 'correct_calibrated'))
 
 @dataclasses.dataclass(frozen=True)
 class Score:
@@ -174,23 +179,27 @@ def _finetune_scores(info: RunInfo, record: Mapping[str, Any], step: int) -> lis
   return scores
 
 
-def _zero_shot_score(info: RunInfo, record: Mapping[str, Any]) -> Score | None:
+def _zero_shot_scores(info: RunInfo, record: Mapping[str, Any]) -> list[Score]:
+  """The plain and (where recorded) calibrated zero-shot Scores of one result file."""
   if record.get('schema') != 'zero-shot/1':
-    return None
+    return []
   step = int(record['step'])
   examples = record.get('examples') or []
-  metric = str(record.get('metric', 'accuracy'))
-  value = record.get(metric)
-  if value is None or (isinstance(value, float) and math.isnan(value)):
-    return None
-  return Score(arm=info.arm, pretrain_seed=info.seed, step=step, fraction=info.fraction(step),
-               tokens=info.tokens(step), flops=step * info.flops_per_step, budget=info.budget,
-               task=str(record['task']), kind='zero_shot', strategy=ZERO_SHOT_STRATEGY,
-               finetune_seed=0, metric=metric, score=float(value),
-               example_ids=tuple(str(e['id']) for e in examples),
-               example_scores=tuple(float(e['correct']) for e in examples),
-               selected={'likelihood': str(record['likelihood'])},
-               grid_edge=())
+  scores = []
+  for strategy, metric, key in _ZERO_SHOT_RULES:
+    if strategy == ZERO_SHOT_STRATEGY:
+      metric = str(record.get('metric', metric))
+    value = record.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+      continue
+    scores.append(Score(
+        arm=info.arm, pretrain_seed=info.seed, step=step, fraction=info.fraction(step),
+        tokens=info.tokens(step), flops=step * info.flops_per_step, budget=info.budget,
+        task=str(record['task']), kind='zero_shot', strategy=strategy, finetune_seed=0,
+        metric=metric, score=float(value), example_ids=tuple(str(e['id']) for e in examples),
+        example_scores=tuple(float(e[key]) for e in examples if key in e),
+        selected={'likelihood': str(record['likelihood'])}, grid_edge=()))
+  return scores
 
 
 def run_scores(workdir: str) -> list[Score]:
@@ -211,9 +220,8 @@ def run_scores(workdir: str) -> list[Score]:
         scores += _finetune_scores(info, record, step)
   for path in sorted(glob.glob(os.path.join(workdir, 'zero_shot', '*', 'step_*.json'))):
     record = read_json(path)
-    score = _zero_shot_score(info, record) if isinstance(record, dict) else None
-    if score is not None:
-      scores.append(score)
+    if isinstance(record, dict):
+      scores += _zero_shot_scores(info, record)
   return scores
 
 

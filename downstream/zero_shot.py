@@ -5,8 +5,13 @@ and options: the task's label words (classification), or the example's own `choi
 (multiple choice, downstream/tasks/choice.py). Every option is scored as a continuation of
 the same context by the rule of the run's objective (downstream/likelihood.py); the
 prediction is the option of highest summed log-probability (`accuracy`, the main number),
-and of highest log-probability per UTF-8 byte of the option's text (`accuracy_norm`, as the
-harness's acc_norm). No hyper-parameter is involved, so every arm is measured the same way.
+of highest log-probability per UTF-8 byte of the option's text (`accuracy_norm`, as the
+harness's acc_norm), and of highest log-probability less the option's log-probability after
+a content-free input, the text replaced by 'N/A' (`accuracy_calibrated`: contextual
+calibration, Zhao et al. 2021, as a difference of log-probabilities, i.e. PMI with a
+content-free premise, Holtzman et al. 2021). Calibration removes each option's prior, so a
+small model that names the same option for every input scores by what the input adds. No
+hyper-parameter is involved, so every arm is measured the same way.
 Example ids are hashes of the example's text, so the same example has the same id in every
 arm and arms can be paired.
 """
@@ -18,7 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -27,14 +32,33 @@ from downstream.tasks import registry
 from downstream.tasks.base import Task
 
 SCHEMA = 'zero-shot/1'
+CONTENT_FREE = 'N/A'  # the calibration input (Zhao et al. 2021)
+
+
+class Ranking(NamedTuple):
+  """The predicted option per example under each of the three rules."""
+  plain: np.ndarray  # highest summed log-probability
+  normed: np.ndarray  # highest log-probability per byte
+  calibrated: np.ndarray  # highest log-probability less that after the content-free input
 
 
 def options_of(task: Task, example: dict[str, Any]) -> tuple[str, list[str]]:
   """(context text, option texts) of one example."""
   context = prompting.fill(task.template, example) if task.template else example.get('text', '')
+  return context, option_texts(task, example)
+
+
+def content_free(task: Task, example: dict[str, Any]) -> str:
+  """The example's context with its text (and pair) replaced by CONTENT_FREE."""
+  blank = {'text': CONTENT_FREE, 'text_pair': CONTENT_FREE if 'text_pair' in example else ''}
+  return prompting.fill(task.template, blank) if task.template else CONTENT_FREE
+
+
+def option_texts(task: Task, example: dict[str, Any]) -> list[str]:
+  """The example's own choices, else the task's label words."""
   if 'choices' in example:
-    return context, [str(c) for c in example['choices']]
-  return context, list(task.label_words)
+    return [str(c) for c in example['choices']]
+  return list(task.label_words)
 
 
 def check_task(task: Task, split: str) -> None:
@@ -80,19 +104,33 @@ def requests_for(scorer: likelihood.Scorer, tokenizer, context: str,
 
 
 def rank(scorer: likelihood.Scorer, tokenizer, task: Task, examples: Sequence[dict[str, Any]],
-         *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-  """(predicted option by summed log-probability, by log-probability per byte) per example."""
-  requests, spans, sizes = [], [], []
+         *, batch_size: int = 32) -> Ranking:
+  """The predicted option per example by summed log-probability, per byte, and calibrated.
+  A content-free request shared by many examples (label words) is scored once."""
+  requests, spans, sizes, priors = [], [], [], []
+  unique: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+  blank_requests = []
   for example in examples:
     context, options = options_of(task, example)
     spans.append((len(requests), len(options)))
     requests += requests_for(scorer, tokenizer, context, options)
     sizes += [max(len(option.encode('utf-8')), 1) for option in options]
-  scores = np.asarray([r.logprob for r in scorer.score(requests, batch_size=batch_size)])
+    for blank in requests_for(scorer, tokenizer, content_free(task, example), options):
+      key = (tuple(blank[0]), tuple(blank[1]))
+      if key not in unique:
+        unique[key] = len(blank_requests)
+        blank_requests.append(blank)
+      priors.append(unique[key])
+  scored = scorer.score(requests + blank_requests, batch_size=batch_size)
+  every = np.asarray([r.logprob for r in scored])
+  scores, blank_scores = every[:len(requests)], every[len(requests):]
   per_byte = scores / np.asarray(sizes, np.float64)
-  plain = np.asarray([int(np.argmax(scores[a:a + n])) for a, n in spans])
-  normed = np.asarray([int(np.argmax(per_byte[a:a + n])) for a, n in spans])
-  return plain, normed
+  calibrated = scores - blank_scores[np.asarray(priors, np.int64)]
+
+  def best(values: np.ndarray) -> np.ndarray:
+    return np.asarray([int(np.argmax(values[a:a + n])) for a, n in spans])
+
+  return Ranking(best(scores), best(per_byte), best(calibrated))
 
 
 def score_workdir(workdir: str, task: str, *, step: int | None = None, split: str = 'test',
@@ -105,15 +143,19 @@ def score_workdir(workdir: str, task: str, *, step: int | None = None, split: st
   check_task(built, split)
   examples = built.splits[split][:limit] if limit else built.splits[split]
   scorer, pretrained = likelihood.load(workdir, step)
-  plain, normed = rank(scorer, pretrained.tokenizer, built, examples, batch_size=batch_size)
+  ranking = rank(scorer, pretrained.tokenizer, built, examples, batch_size=batch_size)
   labels = np.asarray([int(e['label']) for e in examples])
-  correct, correct_norm = plain == labels, normed == labels
+  correct, correct_norm, correct_calibrated = (ranking.plain == labels, ranking.normed == labels,
+                                               ranking.calibrated == labels)
   return {'schema': SCHEMA, 'task': task, 'split': split, 'step': pretrained.step,
           'objective': pretrained.objective, 'likelihood': scorer.rule, 'metric': 'accuracy',
           'accuracy': float(correct.mean()), 'accuracy_norm': float(correct_norm.mean()),
-          'n': len(examples),
-          'examples': [{'id': i, 'correct': int(c), 'correct_norm': int(n)}
-                       for i, c, n in zip(example_ids(examples, split), correct, correct_norm)]}
+          'accuracy_calibrated': float(correct_calibrated.mean()),
+          'content_free': CONTENT_FREE, 'n': len(examples),
+          'examples': [{'id': i, 'correct': int(c), 'correct_norm': int(n),
+                        'correct_calibrated': int(k)}
+                       for i, c, n, k in zip(example_ids(examples, split), correct, correct_norm,
+                                             correct_calibrated)]}
 
 
 def result_path(workdir: str, task: str, step: int) -> str:

@@ -33,8 +33,9 @@ def test_collect_reads_every_score_with_its_compute(tmp_path):
   _finetune(clm, 0, (0.25, 0.5), control=True)
   _write(os.path.join(nsp, 'zero_shot', 'toy', 'step_2.json'), {
       'schema': 'zero-shot/1', 'task': 'toy', 'split': 'test', 'step': 2, 'likelihood': 'sum',
-      'metric': 'accuracy', 'accuracy': 0.5, 'n': 2,
-      'examples': [{'id': 'a', 'correct': True}, {'id': 'b', 'correct': False}]})
+      'metric': 'accuracy', 'accuracy': 0.5, 'accuracy_calibrated': 1.0, 'n': 2,
+      'examples': [{'id': 'a', 'correct': True, 'correct_calibrated': 1},
+                   {'id': 'b', 'correct': False, 'correct_calibrated': 1}]})
   # An older results.json (schema /1, no examples) is read as its pretraining step.
   _write(os.path.join(nsp, 'downstream', 'toy', 'linear_probe', 'results.json'), {
       'schema': 'downstream-results/1', 'mode': 'finetune', 'task': 'toy',
@@ -47,7 +48,7 @@ def test_collect_reads_every_score_with_its_compute(tmp_path):
   scores = results.collect(root)
 
   by_key = {(s.arm, s.step, s.kind, s.strategy, s.finetune_seed): s for s in scores}
-  assert len(scores) == 8
+  assert len(scores) == 9
   full = by_key[('clm', 4, 'finetune', 'full', 1)]
   assert (full.pretrain_seed, full.fraction, full.tokens, full.flops, full.budget) == (
       0, 0.5, 3900, 4e9, 8000)  # tokens from the checkpoint's data state
@@ -62,6 +63,9 @@ def test_collect_reads_every_score_with_its_compute(tmp_path):
   # No data state at step 2: interpolated between the records of steps 1 and 3.
   assert (zero.fraction, zero.tokens, zero.example_scores, zero.selected) == (
       0.25, 2000, (1.0, 0.0), {'likelihood': 'sum'})
+  calibrated = by_key[('mlm_nsp', 2, 'zero_shot', results.ZERO_SHOT_CALIBRATED, 0)]
+  assert (calibrated.metric, calibrated.score, calibrated.example_scores) == (
+      'accuracy_calibrated', 1.0, (1.0, 1.0))
   old = by_key[('mlm_nsp', 8, 'finetune', 'linear_probe', 3)]
   assert (old.score, old.example_ids, old.grid_edge, old.fraction) == (
       0.6, (), ('learning_rate',), 1.0)

@@ -57,16 +57,47 @@ def test_options_rank_by_sum_and_by_bytes():
            tuple(tokenizer.encode(' z')): -5.0}
   scorer = _FixedScorer(table)
   examples = [{'text': 'first', 'label': 0}, {'text': 'second', 'label': 1}]
-  plain, normed = zero_shot.rank(scorer, tokenizer, _task(examples, [' x', ' yyyy', ' z']),
-                                 examples)
+  plain, normed, _ = zero_shot.rank(scorer, tokenizer, _task(examples, [' x', ' yyyy', ' z']),
+                                    examples)
   assert plain.tolist() == [0, 0] and normed.tolist() == [1, 1]
   contexts = [tuple(context) for context, _ in scorer.requests]
   assert contexts == [tuple(tokenizer.encode('first ->'))[-4:]] * 3 + [
-      tuple(tokenizer.encode('second ->'))[-4:]] * 3
+      tuple(tokenizer.encode('second ->'))[-4:]] * 3 + [  # the content-free input, once
+          tuple(tokenizer.encode('N/A ->'))[-4:]] * 3
   # Multiple choice: each example's own options.
   examples = [{'text': 'q', 'choices': [' z', ' x'], 'label': 1}]
-  plain, _ = zero_shot.rank(_FixedScorer(table), tokenizer, _task(examples), examples)
+  plain, _, _ = zero_shot.rank(_FixedScorer(table), tokenizer, _task(examples), examples)
   assert plain.tolist() == [1]
+
+
+class _ContextScorer(_FixedScorer):
+  """log P(option | context) from a table keyed by (context text, option text)."""
+
+  def fit(self, context, continuation):
+    return list(context)
+
+  def score(self, requests, batch_size=32):
+    self.requests += list(requests)
+    return [likelihood.Scored(self.table[(''.join(map(chr, ctx)), ''.join(map(chr, cont)))],
+                              False, len(cont)) for ctx, cont in requests]
+
+
+def test_calibrated_rank_subtracts_the_options_log_probability_after_the_content_free_input():
+  """Prior after 'N/A ->': ' a' -1, ' b' -3. 'x': -1.5 vs -2.0, so ' a' by the sum but ' b' once
+  calibrated (-0.5 vs +1.0); 'y': -0.5 vs -3.5, ' a' both ways (+0.5 vs -0.5)."""
+  table = {('N/A ->', ' a'): -1.0, ('N/A ->', ' b'): -3.0, ('x ->', ' a'): -1.5,
+           ('x ->', ' b'): -2.0, ('y ->', ' a'): -0.5, ('y ->', ' b'): -3.5,
+           ('N/A ->', ' c'): -1.0, ('x ->', ' c'): -9.0, ('y ->', ' c'): -9.0}
+  scorer = _ContextScorer(table)
+  examples = [{'text': 'x', 'label': 1}, {'text': 'y', 'label': 0}]
+  ranking = zero_shot.rank(scorer, _CharTokenizer(), _task(examples, [' a', ' b', ' c']), examples)
+  assert ranking.plain.tolist() == [0, 0] and ranking.calibrated.tolist() == [1, 0]
+  assert len(scorer.requests) == 9  # 2 examples x 3 options, then the shared prior once
+  example = {'text': 'p', 'text_pair': 'q', 'label': 0}
+  pair = Task(name='toy', kind='classification', label_names=('a', 'b'),
+              splits={s: [example] for s in ('train', 'validation', 'test')},
+              template='{text} | {text_pair} ->')
+  assert zero_shot.content_free(pair, example) == 'N/A | N/A ->'
 
 
 def test_example_ids_are_stable_and_unique():
@@ -113,7 +144,9 @@ def test_result_round_trip_is_atomic_and_sorted(tmp_path, monkeypatch):
   assert result['schema'] == 'zero-shot/1' and result['step'] == 7 and result['n'] == 5
   assert result['likelihood'] == 'exact' and result['metric'] == 'accuracy'
   assert result['accuracy'] == 1.0 == result['accuracy_norm']  # _Echo prefers the repeat
-  assert [set(e) for e in result['examples']] == [{'id', 'correct', 'correct_norm'}] * 5
+  assert result['content_free'] == 'N/A'
+  assert [set(e) for e in result['examples']] == [
+      {'id', 'correct', 'correct_norm', 'correct_calibrated'}] * 5
   written = zero_shot.write_result(str(tmp_path), dict(result, task='a/b'))
   assert written == os.path.join(str(tmp_path), 'zero_shot', 'a_b', 'step_7.json')
   zero_shot.write_result(str(tmp_path), dict(result, step=3))
@@ -147,9 +180,11 @@ def test_score_workdir_on_a_pretraining_run(tmp_path, monkeypatch):
   task = zero_shot.registry.build({'name': 'multiple_choice', 'file': path})
   assert result['n'] == len(task.splits['test']) and result['step'] == helpers.PRETRAIN_STEPS
   scorer, pretrained = likelihood.load(workdir, None)
-  plain, normed = zero_shot.rank(scorer, pretrained.tokenizer, task, task.splits['test'])
+  plain, normed, calibrated = zero_shot.rank(scorer, pretrained.tokenizer, task,
+                                             task.splits['test'])
   labels = np.asarray([e['label'] for e in task.splits['test']])
   assert [e['correct'] for e in result['examples']] == (plain == labels).astype(int).tolist()
   assert result['accuracy_norm'] == float((normed == labels).mean())
+  assert result['accuracy_calibrated'] == float((calibrated == labels).mean())
   with open(zero_shot.write_result(workdir, result), encoding='utf-8') as f:
     assert json.load(f)['examples'] == result['examples']
