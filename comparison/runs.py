@@ -3,7 +3,6 @@ the exact held-out pass (eval/) and cost at any step. Downstream scores: compari
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -11,35 +10,16 @@ import numpy as np
 
 from comparison.results import arm_of
 from configs import compare
-from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE, eval_outputs
+from training.metrics import read_records
+from training.workdir import CONFIG_FILE, METRICS_FILE, RUN_FILE, eval_outputs, read_json
 
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-  records = []
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      for line in f:
-        line = line.strip()
-        if line:
-          try:
-            records.append(json.loads(line))
-          except json.JSONDecodeError:
-            continue  # a line cut by a crash
-  return records
-
-
-def read_json(path: str) -> Any:
-  if not os.path.exists(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
 
 
 def load_run(workdir: str) -> dict[str, Any]:
   """Everything the report needs of one run's workdir."""
   config = read_json(os.path.join(workdir, CONFIG_FILE))
-  records = read_jsonl(os.path.join(workdir, METRICS_FILE))
+  metrics_path = os.path.join(workdir, METRICS_FILE)
+  records = read_records(metrics_path) if os.path.exists(metrics_path) else []
   train = [r for r in records if r.get('split') == 'train']
   evals = [r for r in records if r.get('split') == 'eval']
   final_path, examples_path = eval_outputs(workdir, 'validation')
