@@ -130,14 +130,22 @@ def zero_shot_rules(scores: Sequence[Any]) -> str:
 
 
 def grid_edge_lines(scores: Sequence[Any]) -> list[str]:
-  """One line per (arm, task, strategy, hyper-parameter) whose selection sat at a grid edge."""
-  found: dict[tuple[str, str, str, str], list[int]] = {}
+  """One line per (task, strategy, hyper-parameter) naming the arms whose selection sat at an
+  edge of its grid, each with how many of its scores did."""
+  totals: dict[tuple[str, str, str], int] = {}
+  found: dict[tuple[str, str, str], dict[str, int]] = {}
   for s in scores:
+    totals[(s.task, s.strategy, s.arm)] = totals.get((s.task, s.strategy, s.arm), 0) + 1
     for name in s.grid_edge:
-      found.setdefault((s.arm, s.task, s.strategy, name), []).append(s.pretrain_seed)
-  return [f'- WARNING: {arm} {task} ({strategy}): the selected {name} sits at an edge of its '
-          f'grid ({len(seeds)} runs); the best value may lie outside it, so widen the grid.'
-          for (arm, task, strategy, name), seeds in sorted(found.items())]
+      arms = found.setdefault((s.task, s.strategy, name), {})
+      arms[s.arm] = arms.get(s.arm, 0) + 1
+  lines = []
+  for (task, strategy, name), arms in sorted(found.items()):
+    named = ', '.join(f'{arm} ({count} of {totals[(task, strategy, arm)]})'
+                      for arm, count in sorted(arms.items()))
+    lines.append(f'- WARNING: {task} ({strategy}): the selected {name} sits at an edge of its '
+                 f'grid for {named}; the best value may lie outside it, so widen the grid.')
+  return lines
 
 
 def curve_table(groups: Sequence[stats.GroupStats]) -> list[str]:

@@ -199,7 +199,8 @@ def test_downstream_headline_opens_the_report(tmp_path):
           in text)
   assert '| clm − no_pretraining:clm |' in text and '| mlm − clm |' in text
   assert '## Smallest difference this study could detect' in text
-  assert 'WARNING: mlm topic (full): the selected learning_rate sits at an edge' in text
+  assert ('- WARNING: topic (full): the selected learning_rate sits at an edge of its grid for '
+          'mlm (2 of 2); the best value' in text)  # the last checkpoint's 2 fine-tuning seeds
   assert '| topic · full (accuracy) | clm | 0.25 | 10 | 1e+04 | 1.000e+10 |' in text
   cell = clm_row.split(' | ')[1]  # the last checkpoint's interval is the headline's, exactly
   assert f'| topic · full (accuracy) | clm | 1 | 30 | 3e+04 | 3.000e+10 | {cell} |' in text
