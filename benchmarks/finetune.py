@@ -75,7 +75,7 @@ def benchmark(model_config: ModelConfig, causal: bool, names, batch_size: int, s
     tx = strategies.make_optimizer(labels, lambda step: 1e-4, weight_decay=0.01,
                                    grad_clip_norm=1.0)
     opt_state = tx.init(params)
-    step_fn = finetune.make_train_step(model, tx, labels, 0)
+    step_fn = finetune.make_train_step(finetune.task_loss(model), tx, labels, 0)
     params, opt_state, loss = step_fn(params, opt_state, batch, 0)
     jax.block_until_ready(loss)
     start = time.perf_counter()

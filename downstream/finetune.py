@@ -102,12 +102,9 @@ def model_batches(arrays: dict[str, np.ndarray], batch_size: int, order: np.ndar
           for i in range(count)]
 
 
-def make_train_step(model: DownstreamModel, tx: optax.GradientTransformation, labels: Any,
-                    seed: int):
-  """(params, opt_state, batch, step) -> (params, opt_state, loss), jitted."""
-
-  def loss_fn(params, batch, rng):
-    return heads.loss(model.kind, model.apply(params, batch, train=True, rng=rng), batch)
+def make_train_step(loss_fn, tx: optax.GradientTransformation, labels: Any, seed: int):
+  """(params, opt_state, batch, step) -> (params, opt_state, loss), jitted, for any
+  `loss_fn(params, batch, rng) -> scalar`; dropout's key is the seed's, folded with the step."""
 
   @jax.jit
   def train_step(params, opt_state, batch, step):
@@ -117,6 +114,36 @@ def make_train_step(model: DownstreamModel, tx: optax.GradientTransformation, la
     return strategies.apply_updates(params, updates, labels), opt_state, loss
 
   return train_step
+
+
+def task_loss(model: DownstreamModel):
+  """The task head's loss on a training batch, as make_train_step takes it."""
+  return lambda params, batch, rng: heads.loss(
+      model.kind, model.apply(params, batch, train=True, rng=rng), batch)
+
+
+def run_steps(train_step, params: Any, opt_state: Any, arrays: dict[str, np.ndarray],
+              batch_size: int, steps: int, order_rng: np.random.Generator
+              ) -> tuple[Any, int, float]:
+  """`steps` updates over full batches, a fresh permutation each epoch; returns (params,
+  steps taken, examples per second after the first step, which compiles)."""
+  size = len(arrays['tokens'])
+  step, start, timed_examples, loss = 0, None, 0, None
+  while step < steps:
+    for batch in model_batches(arrays, batch_size, order_rng.permutation(size)):
+      if step >= steps:
+        break
+      params, opt_state, loss = train_step(params, opt_state, batch, step)
+      step += 1
+      if start is None:
+        jax.block_until_ready(loss)
+        start = time.perf_counter()
+      else:
+        timed_examples += batch_size
+  if loss is not None:
+    jax.block_until_ready(loss)
+  elapsed = time.perf_counter() - start if start is not None else 0.0
+  return params, step, timed_examples / elapsed if elapsed > 0 else 0.0
 
 
 def make_predict(model: DownstreamModel):
@@ -172,24 +199,10 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
   labels = strategy.labels(params)
   tx = make_optimizer(settings, labels, steps)
   opt_state = tx.init(params)
-  train_step = make_train_step(model, tx, labels, settings.seed)
+  train_step = make_train_step(task_loss(model), tx, labels, settings.seed)
   rng = np.random.default_rng(np.asarray(jax.random.key_data(order_key)).ravel())
-  step, start, timed_examples = 0, None, 0
-  loss = None
-  while step < steps:
-    for batch in model_batches(train.arrays, batch_size, rng.permutation(train.size)):
-      if step >= steps:
-        break
-      params, opt_state, loss = train_step(params, opt_state, batch, step)
-      step += 1
-      if start is None:  # the first step compiles; time the rest
-        jax.block_until_ready(loss)
-        start = time.perf_counter()
-      else:
-        timed_examples += batch_size
-  if loss is not None:
-    jax.block_until_ready(loss)
-  elapsed = time.perf_counter() - start if start is not None else 0.0
+  params, step, examples_per_sec = run_steps(train_step, params, opt_state, train.arrays,
+                                             batch_size, steps, rng)
   predict_fn = make_predict(model)
   scores = {split: score(task, encoded[split],
                          predict(predict_fn, params, encoded[split].arrays, batch_size),
@@ -197,8 +210,7 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
             for split in eval_splits if split in encoded}
   total = int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))
   return RunResult(scores=scores, trained_params=strategies.trained_count(params, labels),
-                   total_params=total, steps=step,
-                   examples_per_sec=timed_examples / elapsed if elapsed > 0 else 0.0,
+                   total_params=total, steps=step, examples_per_sec=examples_per_sec,
                    params=params if keep_params else None)
 
 

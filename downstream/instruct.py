@@ -6,7 +6,6 @@ trains backbone parameters, adapters or soft prompts (full, ffn_only, lora, prom
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Sequence
 
 import jax
@@ -68,30 +67,12 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
   labels = strategy.labels(params)
   batch_size, steps = finetune.planned_steps(settings, len(train['tokens']))
   tx = finetune.make_optimizer(settings, labels, steps)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def train_step(params, opt_state, batch, step):
-    rng = jax.random.fold_in(key, step)
-    grads = jax.grad(lambda p: response_loss(model, p, batch, train=True, rng=rng)[0])(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return strategies.apply_updates(params, updates, labels), opt_state
-
-  order_rng = np.random.default_rng(settings.seed)
-  step, start, timed = 0, None, 0
-  while step < steps:
-    order = order_rng.permutation(len(train['tokens']))
-    for i in range(min(len(order) // batch_size, steps - step)):
-      rows = order[i * batch_size:(i + 1) * batch_size]
-      params, opt_state = train_step(params, opt_state, {k: v[rows] for k, v in train.items()}, step)
-      step += 1
-      if start is None:
-        jax.block_until_ready(params)
-        start = time.perf_counter()
-      else:
-        timed += batch_size
-  jax.block_until_ready(params)
-  elapsed = time.perf_counter() - start if start else 0.0
+  train_step = finetune.make_train_step(
+      lambda p, batch, rng: response_loss(model, p, batch, train=True, rng=rng)[0], tx, labels,
+      settings.seed)
+  params, step, examples_per_sec = finetune.run_steps(
+      train_step, params, tx.init(params), train, batch_size, steps,
+      np.random.default_rng(settings.seed))
   evaluate = jax.jit(lambda p, b: response_loss(model, p, b, train=False, rng=key)[1])
   totals: dict[str, list[float]] = {}
   for begin in range(0, len(validation['tokens']), batch_size):
@@ -103,5 +84,5 @@ def train_and_evaluate(model: DownstreamModel, strategy: strategies.Strategy, ba
   scores = {f'response_{name}': total / max(count, 1e-12)
             for name, (total, count) in totals.items() if name in ('loss', 'accuracy')}
   return InstructResult(scores=scores, trained_params=strategies.trained_count(params, labels),
-                        steps=step, examples_per_sec=timed / elapsed if elapsed else 0.0,
+                        steps=step, examples_per_sec=examples_per_sec,
                         params=params if keep_params else None)
