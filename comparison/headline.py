@@ -110,13 +110,15 @@ def detectable_section(groups: Sequence[stats.GroupStats]) -> list[str]:
       reading = 'no pair differs beyond its interval: differences under the MDE were undetectable'
     else:
       reading = f'{sum(d.clear for d in pairs)} of {len(pairs)} pairs differ beyond their interval'
+    seeds_4x = f'{m.scaled(seeds=4):.4f}' if m.seeds_known else '-'
     rows.append(f'| {label(g)} | {n} | {math.sqrt(m.example_term):.4f} | '
-                f'{math.sqrt(m.seed_term):.4f} | {m.se:.4f} | **{m.mde:.4f}** | {largest:.4f} | '
-                f'{reading} |')
+                f'{math.sqrt(m.seed_term):.4f} | {m.se:.4f} | **{m.mde:.4f}** | {seeds_4x} | '
+                f'{m.scaled(examples=4):.4f} | {largest:.4f} | {reading} |')
   if not rows:
     return []
-  return ['| task | test examples | example SE | seed SE | SE of a difference | MDE | largest '
-          'observed difference | reading |', '|---|---|---|---|---|---|---|---|'] + rows
+  return ['| task | test examples | example SE | seed SE | SE of a difference | MDE | MDE, 4x '
+          'seeds | MDE, 4x test examples | largest observed difference | reading |',
+          '|---|---|---|---|---|---|---|---|---|---|'] + rows
 
 
 def zero_shot_rules(scores: Sequence[Any]) -> str:

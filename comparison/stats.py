@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -203,6 +204,12 @@ class Detectable:
   example_term: float  # s_d^2 / n (or its unpaired form)
   seed_term: float  # 2 * v_seed
   seeds_known: bool  # False when every arm has a single run (seed variance not measured)
+
+  def scaled(self, seeds: float = 1.0, examples: float = 1.0) -> float:
+    """The MDE of the same study with `seeds` times the pretraining seeds and `examples` times
+    the test examples: each variance term shrinks with its own count."""
+    return (Z_ALPHA + Z_POWER) * math.sqrt(self.example_term / examples
+                                           + self.seed_term / seeds)
 
 
 @dataclasses.dataclass(frozen=True)

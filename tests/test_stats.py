@@ -157,6 +157,11 @@ def test_minimum_detectable_difference_by_hand():
   assert group.detectable.se == pytest.approx(se, rel=1e-12)
   assert group.detectable.mde == pytest.approx((1.959964 + 0.841621) * se, rel=1e-6)
   assert group.detectable.seeds_known
+  # Four times the seeds shrinks only the seed term, four times the examples only the other.
+  assert group.detectable.scaled(seeds=4) == pytest.approx(
+      (1.959964 + 0.841621) * math.sqrt(example_term + 2 * seed_var / 4), rel=1e-6)
+  assert group.detectable.scaled(examples=4) == pytest.approx(
+      (1.959964 + 0.841621) * math.sqrt(example_term / 4 + 2 * seed_var), rel=1e-6)
 
 
 def test_minimum_detectable_difference_with_one_pretraining_seed():
