@@ -55,12 +55,13 @@ def _shaping(config: Mapping[str, Any]) -> dict[str, Any]:
           if not any(key == r or key.startswith(r + '.') for r in RUN_KEYS)}
 
 
-def within_arm(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-  """Settings that differ between the runs (seeds) of one arm, as 'key (in arm)'."""
+def within_arm(runs: Sequence[Mapping[str, Any]], ignore: Sequence[str] = ()) -> list[str]:
+  """Settings that differ between the runs (seeds) of one arm, as 'key (in arm)', but for
+  the keys in `ignore` (the token budget across --budgets runs)."""
   first: dict[str, dict[str, Any]] = {}
   loose: list[str] = []
   for run in runs:
-    values = _shaping(run['config'])
+    values = {k: v for k, v in _shaping(run['config']).items() if k not in ignore}
     reference = first.setdefault(run['arm'], values)
     for key in sorted(set(values) | set(reference)):
       label = f'{key} (in {run["arm"]})'

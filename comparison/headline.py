@@ -16,7 +16,7 @@ import numpy as np
 
 from comparison import scaling
 from comparison import stats
-from comparison.runs import at_step
+from comparison.runs import at_largest_budget, at_step
 from comparison.tables import fmt
 from objectives.registry import objective_names
 
@@ -345,7 +345,7 @@ def sections(scores: Sequence[Any], runs: Sequence[Mapping[str, Any]], plot_path
   tail: list[str] = []
   if scaling_lines:
     tail += ['', '## Scaling', ''] + scaling_lines
-  lm_eval = lm_eval_table(runs)
+  lm_eval = lm_eval_table(at_largest_budget(runs))
   if lm_eval:
     tail += ['', '## lm-eval (lm-evaluation-harness, each run\'s latest results_step<N>.json)',
              ''] + lm_eval

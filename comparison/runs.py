@@ -24,8 +24,10 @@ def load_run(workdir: str) -> dict[str, Any]:
   evals = [r for r in records if r.get('split') == 'eval']
   final_path, examples_path = eval_outputs(workdir, 'validation')
   final = read_json(final_path)
+  budget = (config.get('budget') or {}).get('tokens') or 0
   return dict(workdir=workdir, name=os.path.basename(os.path.normpath(workdir)), config=config,
-              arm=arm_of(config), seed=int(config.get('seed', 0)), train=train, evals=evals,
+              arm=arm_of(config), seed=int(config.get('seed', 0)), budget=int(budget),
+              train=train, evals=evals,
               final=final, examples_path=examples_path if os.path.exists(examples_path) else None,
               run_info=read_json(os.path.join(workdir, RUN_FILE)) or {})
 
@@ -90,11 +92,22 @@ def evaluation_of(run: Mapping[str, Any]) -> str:
 
 
 def check_distinct(runs: Sequence[Mapping[str, Any]]) -> None:
-  """One run per (arm, seed): a seed trained twice would count twice in the mean ± std."""
-  seen: dict[tuple[str, int], str] = {}
+  """One run per (arm, seed, token budget): a seed trained twice would count twice in the
+  mean ± std. Runs of one arm and seed at several budgets (--budgets) are distinct."""
+  seen: dict[tuple[str, int, int], str] = {}
   for run in runs:
-    key = (run['arm'], run['seed'])
+    key = (run['arm'], run['seed'], run.get('budget', 0))
     if key in seen:
-      raise ValueError(f'{seen[key]} and {run["workdir"]} are both arm {key[0]} seed {key[1]}: '
-                       'a seed counts once, so move one of them out of the root.')
+      budget = f' at budget {key[2]}' if key[2] else ''
+      raise ValueError(f'{seen[key]} and {run["workdir"]} are both arm {key[0]} seed {key[1]}'
+                       f'{budget}: a seed counts once, so move one of them out of the root.')
     seen[key] = run['workdir']
+
+
+def at_largest_budget(runs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+  """Each arm's runs at its largest token budget: the per-arm tables compare arms there, as
+  the downstream headline does; the scaling fits read every budget."""
+  largest: dict[str, int] = {}
+  for run in runs:
+    largest[run['arm']] = max(largest.get(run['arm'], 0), run.get('budget', 0))
+  return [run for run in runs if run.get('budget', 0) == largest[run['arm']]]

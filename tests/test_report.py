@@ -91,8 +91,9 @@ def test_report_lists_every_run_and_reads_back(tmp_path):
 
 
 def test_a_setting_changed_in_one_seed_is_not_controlled(tmp_path):
-  """Every run of an arm is checked, not only its first: a second seed with another width,
-  learning rate or budget is flagged."""
+  """Every run of an arm is checked, not only its first: a second seed with another width or
+  learning rate is flagged within its arm, and its budget (now the arm's largest, which the
+  tables compare at) against the other arms'."""
   root = str(tmp_path / 'compare')
   for arm in ('clm', 'mlm'):
     for seed in SEEDS:
@@ -105,7 +106,8 @@ def test_a_setting_changed_in_one_seed_is_not_controlled(tmp_path):
   with open(path, 'w', encoding='utf-8') as f:
     json.dump(config, f)
   written = report.write_report(root, root)
-  assert written['uncontrolled'] == ['budget.tokens (in mlm)', 'model.num_layers (in mlm)',
+  assert written['uncontrolled'] == ['budget.tokens', 'model.num_layers',
+                                     'optimizer.learning_rate', 'model.num_layers (in mlm)',
                                      'optimizer.learning_rate (in mlm)']
   assert 'NOT CONTROLLED' in open(written['report'], encoding='utf-8').read()
 
@@ -118,8 +120,8 @@ def test_a_seed_trained_twice_is_refused(tmp_path):
   _make_run(root, 'clm', 1)
   os.rename(os.path.join(root, 'clm_seed=1'), os.path.join(root, 'clm'))
   _make_run(root, 'clm', 1)
-  with pytest.raises(ValueError, match=r'^.*/clm.* and .*/clm.* are both arm clm seed 1: a seed '
-                     r'counts once'):
+  with pytest.raises(ValueError, match=r'^.*/clm.* and .*/clm.* are both arm clm seed 1 at budget '
+                     r'400000: a seed counts once'):
     report.write_report(root, root)
   assert report.main(['--root', root]) == 2
 
@@ -308,3 +310,34 @@ def test_an_objective_set_differently_in_two_arms_is_not_controlled(tmp_path):
     json.dump(config, f)
   written = report.write_report(root, root)
   assert written['uncontrolled'] == ['mlm.mask_rate']
+
+
+def test_runs_at_several_budgets_are_distinct_and_the_tables_read_the_largest(tmp_path):
+  """--budgets gives one arm and seed several runs: the report keeps them all for its curves
+  and fits, compares arms at each arm's largest budget, and still refuses a true duplicate."""
+  root = str(tmp_path / 'compare')
+
+  def budget_run(arm, budget, name):
+    _make_run(root, arm, 0)
+    workdir = os.path.join(root, f'{arm}_seed=0')
+    config = json.load(open(os.path.join(workdir, 'config.json'), encoding='utf-8'))
+    config['budget']['tokens'] = budget
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      json.dump(config, f)
+    os.rename(workdir, os.path.join(root, name))
+
+  budget_run('clm', 1000, 'clm_tokens=1000')
+  budget_run('clm', 2000, 'clm_tokens=2000')
+  budget_run('mlm', 2000, 'mlm_tokens=2000')
+  written = report.write_report(root, root)
+  text = open(written['report'], encoding='utf-8').read()
+  assert (f'Token budgets {tables.fmt(1000)}, {tables.fmt(2000)}: the tables below are each '
+          'arm\'s runs at its largest budget') in text
+  rows = tables.read_csv(os.path.join(root, 'results.csv'))
+  assert sorted(os.path.basename(r['workdir']) for r in rows) == ['clm_tokens=2000',
+                                                                   'mlm_tokens=2000']
+  assert len(written['runs']) == 2 and 'NOT CONTROLLED' not in text
+  budget_run('mlm', 2000, 'mlm_again')
+  with pytest.raises(ValueError, match=r'are both arm mlm seed 0 at budget 2000: a seed counts '
+                     'once'):
+    report.write_report(root, root)

@@ -24,7 +24,7 @@ if REPO not in sys.path:
 # pylint: disable=wrong-import-position
 from comparison import headline, heldout, plots, results
 from comparison.controls import config_diff, uncontrolled, within_arm
-from comparison.runs import check_distinct, evaluation_of, find_runs
+from comparison.runs import at_largest_budget, check_distinct, evaluation_of, find_runs
 from comparison.tables import fmt, write_csv
 from configs import compare
 # pylint: enable=wrong-import-position
@@ -34,23 +34,25 @@ DOWNSTREAM_PLOT = 'downstream_vs_flops.png'
 
 def write_report(root: str, out: str) -> dict[str, Any]:
   """Writes report.md, results.csv and the PNGs into `out`; returns what it wrote."""
-  runs = find_runs(root)
-  if not runs:
+  every_run = find_runs(root)
+  if not every_run:
     raise ValueError(f'No run under {root}: a run is a directory with config.json and '
                      'metrics.jsonl (train one with tools/compare.py).')
-  check_distinct(runs)
+  check_distinct(every_run)
+  runs = at_largest_budget(every_run)  # the per-arm tables; scaling and curves read every run
   os.makedirs(out, exist_ok=True)
   rows = write_csv(os.path.join(out, 'results.csv'), runs)
   written = {}
   for name, make in (
-      ('validation_vs_tokens.png', lambda p: plots.plot_curves(p, runs, 'tokens')),
-      ('validation_vs_flops.png', lambda p: plots.plot_curves(p, runs, 'flops')),
+      ('validation_vs_tokens.png', lambda p: plots.plot_curves(p, every_run, 'tokens')),
+      ('validation_vs_flops.png', lambda p: plots.plot_curves(p, every_run, 'flops')),
       ('throughput.png', lambda p: plots.plot_bars(
           p, rows, ('real_tokens_per_sec', 'tokens_per_sec', 'mfu')))):
     if make(os.path.join(out, name)):
       written[name] = os.path.join(out, name)
   scores = results.collect(root)
-  head, tail, plotted = headline.sections(scores, runs, os.path.join(out, DOWNSTREAM_PLOT),
+  head, tail, plotted = headline.sections(scores, every_run,
+                                          os.path.join(out, DOWNSTREAM_PLOT),
                                           arm_order=tuple(compare.ARMS))
   if plotted:
     written[DOWNSTREAM_PLOT] = os.path.join(out, DOWNSTREAM_PLOT)
@@ -58,9 +60,16 @@ def write_report(root: str, out: str) -> dict[str, Any]:
   for run in runs:
     configs.setdefault(run['arm'], run['config'])
   diff = config_diff(configs)
-  loose = uncontrolled(diff, configs) + within_arm(runs)
+  # Every run of an arm (all budgets) must agree on all but the budget; arms are compared at
+  # their largest budget, where the budget too must agree.
+  loose = uncontrolled(diff, configs) + within_arm(every_run, ignore=('budget.tokens',))
 
   lines = [f'# Objective comparison: {root}', ''] + head + ([''] if head else [])
+  budgets = sorted({run['budget'] for run in every_run})
+  if len(budgets) > 1:
+    lines += [f'Token budgets {", ".join(fmt(b) for b in budgets)}: the tables below are each '
+              'arm\'s runs at its largest budget; the scaling fits and the validation curves '
+              f'read all {len(every_run)} runs.', '']
   lines += [f'{len(runs)} runs: ' + ', '.join(
       f'{arm} (seeds {sorted(r["seed"] for r in runs if r["arm"] == arm)})'
       for arm in dict.fromkeys(r['arm'] for r in runs)), '', '## Cost (mean ± std over seeds)',
