@@ -234,15 +234,23 @@ def run_job(job: Job, settings: Settings, log: Callable[[str], None] = print) ->
 
 
 def run_all(jobs: Sequence[Job], settings: Settings, log: Callable[[str], None] = print) -> int:
-  """Runs every job not done yet, in order; returns how many ran. A job that fails with a
-  one-line error stops the rest (run the command again to go on)."""
+  """Runs every job not done yet, in order; returns how many ran. Each job is checked again
+  just before it starts, so commands scoring the same root side by side (say one per task,
+  or one from each end of the arms) skip what another has written meanwhile. A job that
+  fails with a one-line error stops the rest (run the command again to go on)."""
   todo = [job for job in jobs if not job.done()]
   if len(todo) < len(jobs):
     log(f'downstream: {len(jobs) - len(todo)} of {len(jobs)} scores already done')
+  ran = 0
   for index, job in enumerate(todo):
-    log(f'[downstream {index + 1}/{len(todo)}] {job.label()}')
-    run_job(job, settings, log=lambda line, i=index: log(f'[downstream {i + 1}/{len(todo)}] {line}'))
-  return len(todo)
+    prefix = f'[downstream {index + 1}/{len(todo)}]'
+    if job.done():
+      log(f'{prefix} {job.label()} | written meanwhile by another command')
+      continue
+    log(f'{prefix} {job.label()}')
+    run_job(job, settings, log=lambda line, p=prefix: log(f'{p} {line}'))
+    ran += 1
+  return ran
 
 
 def write_controls(root: str, controls: Mapping[str, Sequence[str]]) -> str | None:

@@ -133,6 +133,22 @@ def test_a_finished_score_is_never_run_again(tmp_path):
   finally:
     downstream.run_job = original
   assert ran == [4, 8]
+  # (The stand-in wrote nothing.) A second command scoring the same root writes step 8 while
+  # this one runs step 4: the job is checked again when its turn comes and skipped.
+  ran.clear()
+  lines = []
+
+  def run_and_race(job, settings, log):
+    ran.append(job.step)
+    if job.step == 4:
+      _finetune(clm, 8, (0.5, 0.5))
+
+  downstream.run_job = run_and_race
+  try:
+    assert downstream.run_all(jobs, settings, log=lines.append) == 1
+  finally:
+    downstream.run_job = original
+  assert ran == [4] and lines[-1].endswith('| written meanwhile by another command')
 
 
 def test_finetune_config_takes_the_recipe_and_only_the_task_keys_it_has():
