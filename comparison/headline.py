@@ -155,8 +155,10 @@ def curve_table(groups: Sequence[stats.GroupStats]) -> list[str]:
            '|---|---|---|---|---|---|---|']
   for g in groups:
     for arm, points in g.checkpoints.items():
-      lines += [f'| {label(g)} | {arm} | {p.fraction:g} | {p.step} | {fmt(p.tokens)} | '
-                f'{fmt(p.flops)} | {_ci(p)} |' for p in points]
+      for p in points:  # one step a seed: token budgets end seeds at their own steps
+        steps = ', '.join(str(step) for step in p.steps) if p.steps else str(p.step)
+        lines.append(f'| {label(g)} | {arm} | {p.fraction:g} | {steps} | {fmt(p.tokens)} | '
+                     f'{fmt(p.flops)} | {_ci(p)} |')
   return lines
 
 

@@ -70,16 +70,18 @@ def group_key(score: Any) -> tuple[str, str, str]:
 
 
 def final_scores(scores: Iterable[Any]) -> list[Any]:
-  """Each arm's scores at its largest budget's last checkpoint (controls as they are)."""
+  """Each arm's scores at its largest budget's last checkpoint (controls as they are). The
+  last checkpoint is the largest budget fraction, not step: a token budget ends each seed at
+  its own step (pairs pad differently), and every seed's last checkpoint counts."""
   scores = list(scores)
   budget: dict[str, int] = {}
   for s in scores:
     budget[s.arm] = max(budget.get(s.arm, s.budget), s.budget)
-  last: dict[str, int] = {}
+  last: dict[str, float] = {}
   for s in scores:
     if s.budget == budget[s.arm]:
-      last[s.arm] = max(last.get(s.arm, s.step), s.step)
-  return [s for s in scores if s.budget == budget[s.arm] and s.step == last[s.arm]]
+      last[s.arm] = max(last.get(s.arm, s.fraction), s.fraction)
+  return [s for s in scores if s.budget == budget[s.arm] and s.fraction == last[s.arm]]
 
 
 @dataclasses.dataclass
@@ -214,9 +216,10 @@ class Detectable:
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-  """One checkpoint of an arm in a group: its cost and score with the 95% interval."""
+  """One checkpoint of an arm in a group (a budget fraction of every seed's run): its cost
+  and score with the 95% interval."""
   fraction: float
-  step: int
+  step: int  # the largest of the seeds' steps (`steps`)
   budget: int
   tokens: float
   flops: float
@@ -224,6 +227,7 @@ class Checkpoint:
   low: float
   high: float
   replicates: np.ndarray
+  steps: tuple[int, ...] = ()  # each seed's step at this fraction, distinct and sorted
 
 
 @dataclasses.dataclass
@@ -344,10 +348,12 @@ def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
       raise ValueError(f'{task} ({strategy}): scores in several metrics {sorted(metrics)}; '
                        'one main metric per task.')
     (metric,) = metrics
-    final = {(s.arm, s.budget, s.step) for s in final_scores(mine)}
-    by_cell: dict[tuple[str, int, int], list[Any]] = {}
+    # A cell is one checkpoint of an arm: a budget and a fraction of it, over seeds whose
+    # token budgets end at different steps.
+    final = {(s.arm, s.budget, s.fraction) for s in final_scores(mine)}
+    by_cell: dict[tuple[str, int, float], list[Any]] = {}
     for s in mine:
-      by_cell.setdefault((s.arm, s.budget, s.step), []).append(s)
+      by_cell.setdefault((s.arm, s.budget, s.fraction), []).append(s)
     order = order_arms({cell[0] for cell in by_cell}, arm_order)
     cells = sorted(by_cell, key=lambda cell: (order.index(cell[0]), cell[1], cell[2]))
     runs = {cell: runs_of(by_cell[cell]) for cell in cells}
@@ -356,10 +362,11 @@ def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
     for cell in cells:
       low, high = interval(reps[cell])
       ss = by_cell[cell]
+      steps = tuple(sorted({s.step for s in ss}))
       checkpoints.setdefault(cell[0], []).append(Checkpoint(
-          float(np.mean([s.fraction for s in ss])), cell[2], cell[1],
+          cell[2], steps[-1], cell[1],
           float(np.mean([s.tokens for s in ss])), float(np.mean([s.flops for s in ss])),
-          point(runs[cell]), low, high, reps[cell]))
+          point(runs[cell]), low, high, reps[cell], steps))
     last = {cell[0]: cell for cell in cells if cell in final}
     arms = {arm: runs[last[arm]] for arm in order}
     estimates = {}

@@ -178,11 +178,18 @@ def test_minimum_detectable_difference_with_one_pretraining_seed():
 
 
 def test_final_scores_keep_the_last_checkpoint_of_the_largest_budget():
-  early = _score('clm', 0, 0, [1, 0], step=50)
+  early = dataclasses.replace(_score('clm', 0, 0, [1, 0], step=50), fraction=0.5)
   last = _score('clm', 0, 0, [1, 1], step=100)
   other_budget = dataclasses.replace(last, budget=1, step=400)
   assert stats.final_scores([early, last]) == [last]
   assert stats.final_scores([early, last, other_budget]) == [last]
+  # A token budget ends each seed at its own step: both seeds' last checkpoints count.
+  seed_1 = dataclasses.replace(_score('clm', 1, 0, [0, 1], step=96), budget=last.budget)
+  assert stats.final_scores([early, last, seed_1]) == [last, seed_1]
+  (group,) = stats.analyse([early, last, seed_1], samples=20)
+  assert group.estimates['clm'].pretrain_seeds == 2
+  assert [(p.fraction, p.steps) for p in group.checkpoints['clm']] == [(0.5, (50,)),
+                                                                      (1.0, (96, 100))]
 
 
 def test_bad_input_is_one_line():
