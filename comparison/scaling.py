@@ -185,13 +185,19 @@ def _lines(flops: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarra
   return scores.mean(axis=0) - b * x.mean(), b
 
 
-def _ratios(a: np.ndarray, b: np.ndarray, target: np.ndarray, c_max: float,
+FLAT_SLOPE = 1e-9  # score per decade of FLOPs below which a fit counts as not rising
+
+
+def _ratios(a: np.ndarray, b: np.ndarray, target: np.ndarray, c_min: float, c_max: float,
             c_b: float) -> tuple[np.ndarray, np.ndarray]:
-  """(FLOPs needed / c_b, reason code): 0 fine, 1 not rising, 2 past the extrapolation limit."""
+  """(FLOPs needed / c_b, reason code): 0 fine, 1 not rising, 2 past the extrapolation limit
+  above the fitted range, 3 below it (reached before a fraction 1/limit of the first point)."""
+  rising = b > FLAT_SLOPE
   with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
-    decades = np.where(b > 0, (target - a) / np.where(b > 0, b, 1.0), np.inf)
-    needed = np.power(10.0, np.minimum(decades, 300.0))
-  code = np.where(b <= 0, 1, np.where(needed > MAX_EXTRAPOLATION * c_max, 2, 0))
+    decades = np.where(rising, (target - a) / np.where(rising, b, 1.0), np.inf)
+    needed = np.power(10.0, np.clip(decades, -300.0, 300.0))
+  code = np.where(~rising, 1, np.where(needed > MAX_EXTRAPOLATION * c_max, 2,
+                                       np.where(needed < c_min / MAX_EXTRAPOLATION, 3, 0)))
   return needed / c_b, code
 
 
@@ -200,18 +206,25 @@ def multiplier(a: str, b: str, curves: Mapping[str, Curve]) -> Multiplier:
   `b`'s final FLOPs; a replicate that is refused counts as never reaching it (+inf)."""
   curve_a, curve_b = curves[a], curves[b]
   fit = fit_log_linear(curve_a.flops, curve_a.means)
-  c_b = float(curve_b.flops[-1])
+  c_b, c_min = float(curve_b.flops[-1]), float(curve_a.flops[0])
   ratio, code = _ratios(np.asarray([fit.a]), np.asarray([fit.b]),
-                        np.asarray([curve_b.means[-1]]), fit.c_max, c_b)
+                        np.asarray([curve_b.means[-1]]), c_min, fit.c_max, c_b)
   if code[0] == 1:
     return Multiplier(a, b, None, math.nan, math.nan, 'its score does not rise with FLOPs')
   if code[0] == 2:
     return Multiplier(a, b, None, math.nan, math.nan, (
         f'it would need {ratio[0] * c_b:.3g} FLOPs, past {MAX_EXTRAPOLATION:g}x its largest '
         f'checkpoint ({fit.c_max:.3g}); not extrapolated'))
+  if code[0] == 3:
+    return Multiplier(a, b, None, math.nan, math.nan, (
+        f'its fit reaches that score at {ratio[0] * c_b:.3g} FLOPs, below 1/'
+        f'{MAX_EXTRAPOLATION:g} of its first checkpoint ({c_min:.3g}); not extrapolated'))
   reps_a, reps_b = _lines(curve_a.flops, curve_a.replicates)
-  ratios, codes = _ratios(reps_a, reps_b, curve_b.replicates[-1], fit.c_max, c_b)
-  ratios = np.where(codes == 0, ratios, _NEVER)
+  ratios, codes = _ratios(reps_a, reps_b, curve_b.replicates[-1], c_min, fit.c_max, c_b)
+  # A replicate that never gets there counts as +inf; one that got there before the fitted
+  # range as the least the range can tell (half the first checkpoint).
+  ratios = np.where(codes == 0, ratios,
+                    np.where(codes == 3, c_min / MAX_EXTRAPOLATION / c_b, _NEVER))
   low, high = (math.inf if v >= _NEVER else float(v)
                for v in np.percentile(ratios, [2.5, 97.5], method='inverted_cdf'))
   return Multiplier(a, b, float(ratio[0]), low, high, '')

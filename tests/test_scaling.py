@@ -69,6 +69,17 @@ def test_multiplier_is_refused_past_twice_the_largest_checkpoint():
   assert result.ratio is None and math.isnan(result.low)
   assert 'past 2x its largest checkpoint (4e+09); not extrapolated' in result.reason
   assert scaling.multiplier('flat', 'a', curves).reason == 'its score does not rise with FLOPs'
+  # Nor below half the first checkpoint: 'high' is 0.2 above b at 1e9, so its fit would reach
+  # b's final score at 4e9 * 10^-2 = 4e7 FLOPs, far below its first point.
+  curves['high'] = _curve(0.7, 0.1, flops)
+  low = scaling.multiplier('high', 'b', curves)
+  assert low.ratio is None and 'below 1/2 of its first checkpoint (1e+09); not extrapolated' in (
+      low.reason)
+  # A constant score is not rising, whatever its rounding.
+  curves['constant'] = scaling.Curve(np.asarray(flops), np.full(3, 0.712),
+                                     np.full((3, 20), 0.712) + 1e-17)
+  assert scaling.multiplier('constant', 'a', curves).reason == (
+      'its score does not rise with FLOPs')
 
 
 def test_report_fits_each_arms_validation_curve_from_a_quarter_of_the_run():
