@@ -156,7 +156,7 @@ def curve_table(groups: Sequence[stats.GroupStats]) -> list[str]:
   for g in groups:
     for arm, points in g.checkpoints.items():
       for p in points:  # one step a seed: token budgets end seeds at their own steps
-        steps = ', '.join(str(step) for step in p.steps) if p.steps else str(p.step)
+        steps = ', '.join(str(step) for step in p.steps)
         lines.append(f'| {label(g)} | {arm} | {p.fraction:g} | {steps} | {fmt(p.tokens)} | '
                      f'{fmt(p.flops)} | {_ci(p)} |')
   return lines

@@ -219,7 +219,7 @@ class Checkpoint:
   """One checkpoint of an arm in a group (a budget fraction of every seed's run): its cost
   and score with the 95% interval."""
   fraction: float
-  step: int  # the largest of the seeds' steps (`steps`)
+  steps: tuple[int, ...]  # each seed's step at this fraction, distinct and sorted
   budget: int
   tokens: float
   flops: float
@@ -227,7 +227,11 @@ class Checkpoint:
   low: float
   high: float
   replicates: np.ndarray
-  steps: tuple[int, ...] = ()  # each seed's step at this fraction, distinct and sorted
+
+  @property
+  def step(self) -> int:
+    """The largest of the seeds' steps."""
+    return self.steps[-1]
 
 
 @dataclasses.dataclass
@@ -362,11 +366,10 @@ def analyse(scores: Iterable[Any], samples: int = SAMPLES, seed: int = SEED,
     for cell in cells:
       low, high = interval(reps[cell])
       ss = by_cell[cell]
-      steps = tuple(sorted({s.step for s in ss}))
       checkpoints.setdefault(cell[0], []).append(Checkpoint(
-          cell[2], steps[-1], cell[1],
+          cell[2], tuple(sorted({s.step for s in ss})), cell[1],
           float(np.mean([s.tokens for s in ss])), float(np.mean([s.flops for s in ss])),
-          point(runs[cell]), low, high, reps[cell], steps))
+          point(runs[cell]), low, high, reps[cell]))
     last = {cell[0]: cell for cell in cells if cell in final}
     arms = {arm: runs[last[arm]] for arm in order}
     estimates = {}

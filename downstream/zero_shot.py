@@ -106,21 +106,21 @@ def requests_for(scorer: likelihood.Scorer, tokenizer, context: str,
 def rank(scorer: likelihood.Scorer, tokenizer, task: Task, examples: Sequence[dict[str, Any]],
          *, batch_size: int = 32) -> Ranking:
   """The predicted option per example by summed log-probability, per byte, and calibrated.
-  A content-free request shared by many examples (label words) is scored once."""
+  The content-free requests of one (context, options) pair, shared by every example of a
+  label-word task, are built and scored once."""
   requests, spans, sizes, priors = [], [], [], []
-  unique: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-  blank_requests = []
+  blank_start: dict[tuple[str, tuple[str, ...]], int] = {}  # -> its first blank request
+  blank_requests: list[tuple[list[int], list[int]]] = []
   for example in examples:
     context, options = options_of(task, example)
     spans.append((len(requests), len(options)))
     requests += requests_for(scorer, tokenizer, context, options)
     sizes += [max(len(option.encode('utf-8')), 1) for option in options]
-    for blank in requests_for(scorer, tokenizer, content_free(task, example), options):
-      key = (tuple(blank[0]), tuple(blank[1]))
-      if key not in unique:
-        unique[key] = len(blank_requests)
-        blank_requests.append(blank)
-      priors.append(unique[key])
+    blank = (content_free(task, example), tuple(options))
+    if blank not in blank_start:
+      blank_start[blank] = len(blank_requests)
+      blank_requests += requests_for(scorer, tokenizer, blank[0], options)
+    priors += range(blank_start[blank], blank_start[blank] + len(options))
   scored = scorer.score(requests + blank_requests, batch_size=batch_size)
   every = np.asarray([r.logprob for r in scored])
   scores, blank_scores = every[:len(requests)], every[len(requests):]
