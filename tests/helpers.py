@@ -137,6 +137,30 @@ def make_documents(count: int, seed: int = 0) -> list[str]:
           for _ in range(count)]
 
 
+def text_corpus(folder, make: Callable[[int, int], list[str]], *, train: int, validation: int,
+                vocab_size: int, max_chars: int, tokenizer_documents: int):
+  """(data config, train documents read back from array_record, tokenizer) of a local text
+  corpus written into `folder` (a pathlib path): `make(count, seed)` gives its train (seed 0)
+  and validation (seed 1) documents and the tokenizer's training sample (seed 2)."""
+  import pytest  # pylint: disable=import-outside-toplevel
+  from data import pipeline  # pylint: disable=import-outside-toplevel
+  from data import tokenizer as tokenizer_lib  # pylint: disable=import-outside-toplevel
+  from data.config import data_config  # pylint: disable=import-outside-toplevel
+
+  (folder / 'train.txt').write_text('\n\n'.join(make(train, 0)) + '\n')
+  (folder / 'valid.txt').write_text('\n\n'.join(make(validation, 1)) + '\n')
+  config = data_config(vocab_size)
+  config.update(source='text', data_dir=str(folder / 'tfds'), train_files=str(folder / 'train.txt'),
+                validation_files=str(folder / 'valid.txt'), tokenizer_max_chars=max_chars)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv(TEST_CACHE_ENV, str(folder / 'cache'))
+    documents = pipeline.load_documents(config, 'train')
+    tokenizer = tokenizer_lib.load_or_train(config, str(folder / 'tok'),
+                                            make(tokenizer_documents, 2))
+  assert len(documents) == train
+  return config, documents, tokenizer
+
+
 def biggest_file(workdir, step):
   """The largest file of checkpoint `step` in `workdir`."""
   root = os.path.join(workdir, 'checkpoints', str(step))

@@ -12,11 +12,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data import formats, pipeline, reader as reader_lib
-from data import tokenizer as tokenizer_lib
-from data.config import data_config
 from data.sources import store
 from data.sources.documents import DocumentSource
 from data.tokens import EncodedDocuments
+
+from tests import helpers
 
 WORDS = ('lantern harbor meadow copper violin thunder pebble saddle mirror canyon velvet '
          'orchard compass ember glacier'.split())
@@ -51,19 +51,9 @@ class OneAtATime:
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
   """(config, train documents, tokenizer) of a text corpus built into array_record."""
-  folder = tmp_path_factory.mktemp('batched_reads')
-  (folder / 'train.txt').write_text('\n\n'.join(make_documents(DOCUMENTS, seed=0)) + '\n')
-  (folder / 'valid.txt').write_text('\n\n'.join(make_documents(8, seed=1)) + '\n')
-  config = data_config(320)
-  config.update(source='text', data_dir=str(folder / 'tfds'), train_files=str(folder / 'train.txt'),
-                validation_files=str(folder / 'valid.txt'), tokenizer_max_chars=100_000)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv('PRETRAINING_OBJECTIVES_CACHE', str(folder / 'cache'))
-    documents = pipeline.load_documents(config, 'train')
-    tokenizer = tokenizer_lib.load_or_train(config, str(folder / 'tok'),
-                                            make_documents(300, seed=2))
-  assert len(documents) == DOCUMENTS
-  return config, documents, tokenizer
+  return helpers.text_corpus(tmp_path_factory.mktemp('batched_reads'), make_documents,
+                             train=DOCUMENTS, validation=8, vocab_size=320, max_chars=100_000,
+                             tokenizer_documents=300)
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,10 @@ import pytest
 
 from configs import base
 from data import formats, pipeline, reader as reader_lib
-from data import tokenizer as tokenizer_lib
-from data.config import data_config
 from data.tokens import AheadEncodedDocuments, EncodedDocuments
 from training import checks
+
+from tests import helpers
 
 WORDS = 'amber falcon river quartz meadow lantern cobalt willow ember saddle'.split()
 SEQ_LEN = 40
@@ -32,18 +32,9 @@ def make_documents(count: int, seed: int) -> list[str]:
 @pytest.fixture(scope='module')
 def corpus(tmp_path_factory):
   """(train documents from array_record, tokenizer) of a small text corpus."""
-  folder = tmp_path_factory.mktemp('workers')
-  (folder / 'train.txt').write_text('\n\n'.join(make_documents(DOCUMENTS, seed=0)) + '\n')
-  (folder / 'valid.txt').write_text('\n\n'.join(make_documents(6, seed=1)) + '\n')
-  config = data_config(300)
-  config.update(source='text', data_dir=str(folder / 'tfds'), train_files=str(folder / 'train.txt'),
-                validation_files=str(folder / 'valid.txt'), tokenizer_max_chars=50_000)
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setenv('PRETRAINING_OBJECTIVES_CACHE', str(folder / 'cache'))
-    documents = pipeline.load_documents(config, 'train')
-    tokenizer = tokenizer_lib.load_or_train(config, str(folder / 'tok'),
-                                            make_documents(200, seed=2))
-  assert len(documents) == DOCUMENTS
+  _, documents, tokenizer = helpers.text_corpus(
+      tmp_path_factory.mktemp('workers'), make_documents, train=DOCUMENTS, validation=6,
+      vocab_size=300, max_chars=50_000, tokenizer_documents=200)
   return documents, tokenizer
 
 
